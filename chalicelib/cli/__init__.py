@@ -1,0 +1,108 @@
+"""The ``slurm-trigger`` command line.
+
+Each area of the product registers its own subcommands from one module
+(``slurm_commands``, ``trigger_commands``, ``tracker_commands``); this module only
+holds what they share: the cluster options, the output format and error reporting.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import sys
+from typing import Any, Callable, Sequence
+
+from chalicelib.settings import Settings
+from chalicelib.slurm.errors import SlurmError
+
+COMMAND_MODULES = ("slurm_commands", "trigger_commands", "tracker_commands")
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options every subcommand takes; flags win over environment variables."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("cluster")
+    g.add_argument("-n", "--cluster-name", help="ParallelCluster name (env SLURM_CLUSTER_NAME)")
+    g.add_argument("-u", "--cluster-user", help="Slurm user, X-SLURM-USER-NAME (env SLURM_USER)")
+    g.add_argument("--url", help="slurmrestd base URL, e.g. https://10.0.0.5:8082 (env SLURM_URL); default: find the head node through EC2")
+    g.add_argument("--token", help="JWT to use instead of the Secrets Manager secret (env SLURM_TOKEN)")
+    g.add_argument("--token-secret", help="Secrets Manager id of the token (env SLURM_TOKEN_SECRET; default slurm_token_<cluster>)")
+    g.add_argument("--api-version", help="pin the REST version, e.g. v0.0.40 (env SLURM_API_VERSION); default: newest both sides know")
+    g.add_argument("--ca-bundle", help="PEM file that signs or is the head node's certificate (env SLURM_CA_BUNDLE)")
+    g.add_argument("--public-ip", action="store_true", default=None, help="use the head node's public IP (env SLURM_USE_PUBLIC_IP)")
+    g.add_argument("--insecure", action="store_true", default=None, help="do not verify TLS (logs a warning; env SLURM_INSECURE)")
+    p.add_argument("--format", choices=("json", "table"), default="json", help="output format (default: json)")
+    return p
+
+
+_FLAG_TO_SETTING = {
+    "cluster_name": "cluster_name",
+    "cluster_user": "slurm_user",
+    "url": "slurm_url",
+    "token": "token",
+    "token_secret": "token_secret",
+    "api_version": "api_version",
+    "ca_bundle": "ca_bundle",
+    "public_ip": "use_public_ip",
+    "insecure": "insecure",
+}
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Environment first, then any flag the user gave."""
+    overrides = {
+        setting: getattr(args, flag)
+        for flag, setting in _FLAG_TO_SETTING.items()
+        if getattr(args, flag, None) is not None
+    }
+    return dataclasses.replace(Settings.from_env(), **overrides)
+
+
+def emit(data: Any, fmt: str, columns: Sequence[str] | None = None) -> None:
+    """Print JSON, or a plain table of ``columns`` for a list of dicts."""
+    if fmt == "table" and columns is not None:
+        rows = data if isinstance(data, list) else [data]
+        cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+        widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+        print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+        for row in cells:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    else:
+        json.dump(data, sys.stdout, indent=2, default=str)
+        print()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slurm-trigger",
+        description="Submit and follow Slurm jobs on an AWS ParallelCluster head node through slurmrestd.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parent = common_options()
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"chalicelib.cli.{name}")
+        module.register(sub, parent)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int | None] = args.handler
+    try:
+        return handler(args) or 0
+    except SlurmError as exc:
+        json.dump({"error": exc.to_dict()}, sys.stderr, indent=2, default=str)
+        print(f"\nslurm-trigger: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as exc:
+        print(f"slurm-trigger: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,64 @@
+"""Where a job came from, written into its Slurm comment and read back by the tracker.
+
+The trigger stamps every job it submits with its source object; the tracker finds
+"our" jobs and links their state changes back to the object from the comment alone,
+so the two share no table and a job stays traceable from ``squeue`` too.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+MARKER = "slurm-trigger:"
+
+
+@dataclass(frozen=True)
+class Source:
+    """The S3 object (one version of it) and the pipeline that made a job."""
+
+    bucket: str
+    key: str
+    pipeline: str
+    version_id: str | None = None
+    etag: str | None = None
+    idempotency_key: str | None = None
+
+    @property
+    def s3_uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    def to_detail(self) -> dict[str, Any]:
+        """The camelCase form used in EventBridge events."""
+        return {
+            "bucket": self.bucket,
+            "key": self.key,
+            "versionId": self.version_id,
+            "s3Uri": self.s3_uri,
+            "pipeline": self.pipeline,
+        }
+
+
+def encode(source: Source, comment: str | None = None) -> str:
+    """A Slurm comment: the template's own comment (if any), then the marker and JSON."""
+    payload = json.dumps(
+        {k: v for k, v in asdict(source).items() if v is not None},
+        separators=(",", ":"),
+        ensure_ascii=True,
+    )
+    prefix = f"{comment.strip()} " if comment and comment.strip() else ""
+    return f"{prefix}{MARKER}{payload}"
+
+
+def decode(comment: str | None) -> Source | None:
+    """The source stamped by ``encode``, or None for jobs slurm-trigger did not submit."""
+    if not comment or MARKER not in comment:
+        return None
+    # The first marker: the template's comment is trusted and comes first; the object
+    # key (untrusted, may contain the marker) only ever appears inside the JSON.
+    _, _, payload = comment.partition(MARKER)
+    try:
+        data = json.loads(payload)
+        return Source(**data)
+    except (ValueError, TypeError):
+        return None

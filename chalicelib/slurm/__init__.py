@@ -1,0 +1,1 @@
+"""A Slurm REST (slurmrestd) client for every version AWS ParallelCluster ships."""

@@ -1,0 +1,79 @@
+"""Typed Slurm REST errors.
+
+Callers decide retry or report from the type alone: ``transient`` errors are worth
+another try later (Lambda/SQS retry), the others are permanent and must be reported.
+No error ever carries the JWT: messages are built from Slurm's answer only.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+
+class SlurmError(Exception):
+    """A call to slurmrestd did not succeed."""
+
+    transient = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        errors: Sequence[dict[str, Any]] = (),
+        warnings: Sequence[Any] = (),
+        url: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.errors = list(errors)
+        self.warnings = list(warnings)
+        self.url = url
+
+    def __str__(self) -> str:
+        parts = [self.message]
+        if self.status is not None:
+            parts.append(f"(HTTP {self.status})")
+        details = "; ".join(
+            str(e.get("description") or e.get("error") or e) for e in self.errors
+        )
+        if details and details not in self.message:
+            parts.append(f"Slurm says: {details}")
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe summary for events and CLI output."""
+        return {
+            "type": type(self).__name__,
+            "message": self.message,
+            "status": self.status,
+            "errors": self.errors,
+            "transient": self.transient,
+        }
+
+
+class SlurmAuthError(SlurmError):
+    """The token was refused (500 on 22.05, 511 on 24.11, 401 without headers,
+    or ``pinged: DOWN``), even after fetching a fresh one. Transient: the token
+    rotation may simply be late."""
+
+    transient = True
+
+
+class SlurmUnavailableError(SlurmError):
+    """The head node could not be reached or answered 5xx/429: try again later."""
+
+    transient = True
+
+
+class SlurmRejectedError(SlurmError):
+    """Slurm refused the request itself (bad body, bad partition, bad parameter).
+    Sending it again gives the same answer."""
+
+
+class SlurmNotFoundError(SlurmError):
+    """Slurm does not know the job (it may have left /jobs after MinJobAge)."""
+
+
+class SlurmVersionError(SlurmError):
+    """No Slurm REST version is served by the head node and known to this client."""

@@ -1,0 +1,137 @@
+"""Version-neutral job and submission models.
+
+Every Slurm REST version speaks its own dialect (see ``dialects.py``); the rest of
+slurm-trigger only ever sees these types, so a new Slurm release touches one module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any, Mapping
+
+# Base states after which a job never changes again.
+FINAL_STATES = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "PREEMPTED",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "OUT_OF_MEMORY",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One Slurm job as every API version describes it, normalized.
+
+    ``exit_code`` is the process exit status (``exit 3`` reads 3 in every version,
+    although v0.0.38 sends the raw wait status 768); ``signal`` the number of the
+    signal that ended it. Both are ``None`` while the job has not ended or when Slurm
+    does not say. Times are timezone-aware UTC or ``None`` when unset.
+    """
+
+    job_id: int
+    name: str = ""
+    state: str = "UNKNOWN"
+    state_flags: tuple[str, ...] = ()
+    reason: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    submit_time: datetime | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    partition: str | None = None
+    user: str | None = None
+    comment: str | None = None
+    working_directory: str | None = None
+    standard_output: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+@dataclass
+class JobSubmission:
+    """What to run, independent of the API version that will carry it.
+
+    ``environment`` is a plain mapping (v0.0.38 wants an object, later versions a
+    list of ``K=V``); ``time_limit`` is in minutes, ``memory_per_node`` in MiB.
+    ``extra`` holds raw fields of the version's ``job`` object that this model does
+    not name; they are passed through unchanged.
+    """
+
+    script: str
+    environment: dict[str, str] = field(default_factory=dict)
+    name: str | None = None
+    partition: str | None = None
+    working_directory: str | None = None
+    standard_output: str | None = None
+    standard_error: str | None = None
+    time_limit: int | None = None
+    cpus_per_task: int | None = None
+    tasks: int | None = None
+    nodes: int | None = None
+    memory_per_node: int | None = None
+    comment: str | None = None
+    array: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "JobSubmission":
+        """Build from the JSON form used by job files and pipeline templates."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown submission field(s) {', '.join(unknown)}; "
+                f"put raw Slurm fields under 'extra'"
+            )
+        if not isinstance(data.get("script"), str) or not data["script"].strip():
+            raise ValueError("a submission needs a non-empty 'script'")
+        env = data.get("environment") or {}
+        if not isinstance(env, Mapping):
+            raise ValueError("'environment' must be an object of NAME: value")
+        values = dict(data)
+        values["environment"] = {str(k): str(v) for k, v in env.items()}
+        values["extra"] = dict(data.get("extra") or {})
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form, without unset fields."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value not in (None, {}, ""):
+                out[f.name] = value
+        return out
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """Slurm's answer to an accepted submission."""
+
+    job_id: int
+    step_id: str | None = None
+    user_message: str | None = None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class JobsPage:
+    """One answer of ``GET /jobs``.
+
+    ``changed`` is False when Slurm said nothing changed since ``update_time``
+    (22.05's 304, or 24.11's 200 with no jobs and a warning); ``last_update`` is the
+    epoch to pass next time, or ``None`` when the version does not report it.
+    """
+
+    jobs: tuple[Job, ...]
+    changed: bool = True
+    last_update: int | None = None
