@@ -6,23 +6,9 @@ from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
-
 from chalicelib.eventbus import MAX_BATCH_BYTES, Event, EventBus, EventBusError, entry_size
 
 REGION = "us-east-1"
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch):
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(name, value)
-    with mock_aws():
-        yield
 
 
 def _bus_to_queue(bus_name: str = "default", source: str = "slurm-trigger") -> tuple[Any, Any, str]:

@@ -1,0 +1,290 @@
+"""What the tracker remembers between polls, and the lease that keeps polls apart.
+
+The tracker only talks to the abstract ``JobStore``; ``DynamoDBJobStore`` is the
+backend the app uses. One DynamoDB table (partition key ``pk``, string) holds three
+kinds of items per cluster:
+
+* ``job#<cluster>#<id>``: the last state published for a job, with what the status
+  command shows; finished jobs get an ``expires_at`` (TTL) and then vanish.
+* ``cursor#<cluster>``: the ``update_time`` for the next ``GET /jobs``, the time of
+  the last sweep, and ``known``: a compressed map of job id → last state of every
+  tracked job still listed by Slurm. Slurm answers ``update_time`` with *every* job
+  as soon as *any* job changed, so the tracker diffs the page against ``known`` in
+  memory and reads and writes the job items of only the jobs that changed. ``known``
+  is a filter, never the truth: a stale entry only costs one extra read.
+* ``lease#<cluster>``: who is polling now, and until when.
+"""
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Iterable, Mapping
+
+from chalicelib.slurm.models import FINAL_STATES
+
+# The tracker's own final state for a job Slurm forgot before we saw it end.
+LOST = "LOST"
+TRACKER_FINAL_STATES = FINAL_STATES | {LOST}
+
+BATCH_GET_LIMIT = 100
+
+
+@dataclass(frozen=True)
+class TrackedJob:
+    """The last published state of one job, with what the status table shows."""
+
+    cluster: str
+    job_id: int
+    state: str
+    previous_state: str | None = None
+    name: str = ""
+    user: str | None = None
+    partition: str | None = None
+    pipeline: str | None = None
+    bucket: str | None = None
+    key: str | None = None
+    version_id: str | None = None
+    submitted_at: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    updated_at: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.state in TRACKER_FINAL_STATES
+
+    @property
+    def s3_uri(self) -> str | None:
+        return f"s3://{self.bucket}/{self.key}" if self.bucket and self.key is not None else None
+
+    @property
+    def fingerprint(self) -> str:
+        """What ``Cursor.known`` keeps: the state and the submit time, so a job id
+        Slurm reuses (a new cluster, a wrapped counter) reads as a new job."""
+        return fingerprint(self.state, self.submitted_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fingerprint(state: str, submitted_at: str | None) -> str:
+    return f"{state}|{submitted_at or ''}"
+
+
+@dataclass
+class Cursor:
+    """Where the last poll left off. ``version`` makes saving it a compare-and-set."""
+
+    update_time: int | None = None
+    last_sweep: float | None = None
+    known: dict[int, str] = field(default_factory=dict)
+    version: int = 0
+
+
+class JobStore(ABC):
+    """Tracked jobs, the poll cursor and the poll lease of each cluster."""
+
+    @abstractmethod
+    def acquire_lease(self, cluster: str, owner: str, seconds: float) -> bool:
+        """Take the cluster's lease unless someone else holds an unexpired one."""
+
+    @abstractmethod
+    def release_lease(self, cluster: str, owner: str) -> None:
+        """Give the lease back (only if ``owner`` still holds it)."""
+
+    @abstractmethod
+    def load_cursor(self, cluster: str) -> Cursor:
+        """The cursor, or an empty one before the first poll."""
+
+    @abstractmethod
+    def save_cursor(self, cluster: str, cursor: Cursor) -> bool:
+        """Store ``cursor`` if nobody saved another since it was loaded; bumps its version."""
+
+    @abstractmethod
+    def get_jobs(self, cluster: str, job_ids: Iterable[int]) -> dict[int, TrackedJob]:
+        """The stored state of these jobs (those never seen are absent)."""
+
+    @abstractmethod
+    def save_job(self, job: TrackedJob, expected: TrackedJob | None) -> bool:
+        """Store ``job`` if the stored one is still ``expected`` (None: no item yet).
+        False when someone else changed it first."""
+
+    @abstractmethod
+    def list_jobs(self, cluster: str) -> list[TrackedJob]:
+        """Every tracked job of the cluster (for the status command, not the poll)."""
+
+
+def create_table(dynamodb_client: Any, name: str) -> None:
+    """The one table ``DynamoDBJobStore`` needs (on-demand, TTL on ``expires_at``)."""
+    dynamodb_client.create_table(
+        TableName=name,
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    dynamodb_client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    dynamodb_client.update_time_to_live(
+        TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
+    )
+
+
+class DynamoDBJobStore(JobStore):
+    """``JobStore`` on one DynamoDB table; reads are strongly consistent.
+
+    ``final_ttl_days``: how long a finished job stays visible to ``status``.
+    """
+
+    def __init__(self, dynamodb_client: Any, table: str, *, final_ttl_days: int = 30) -> None:
+        self._db = dynamodb_client
+        self.table = table
+        self._ttl = final_ttl_days * 86400
+
+    # --- lease
+    def acquire_lease(self, cluster: str, owner: str, seconds: float) -> bool:
+        now = time.time()
+        try:
+            self._db.put_item(
+                TableName=self.table,
+                Item={"pk": _s(f"lease#{cluster}"), "owner": _s(owner), "lease_until": _n(now + seconds),
+                      "expires_at": _n(int(now + seconds + 86400))},
+                ConditionExpression="attribute_not_exists(pk) OR lease_until < :now OR #o = :me",
+                ExpressionAttributeNames={"#o": "owner"},
+                ExpressionAttributeValues={":now": _n(now), ":me": _s(owner)},
+            )
+            return True
+        except self._db.exceptions.ConditionalCheckFailedException:
+            return False
+
+    def release_lease(self, cluster: str, owner: str) -> None:
+        try:
+            self._db.delete_item(
+                TableName=self.table,
+                Key={"pk": _s(f"lease#{cluster}")},
+                ConditionExpression="#o = :me",
+                ExpressionAttributeNames={"#o": "owner"},
+                ExpressionAttributeValues={":me": _s(owner)},
+            )
+        except self._db.exceptions.ConditionalCheckFailedException:
+            pass  # it expired and someone else holds it now: theirs to release
+
+    # --- cursor
+    def load_cursor(self, cluster: str) -> Cursor:
+        item = self._db.get_item(
+            TableName=self.table, Key={"pk": _s(f"cursor#{cluster}")}, ConsistentRead=True
+        ).get("Item")
+        if not item:
+            return Cursor()
+        known = json.loads(zlib.decompress(item["known"]["B"])) if "known" in item else {}
+        return Cursor(
+            update_time=int(item["update_time"]["N"]) if "update_time" in item else None,
+            last_sweep=float(item["last_sweep"]["N"]) if "last_sweep" in item else None,
+            known={int(k): v for k, v in known.items()},
+            version=int(item["version"]["N"]),
+        )
+
+    def save_cursor(self, cluster: str, cursor: Cursor) -> bool:
+        item: dict[str, Any] = {
+            "pk": _s(f"cursor#{cluster}"),
+            "version": _n(cursor.version + 1),
+            "known": {"B": zlib.compress(json.dumps(cursor.known, separators=(",", ":")).encode(), 6)},
+        }
+        if cursor.update_time is not None:
+            item["update_time"] = _n(cursor.update_time)
+        if cursor.last_sweep is not None:
+            item["last_sweep"] = _n(cursor.last_sweep)
+        try:
+            self._db.put_item(
+                TableName=self.table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(pk) OR version = :v",
+                ExpressionAttributeValues={":v": _n(cursor.version)},
+            )
+        except self._db.exceptions.ConditionalCheckFailedException:
+            return False
+        cursor.version += 1
+        return True
+
+    # --- jobs
+    def get_jobs(self, cluster: str, job_ids: Iterable[int]) -> dict[int, TrackedJob]:
+        keys = [{"pk": _s(_job_pk(cluster, i))} for i in dict.fromkeys(job_ids)]
+        found: dict[int, TrackedJob] = {}
+        for start in range(0, len(keys), BATCH_GET_LIMIT):
+            request = {self.table: {"Keys": keys[start : start + BATCH_GET_LIMIT], "ConsistentRead": True}}
+            for attempt in range(8):
+                answer = self._db.batch_get_item(RequestItems=request)
+                for item in answer.get("Responses", {}).get(self.table, []):
+                    job = _from_item(item)
+                    found[job.job_id] = job
+                request = answer.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                time.sleep(min(0.05 * 2**attempt, 2.0))
+            else:
+                raise RuntimeError(f"DynamoDB left {len(request[self.table]['Keys'])} keys unprocessed")
+        return found
+
+    def save_job(self, job: TrackedJob, expected: TrackedJob | None) -> bool:
+        item = _to_item(job)
+        if job.final:
+            item["expires_at"] = _n(int(time.time()) + self._ttl)
+        if expected is None:
+            condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(pk)"}
+        else:
+            condition = {
+                "ConditionExpression": "#s = :s",
+                "ExpressionAttributeNames": {"#s": "state"},
+                "ExpressionAttributeValues": {":s": _s(expected.state)},
+            }
+        try:
+            self._db.put_item(TableName=self.table, Item=item, **condition)
+            return True
+        except self._db.exceptions.ConditionalCheckFailedException:
+            return False
+
+    def list_jobs(self, cluster: str) -> list[TrackedJob]:
+        jobs = []
+        for page in self._db.get_paginator("scan").paginate(
+            TableName=self.table,
+            FilterExpression="begins_with(pk, :p)",
+            ExpressionAttributeValues={":p": _s(f"job#{cluster}#")},
+        ):
+            jobs.extend(_from_item(i) for i in page.get("Items", []))
+        return sorted(jobs, key=lambda j: j.job_id)
+
+
+def _job_pk(cluster: str, job_id: int) -> str:
+    return f"job#{cluster}#{job_id}"
+
+
+def _s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def _n(value: float) -> dict[str, str]:
+    return {"N": str(value)}
+
+
+_INT_FIELDS = {"job_id", "exit_code"}
+
+
+def _to_item(job: TrackedJob) -> dict[str, Any]:
+    item: dict[str, Any] = {"pk": _s(_job_pk(job.cluster, job.job_id))}
+    for name, value in asdict(job).items():
+        if value is None or value == "":
+            continue
+        item[name] = _n(value) if name in _INT_FIELDS else _s(str(value))
+    return item
+
+
+def _from_item(item: Mapping[str, Any]) -> TrackedJob:
+    values: dict[str, Any] = {}
+    for f in fields(TrackedJob):
+        if f.name in item:
+            raw = next(iter(item[f.name].values()))
+            values[f.name] = int(raw) if f.name in _INT_FIELDS else raw
+    return TrackedJob(**values)
