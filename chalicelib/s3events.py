@@ -1,0 +1,128 @@
+"""S3 "object created" notifications, however they arrive, as ``ObjectRef``s.
+
+Three shapes reach the trigger: S3's own notification (direct, or as the body of an
+SQS message), its ``s3:TestEvent``, and EventBridge's "Object Created". They differ in
+field names and in one trap: notification keys are URL-encoded (``+`` for a space),
+EventBridge keys are not. Everything after this module sees decoded keys only.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+from urllib.parse import unquote_plus
+
+from chalicelib.observability import logger
+
+
+class EventShapeError(ValueError):
+    """The input is not a notification this module knows; it never will be."""
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """One version of one S3 object, as an event (or a listing) describes it."""
+
+    bucket: str
+    key: str  # decoded
+    size: int | None = None
+    etag: str | None = None  # without the quotes S3 puts around it in some APIs
+    version_id: str | None = None  # None for unversioned buckets
+    sequencer: str | None = None
+    event_time: str | None = None
+    region: str | None = None
+
+    @property
+    def s3_uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def clean_etag(etag: str | None) -> str | None:
+    """ListObjects and HeadObject quote ETags, notifications do not."""
+    return etag.strip('"') if etag else None
+
+
+def _version(value: str | None) -> str | None:
+    # Unversioned buckets have no versionId; suspended ones report the literal "null".
+    return value if value and value != "null" else None
+
+
+def from_notification(event: Mapping[str, Any]) -> list[ObjectRef]:
+    """Records of an S3 notification (``{"Records": [...]}``); ``s3:TestEvent`` → []."""
+    if event.get("Event") == "s3:TestEvent":
+        logger.info("s3:TestEvent ignored", extra={"bucket": event.get("Bucket")})
+        return []
+    records = event.get("Records")
+    if not isinstance(records, list):
+        raise EventShapeError("not an S3 notification: no 'Records' list")
+    refs = []
+    for record in records:
+        try:
+            name = record["eventName"]
+            s3 = record["s3"]
+            obj = s3["object"]
+            bucket = s3["bucket"]["name"]
+            key = unquote_plus(obj["key"])
+        except (KeyError, TypeError) as exc:
+            raise EventShapeError(f"S3 record without {exc}") from None
+        if not name.startswith("ObjectCreated:"):
+            logger.info("S3 event ignored", extra={"event_name": name, "bucket": bucket})
+            continue
+        refs.append(
+            ObjectRef(
+                bucket=bucket,
+                key=key,
+                size=obj.get("size"),
+                etag=clean_etag(obj.get("eTag")),
+                version_id=_version(obj.get("versionId")),
+                sequencer=obj.get("sequencer"),
+                event_time=record.get("eventTime"),
+                region=record.get("awsRegion"),
+            )
+        )
+    return refs
+
+
+def from_eventbridge(event: Mapping[str, Any]) -> list[ObjectRef]:
+    """An EventBridge "Object Created" event from ``aws.s3`` (key NOT URL-encoded)."""
+    if event.get("source") != "aws.s3" or event.get("detail-type") != "Object Created":
+        raise EventShapeError(
+            f"not an S3 'Object Created' event: {event.get('source')!r} / {event.get('detail-type')!r}"
+        )
+    try:
+        detail = event["detail"]
+        obj = detail["object"]
+        bucket = detail["bucket"]["name"]
+        key = obj["key"]
+    except (KeyError, TypeError) as exc:
+        raise EventShapeError(f"'Object Created' event without {exc}") from None
+    return [
+        ObjectRef(
+            bucket=bucket,
+            key=key,
+            size=obj.get("size"),
+            etag=clean_etag(obj.get("etag")),
+            version_id=_version(obj.get("version-id")),
+            sequencer=obj.get("sequencer"),
+            event_time=event.get("time"),
+            region=event.get("region"),
+        )
+    ]
+
+
+def parse(event: Mapping[str, Any]) -> list[ObjectRef]:
+    """Any of the shapes above, told apart by their fields."""
+    if "detail-type" in event:
+        return from_eventbridge(event)
+    return from_notification(event)
+
+
+def parse_sqs_body(body: str) -> list[ObjectRef]:
+    """The body of one SQS message: an S3 notification or an EventBridge event as JSON."""
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise EventShapeError(f"SQS body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise EventShapeError("SQS body is not a JSON object")
+    return parse(data)

@@ -1,0 +1,153 @@
+"""Template variables, quoting per field, hostile keys."""
+from __future__ import annotations
+
+import shlex
+import subprocess
+
+import pytest
+
+from chalicelib.s3events import ObjectRef
+from chalicelib.slurm.models import JobSubmission
+from chalicelib.templating import (
+    TemplateError,
+    UnsafeValueError,
+    check_template,
+    identifiers,
+    object_variables,
+    render,
+)
+
+HOSTILE_KEYS = [
+    "in/$(touch /tmp/pwned-tmpl).txt",
+    "in/`touch /tmp/pwned-tmpl`.txt",
+    "in/a; touch /tmp/pwned-tmpl.txt",
+    "in/a && touch /tmp/pwned-tmpl.txt",
+    "in/it's \"quoted\".txt",
+    "in/\u00fcnic\u00f8de \u2603 \U0001f600.txt",
+    "in/with spaces/and+plus%25.txt",
+    "in/../../etc/passwd",
+    "in/" + "k" * 1021,
+]
+
+
+def ref(key: str = "reads/run1/s_R1.fastq.gz", **kw) -> ObjectRef:
+    return ObjectRef(bucket="bkt", key=key, size=10, etag="e", version_id="v1", sequencer="s", **kw)
+
+
+def values(key: str = "reads/run1/s_R1.fastq.gz", metadata=None) -> dict[str, str]:
+    return object_variables(ref(key), "align", "st-abc", metadata)
+
+
+def test_variables():
+    v = values()
+    assert v["dirname"] == "reads/run1" and v["basename"] == "s_R1.fastq.gz"
+    assert v["stem"] == "s_R1" and v["extension"] == ".fastq.gz"
+    assert v["s3_uri"] == "s3://bkt/reads/run1/s_R1.fastq.gz" and v["size"] == "10"
+    assert v["version_id"] == "v1" and v["region"] == "" and v["pipeline"] == "align"
+
+
+def test_top_level_key_and_hidden_file():
+    v = values(".hidden")
+    assert v["dirname"] == "" and v["stem"] == ".hidden" and v["extension"] == ""
+
+
+def test_metadata_variables():
+    v = values(metadata={"Run-Id": "r7"})
+    assert v["metadata_run_id"] == "r7"
+
+
+def test_only_lowercase_braced_names_are_variables():
+    assert identifiers("${key} $HOME ${PATH} $1 $$ ${x_1} $${stem}") == ["key", "x_1"]
+
+
+def test_shell_syntax_survives_rendering():
+    sub = JobSubmission(script="#!/bin/bash\necho $HOME ${PATH} $$ $1 $${stem} ${stem}\n")
+    out = render(sub, values()).script
+    assert out == "#!/bin/bash\necho $HOME ${PATH} $$ $1 ${stem} s_R1\n"
+
+
+@pytest.mark.parametrize("key", HOSTILE_KEYS)
+def test_script_values_are_shell_quoted(key, tmp_path):
+    sub = JobSubmission(script="#!/bin/bash\nprintf '%s' ${key}\n")
+    script = render(sub, values(key)).script
+    run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert run.stdout == key
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("key", HOSTILE_KEYS)
+def test_names_and_paths_are_sanitized(key):
+    sub = JobSubmission(
+        script="#!/bin/bash\ntrue\n",
+        name="x-${basename}",
+        working_directory="/tmp/jobs/${dirname}",
+        standard_output="/tmp/jobs/${key}.%j.out",
+    )
+    job = render(sub, values(key))
+    assert set(job.name) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+    assert len(job.name) <= 128
+    for path in (job.working_directory, job.standard_output):
+        tail = path.removeprefix("/tmp/jobs/")
+        assert "/" not in tail and not tail.startswith(".") and ".." not in tail.split("/")
+    assert job.standard_output.endswith(".%j.out")  # the template's own pattern stays
+    assert job.environment["SLURM_TRIGGER_KEY"] == key  # the environment is verbatim
+
+
+@pytest.mark.parametrize("key", ["a\nb", "a%0Ab".replace("%0A", "\n"), "a\rb", "a\x00b", "a\x7fb", "a\tb", "a\x1bb"])
+def test_control_characters_are_refused(key):
+    with pytest.raises(UnsafeValueError, match="key contains control character"):
+        values(key)
+
+
+def test_metadata_control_characters_are_refused():
+    with pytest.raises(UnsafeValueError, match="metadata_note"):
+        values(metadata={"note": "a\nb"})
+
+
+def test_environment_gets_trigger_variables_and_template_values():
+    sub = JobSubmission(script="#!/bin/bash\n", environment={"PATH": "/bin", "INPUT": "${s3_uri}"})
+    env = render(sub, values()).environment
+    assert env["INPUT"] == "s3://bkt/reads/run1/s_R1.fastq.gz" and env["PATH"] == "/bin"
+    assert env["SLURM_TRIGGER_S3_URI"] == env["INPUT"]
+    assert env["SLURM_TRIGGER_VERSION_ID"] == "v1"
+    assert env["SLURM_TRIGGER_PIPELINE"] == "align" and env["SLURM_TRIGGER_IDEMPOTENCY_KEY"] == "st-abc"
+    assert "SLURM_TRIGGER_REGION" not in env  # unknown values are left out, not empty
+
+
+def test_render_does_not_touch_the_template():
+    sub = JobSubmission(script="#!/bin/bash\necho ${key}\n", environment={"A": "${key}"})
+    render(sub, values())
+    assert sub.script == "#!/bin/bash\necho ${key}\n" and sub.environment == {"A": "${key}"}
+
+
+def test_check_template_names_the_unknown_variable():
+    with pytest.raises(TemplateError, match=r"unknown template variable \$\{nope\} in 'script'"):
+        check_template(JobSubmission(script="echo ${nope}"), metadata=False)
+    with pytest.raises(TemplateError, match=r"\$\{colour\} in 'environment.X'"):
+        check_template(JobSubmission(script="x", environment={"X": "${colour}"}), metadata=False)
+
+
+def test_metadata_needs_opt_in():
+    sub = JobSubmission(script="echo ${metadata_run_id}")
+    with pytest.raises(TemplateError, match="metadata: true"):
+        check_template(sub, metadata=False)
+    check_template(sub, metadata=True)
+
+
+def test_missing_metadata_at_render_is_an_error():
+    with pytest.raises(TemplateError, match=r"\$\{metadata_run_id\}"):
+        render(JobSubmission(script="echo ${metadata_run_id}"), values())
+
+
+def test_no_variables_where_they_cannot_be_quoted():
+    with pytest.raises(TemplateError, match="partition"):
+        check_template(JobSubmission(script="x", partition="${bucket}"), metadata=False)
+
+
+def test_bad_environment_name():
+    with pytest.raises(TemplateError, match="not a valid shell name"):
+        check_template(JobSubmission(script="x", environment={"A-B": "1"}), metadata=False)
+
+
+def test_quote_is_shlex():
+    assert render(JobSubmission(script="x ${key}"), values("a b")).script == "x " + shlex.quote("a b")
