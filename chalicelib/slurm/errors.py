@@ -22,6 +22,8 @@ class SlurmError(Exception):
         errors: Sequence[dict[str, Any]] = (),
         warnings: Sequence[Any] = (),
         url: str | None = None,
+        job_id: int | None = None,
+        maybe_submitted: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -29,6 +31,11 @@ class SlurmError(Exception):
         self.errors = list(errors)
         self.warnings = list(warnings)
         self.url = url
+        # A job Slurm created although it reported errors (22.05: 200 + job_id + errors).
+        self.job_id = job_id
+        # The submit body was sent but no answer came (read timeout, dropped
+        # connection): the job may exist. Resolve with find_jobs_by_comment().
+        self.maybe_submitted = maybe_submitted
 
     def __str__(self) -> str:
         parts = [self.message]
@@ -49,6 +56,8 @@ class SlurmError(Exception):
             "status": self.status,
             "errors": self.errors,
             "transient": self.transient,
+            "job_id": self.job_id,
+            "maybe_submitted": self.maybe_submitted,
         }
 
 

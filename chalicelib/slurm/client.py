@@ -1,0 +1,342 @@
+"""``SlurmClient``: one slurmrestd, any version from v0.0.38 to v0.0.43.
+
+The client negotiates the version lazily (once, on first use), sends requests through
+the transport's session, and turns every answer that is not a success into a typed
+``SlurmError``. What each version's wire looks like is ``dialects.py``'s business.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import requests
+from urllib3.exceptions import ConnectTimeoutError
+
+from chalicelib.settings import Settings
+from chalicelib.slurm.auth import StaticToken, TokenProvider
+from chalicelib.slurm.dialects import (
+    DIALECTS,
+    Dialect,
+    error_codes,
+    newest,
+    number,
+    served_versions,
+    version_key,
+)
+from chalicelib.slurm.errors import (
+    SlurmAuthError,
+    SlurmError,
+    SlurmNotFoundError,
+    SlurmRejectedError,
+    SlurmUnavailableError,
+    SlurmVersionError,
+)
+from chalicelib.slurm.models import Job, JobsPage, JobSubmission, SubmitResult
+
+log = logging.getLogger(__name__)
+
+_ALREADY_DONE = 2021  # cancelling a job that already ended is not an error
+
+
+class SlurmClient:
+    """Calls to one slurmrestd with one identity.
+
+    Submitting is never retried blindly: a POST whose body may have reached slurmrestd
+    (read timeout, connection dropped after sending) could already have made a job, and
+    sending it again could make a second one. Instead ``submit()`` raises
+    ``SlurmUnavailableError`` with ``maybe_submitted=True``. The caller (the trigger)
+    holds an idempotency record for the object and stamps the same key into the job's
+    comment (``provenance.encode``), so on its next attempt it first calls
+    ``find_jobs_by_comment(key)`` and adopts a job it finds instead of submitting again.
+    Failures before anything was sent (connection refused, connect timeout) are retried
+    by the transport, as are GET and DELETE.
+
+    An auth failure (any version's form, see ``dialects``) makes the client fetch the
+    token again once and repeat the call once; a second refusal raises ``SlurmAuthError``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        auth: TokenProvider,
+        *,
+        user: str,
+        session: requests.Session | None = None,
+        api_version: str | None = None,
+    ) -> None:
+        if api_version is not None and api_version not in DIALECTS:
+            raise SlurmVersionError(
+                f"API version {api_version!r} is not one this client speaks "
+                f"({', '.join(DIALECTS)})"
+            )
+        self.base_url = base_url.rstrip("/")
+        self.user = user
+        self._auth = auth
+        if session is None:
+            from chalicelib.slurm.transport import build_session
+
+            session = build_session(Settings())
+        self._session = session
+        self._pinned = api_version
+        self._dialect: Dialect | None = DIALECTS[api_version] if api_version else None
+        self._served: list[str] | None = None
+
+    def __repr__(self) -> str:
+        version = self._dialect.version if self._dialect else "not negotiated"
+        return f"SlurmClient({self.base_url!r}, user={self.user!r}, version={version})"
+
+    # --- version negotiation
+    @property
+    def version(self) -> str:
+        """The API version in use: pinned, or the newest both sides know."""
+        return self.dialect.version
+
+    @property
+    def dialect(self) -> Dialect:
+        if self._dialect is None:
+            served = self.served_versions()
+            chosen = newest(served)
+            if chosen is None:
+                raise SlurmVersionError(
+                    f"{self.base_url} serves {', '.join(served) or 'no Slurm REST version'}; "
+                    f"this client speaks {', '.join(DIALECTS)}",
+                    url=self.base_url,
+                )
+            log.debug("slurmrestd %s: using %s of %s", self.base_url, chosen, served)
+            self._dialect = DIALECTS[chosen]
+        return self._dialect
+
+    def served_versions(self) -> list[str]:
+        """What the server serves, from ``GET /openapi/v3`` (needs auth on 22.05);
+        when that document is missing, probe each known version's ping."""
+        if self._served is None:
+            try:
+                _, body = self._call("GET", "/openapi/v3")
+                self._served = served_versions(body or {})
+            except SlurmNotFoundError:
+                self._served = self._probe()
+        return self._served
+
+    def _probe(self) -> list[str]:
+        found = []
+        for version in sorted(DIALECTS, key=version_key, reverse=True):
+            try:
+                self._call("GET", DIALECTS[version].path("ping"))
+            except (SlurmNotFoundError, SlurmRejectedError):
+                continue
+            found.append(version)
+        return sorted(found, key=version_key)
+
+    # --- calls
+    def ping(self) -> dict[str, Any]:
+        """The controllers' ping; ``SlurmAuthError`` when slurmctld refuses the token
+        (24.11 answers 200 with ``pinged: DOWN`` then)."""
+        path = self.dialect.path("ping")
+        _, body = self._call("GET", path)
+        if self.dialect.ping_down(body or {}):
+            before = self._auth.token()
+            if self._auth.refresh() != before:
+                _, body = self._call("GET", path)
+        down = self.dialect.ping_down(body or {})
+        if down:
+            raise SlurmAuthError(
+                f"slurmctld on {', '.join(down)} did not answer the ping for user "
+                f"{self._user()!r}: the token is invalid or expired, or slurmctld is down",
+                status=200,
+                url=self.base_url + path,
+            )
+        return dict(body or {})
+
+    def diag(self) -> dict[str, Any]:
+        _, body = self._call("GET", self.dialect.path("diag"))
+        return dict(body or {})
+
+    def submit_body(self, sub: JobSubmission) -> dict[str, Any]:
+        """The exact JSON that ``submit`` would POST."""
+        return self.dialect.submit_body(sub)
+
+    def submit(self, sub: JobSubmission) -> SubmitResult:
+        """Submit once; see the class docstring for what happens on ambiguous failures."""
+        _, body = self._call("POST", self.dialect.path("job/submit"), json=self.submit_body(sub))
+        return self.dialect.parse_submit(body or {})
+
+    def list_jobs(self, update_time: int | None = None) -> JobsPage:
+        """All jobs slurmctld still holds, or ``changed=False`` when none changed
+        since ``update_time`` (epoch seconds)."""
+        dialect = self.dialect
+        status, body = self._call(
+            "GET", dialect.path("jobs"), params=dialect.jobs_params(update_time)
+        )
+        return dialect.parse_jobs(status, body)
+
+    def get_job(self, job_id: int) -> Job:
+        """One job; ``SlurmNotFoundError`` if Slurm does not know it (any more)."""
+        path = self.dialect.path(f"job/{int(job_id)}")
+        _, body = self._call("GET", path)
+        raws = [j for j in (body or {}).get("jobs") or () if j.get("job_id") == int(job_id)]
+        if not raws:
+            raise SlurmNotFoundError(
+                f"Slurm does not know job {job_id}", status=200, url=self.base_url + path
+            )
+        return self.dialect.parse_job(raws[0])
+
+    def cancel_job(self, job_id: int) -> None:
+        """Cancel (SIGKILL) a job. Cancelling a job that already ended is a no-op;
+        an unknown job raises ``SlurmNotFoundError`` where the version says so
+        (v0.0.40/v0.0.41 answer 200 for unknown jobs)."""
+        path = self.dialect.path(f"job/{int(job_id)}")
+        try:
+            _, body = self._call("DELETE", path)
+            self.dialect.check_cancel(body, int(job_id))
+        except SlurmRejectedError as exc:
+            if set(error_codes(exc.errors)) != {_ALREADY_DONE}:
+                raise
+
+    def find_jobs_by_comment(self, substring: str) -> list[Job]:
+        """Jobs whose comment contains ``substring`` (an idempotency key): how the
+        trigger finds the job of a submit whose answer it never got."""
+        return [j for j in self.list_jobs().jobs if j.comment and substring in j.comment]
+
+    # --- plumbing
+    def _user(self) -> str:
+        return self._auth.user() or self.user
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+    ) -> tuple[int, dict[str, Any] | None]:
+        """One request (two if the token had to be fetched again): (status, JSON body)."""
+        url = self.base_url + path
+        token = self._auth.token()
+        for attempt in (1, 2):
+            headers = {"X-SLURM-USER-NAME": self._user(), "X-SLURM-USER-TOKEN": token.reveal()}
+            try:
+                resp = self._session.request(method, url, params=params, json=json, headers=headers)
+            except requests.RequestException as exc:
+                raise _unavailable(method, url, exc) from None
+            status, body, text = resp.status_code, _json(resp), ""
+            if body is None and resp.content:
+                text = resp.text.strip()[:300]
+            errors = list((body or {}).get("errors") or ())
+            kind = (self._dialect or DIALECTS["v0.0.38"]).classify(status, errors)
+            if kind is None:
+                return status, body
+            if kind is SlurmAuthError and attempt == 1:
+                fresh = self._auth.refresh()
+                if fresh != token:
+                    log.info("slurmrestd refused the token; fetched it again and retrying once")
+                    token = fresh
+                    continue
+            raise kind(
+                _message(kind, method, path, status, self._user(), text),
+                status=status,
+                errors=errors or ([{"error": text}] if text else []),
+                warnings=(body or {}).get("warnings") or (),
+                url=url,
+                job_id=number((body or {}).get("job_id")) or None,
+            )
+        raise AssertionError("unreachable")
+
+
+def _json(resp: requests.Response) -> dict[str, Any] | None:
+    if not resp.content:
+        return None
+    try:
+        data = resp.json()
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _message(
+    kind: type[SlurmError], method: str, path: str, status: int, user: str, text: str
+) -> str:
+    call = f"{method} {path}"
+    if kind is SlurmAuthError:
+        return (
+            f"slurmrestd refused the token for user {user!r} on {call}, also after "
+            "fetching it again: check the token secret, its user and its expiry"
+        )
+    if kind is SlurmNotFoundError:
+        return f"Slurm does not know what {call} asks for"
+    if kind is SlurmUnavailableError:
+        return f"slurmrestd could not serve {call}; try again later"
+    return f"Slurm rejected {call}" + (f": {text}" if text else "")
+
+
+def _unavailable(method: str, url: str, exc: requests.RequestException) -> SlurmUnavailableError:
+    """A typed error without the request (whose headers hold the token)."""
+    maybe = method == "POST" and _maybe_sent(exc)
+    what = type(exc).__name__
+    if isinstance(exc, requests.exceptions.SSLError):
+        hint = "TLS verification failed; set ca_bundle, ca_secret or ca_parameter"
+    elif maybe:
+        hint = "the request was sent but no answer came: the job may exist"
+    else:
+        hint = "could not reach slurmrestd"
+    return SlurmUnavailableError(
+        f"{hint} ({method} {url}: {what}: {exc})", url=url, maybe_submitted=maybe
+    )
+
+
+def _maybe_sent(exc: requests.RequestException) -> bool:
+    """True unless the failure happened before the body could leave (connect phase)."""
+    if isinstance(exc, (requests.ConnectTimeout, requests.exceptions.SSLError)):
+        return False
+    if isinstance(exc, requests.ReadTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return not isinstance(reason, ConnectTimeoutError)
+
+
+def build_client(
+    settings: Settings,
+    *,
+    secrets_client: Any = None,
+    ec2_client: Any = None,
+    ssm_client: Any = None,
+    session: requests.Session | None = None,
+) -> SlurmClient:
+    """A client for ``settings``; AWS clients are made only when something needs them
+    (no EC2 when ``slurm_url`` is set, no Secrets Manager when ``token`` is given)."""
+    from chalicelib.slurm.transport import build_session
+
+    def secrets() -> Any:
+        return secrets_client or _boto("secretsmanager")
+
+    if settings.slurm_url:
+        url = settings.slurm_url
+    else:
+        from chalicelib.slurm.discovery import head_node_url
+
+        url = head_node_url(
+            ec2_client or _boto("ec2"),
+            settings.cluster_name,
+            use_public_ip=settings.use_public_ip,
+            scheme=settings.slurm_scheme,
+            port=settings.slurm_port,
+        )
+    auth: TokenProvider
+    if settings.token:
+        auth = StaticToken(settings.token)
+    else:
+        from chalicelib.slurm.auth import SecretsManagerToken
+
+        auth = SecretsManagerToken(secrets(), settings.secret_id, settings.token_cache_seconds)
+    if session is None:
+        session = build_session(
+            settings, secrets_client=secrets, ssm_client=lambda: ssm_client or _boto("ssm")
+        )
+    return SlurmClient(
+        url, auth, user=settings.slurm_user, session=session, api_version=settings.api_version
+    )
+
+
+def _boto(service: str) -> Any:
+    import boto3
+
+    return boto3.client(service)

@@ -1,0 +1,424 @@
+"""Every wire difference between Slurm REST v0.0.38 … v0.0.43, and nothing else.
+
+One class per version family; ``DIALECTS`` maps each version to an instance. The
+client only ever asks its dialect: which path, which body, which query, what does
+this answer mean. Facts below were observed on real slurmrestd (22.05.8 for v0.0.38,
+24.11.5 for v0.0.40–v0.0.42) or read from SchedMD's reference (23.02 for v0.0.39,
+25.05 for v0.0.43).
+
+Error classification (``Dialect.classify``), from Slurm's own error numbers:
+
+* 401 (no auth headers, every version) and 511 (24.11: bad/expired token) → auth.
+* 22.05 (v0.0.38) answers **500** for a bad or expired token and loses the errno on
+  the way: GET endpoints report ``error_number: -1`` ("Unspecified error", e.g.
+  "Failed while looking for jobs", "slurmctld config is unable to load"), POST
+  job/submit reports ``error_code: 5005`` ("Zero Bytes were transmitted or
+  received"). A 500 whose errors are only -1/5005 is therefore an auth failure;
+  a 500 with a job error (2000 "Invalid partition name specified", 2009 "Job
+  script not specified") is a rejected body, and 2017 "Invalid job id specified"
+  is an unknown job (22.05 answers 500 for those too).
+* 1007 "Protocol authentication error" → auth (24.11 puts it in the 511 body).
+* 2017 → not found; any other 2xxx (job errors: 2019, 2063 …) or 9xxx (query or
+  data-parser errors: 9000, 9202, 9208 …) → rejected, whatever the HTTP status
+  (24.11 answers 500 for a malformed environment).
+* 429, 502, 503, 504 and any other 5xx without a job/parser error → unavailable.
+* Other 4xx (400 "Unable to parse query.", 404, 422) → rejected / not found.
+* HTTP 200 with a non-empty ``errors`` array is not a success: it is classified
+  the same way (22.05 creates a job *and* reports 2015 for impossible cpus).
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping, Sequence
+
+from chalicelib.slurm.errors import (
+    SlurmAuthError,
+    SlurmError,
+    SlurmNotFoundError,
+    SlurmRejectedError,
+    SlurmUnavailableError,
+)
+from chalicelib.slurm.models import FINAL_STATES, Job, JobsPage, JobSubmission, SubmitResult
+
+# Slurm needs a non-empty environment (22.05: "environment must be set"; 24.11 fails
+# with 2019 without one); a job file that sets none gets this.
+DEFAULT_ENVIRONMENT = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+
+BASE_STATES = frozenset(FINAL_STATES | {"PENDING", "RUNNING", "SUSPENDED"})
+
+# Up to v0.0.39 job_state is one string and a flag replaces the base state
+# (job_state_string() in 22.05/23.02). Map it to the base state it implies and
+# keep the flag, so "COMPLETING" is not mistaken for a final state.
+_FLAG_ONLY_STATES = {
+    "COMPLETING": "RUNNING",
+    "CONFIGURING": "RUNNING",
+    "RESIZING": "RUNNING",
+    "SIGNALING": "RUNNING",
+    "STAGE_OUT": "RUNNING",
+    "STOPPED": "SUSPENDED",
+    "REQUEUED": "PENDING",
+    "REQUEUE_FED": "PENDING",
+    "REQUEUE_HOLD": "PENDING",
+    "RESV_DEL_HOLD": "PENDING",
+    "SPECIAL_EXIT": "PENDING",
+    "REVOKED": "CANCELLED",
+}
+
+NOT_FOUND = 2017
+ALREADY_DONE = 2021  # "Job/step already completing or completed": cancelling is a no-op
+AUTH_ERROR = 1007
+_TRANSIENT_STATUS = frozenset({429, 502, 503, 504})
+_NO_CHANGE = re.compile(r"no job changes", re.IGNORECASE)
+
+
+def error_codes(errors: Iterable[Mapping[str, Any]]) -> list[int]:
+    """Slurm's numbers: ``error_code`` (22.05 submit) or ``error_number``."""
+    codes = []
+    for e in errors:
+        code = e.get("error_number", e.get("error_code"))
+        if isinstance(code, int):
+            codes.append(code)
+    return codes
+
+
+def number(value: Any) -> int | None:
+    """A plain integer or a ``{set, infinite, number}`` struct; unset/infinite → None."""
+    if isinstance(value, Mapping):
+        if value.get("infinite") or not value.get("set", True):
+            return None
+        value = value.get("number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return int(value)
+
+
+def timestamp(value: Any) -> datetime | None:
+    """An epoch (plain or struct) as an aware UTC datetime; 0 and unset → None."""
+    seconds = number(value)
+    if not seconds or seconds < 0:
+        return None
+    return datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value and value != "None" else None
+
+
+def _struct(value: int) -> dict[str, Any]:
+    return {"set": True, "infinite": False, "number": value}
+
+
+def _expand_path(path: str | None, raw: Mapping[str, Any]) -> str | None:
+    """Replace the filename patterns 22.05 leaves unexpanded (%j %u %x %A %a %%)."""
+    if not path or "%" not in path:
+        return path or None
+    array_job = number(raw.get("array_job_id")) or 0
+    array_task = number(raw.get("array_task_id"))
+    values = {
+        "j": str(raw.get("job_id", "")),
+        "u": str(raw.get("user_name") or ""),
+        "x": str(raw.get("name") or ""),
+        "A": str(array_job or raw.get("job_id", "")),
+        "a": str(array_task) if array_task is not None else "4294967294",
+        "%": "%",
+    }
+    return re.sub(r"%([juxAa%])", lambda m: values[m.group(1)], path)
+
+
+class Dialect:
+    """v0.0.38 (Slurm 22.05, 23.02, 23.11): the oldest wire format.
+
+    Later families subclass this and override only what changed.
+    """
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.version!r})"
+
+    # --- paths
+    def path(self, endpoint: str) -> str:
+        """``endpoint`` is one of ping, diag, jobs, job/submit, job/<id>."""
+        return f"/slurm/{self.version}/{endpoint}"
+
+    # --- submit
+    def submit_body(self, sub: JobSubmission) -> dict[str, Any]:
+        job = self._job_fields(sub)
+        job.update(sub.extra)
+        return {"script": sub.script, "job": job}
+
+    def _job_fields(self, sub: JobSubmission) -> dict[str, Any]:
+        job: dict[str, Any] = {
+            "environment": self._environment(dict(sub.environment or DEFAULT_ENVIRONMENT))
+        }
+        for key, value in (
+            ("name", sub.name),
+            ("partition", sub.partition),
+            ("current_working_directory", sub.working_directory),
+            ("standard_output", sub.standard_output),
+            ("standard_error", sub.standard_error),
+            ("comment", sub.comment),
+            ("array", sub.array),
+            ("tasks", sub.tasks),
+            ("cpus_per_task", sub.cpus_per_task),
+        ):
+            if value is not None:
+                job[key] = value
+        if sub.time_limit is not None:
+            job["time_limit"] = self._count(sub.time_limit)
+        if sub.memory_per_node is not None:
+            job["memory_per_node"] = self._count(sub.memory_per_node)
+        if sub.nodes is not None:
+            job["nodes"] = self._nodes(sub.nodes)
+        return job
+
+    def _environment(self, env: dict[str, str]) -> Any:
+        return env
+
+    def _count(self, value: int) -> Any:
+        return value
+
+    def _nodes(self, value: int) -> Any:
+        return [value, value]
+
+    def parse_submit(self, body: Mapping[str, Any]) -> SubmitResult:
+        job_id = number(body.get("job_id"))
+        if job_id is None:
+            raise SlurmRejectedError(
+                "slurmrestd accepted the submission but returned no job_id",
+                errors=body.get("errors") or (),
+            )
+        step = body.get("step_id")
+        return SubmitResult(
+            job_id=job_id,
+            step_id=str(step) if step not in (None, "") else None,
+            user_message=_text(body.get("job_submit_user_msg")),
+            warnings=tuple(warning_texts(body.get("warnings") or ())),
+        )
+
+    # --- jobs
+    def jobs_params(self, update_time: int | None) -> dict[str, str]:
+        return {} if update_time is None else {"update_time": str(int(update_time))}
+
+    def parse_jobs(self, status: int, body: Mapping[str, Any] | None) -> JobsPage:
+        """22.05 answers 304 without a body when nothing changed since update_time."""
+        if status == 304 or body is None:
+            return JobsPage(jobs=(), changed=False, last_update=None)
+        jobs = tuple(self.parse_job(j) for j in body.get("jobs") or ())
+        unchanged = not jobs and any(
+            _NO_CHANGE.search(w) for w in warning_texts(body.get("warnings") or ())
+        )
+        return JobsPage(jobs=jobs, changed=not unchanged, last_update=self._last_update(body))
+
+    def _last_update(self, body: Mapping[str, Any]) -> int | None:
+        return number(body.get("last_update")) or None
+
+    def parse_job(self, raw: Mapping[str, Any]) -> Job:
+        state, flags = self._state(raw.get("job_state"))
+        final = state in FINAL_STATES
+        exit_code, signal = self._exit(raw.get("exit_code")) if final else (None, None)
+        return Job(
+            job_id=int(raw["job_id"]),
+            name=raw.get("name") or "",
+            state=state,
+            state_flags=flags,
+            reason=_text(raw.get("state_reason")),
+            exit_code=exit_code,
+            signal=signal,
+            submit_time=timestamp(raw.get("submit_time")),
+            # Before a job ends Slurm reports projected times; they are not facts.
+            start_time=timestamp(raw.get("start_time")) if state != "PENDING" else None,
+            end_time=timestamp(raw.get("end_time")) if final else None,
+            partition=_text(raw.get("partition")),
+            user=_text(raw.get("user_name")),
+            comment=_text(raw.get("comment")),
+            working_directory=_text(raw.get("current_working_directory")),
+            standard_output=_text(raw.get("stdout_expanded"))
+            or _expand_path(_text(raw.get("standard_output")), raw),
+            raw=raw,
+        )
+
+    def _state(self, value: Any) -> tuple[str, tuple[str, ...]]:
+        text = str(value or "UNKNOWN").upper()
+        if text in _FLAG_ONLY_STATES:
+            return _FLAG_ONLY_STATES[text], (text,)
+        return text, ()
+
+    def _exit(self, value: Any) -> tuple[int | None, int | None]:
+        """v0.0.38 sends the raw wait status: exit 3 reads 768, SIGKILL reads 9."""
+        return _wait_status(number(value))
+
+    # --- cancel
+    def check_cancel(self, body: Mapping[str, Any] | None, job_id: int) -> None:
+        """Raise if a 2xx DELETE answer says the job was not signalled."""
+
+    # --- ping
+    def ping_down(self, body: Mapping[str, Any]) -> list[str]:
+        """Controllers that did not answer; 22.05 says ``ping: DOWN``."""
+        return [
+            p.get("hostname", "?") for p in body.get("pings") or () if p.get("ping") == "DOWN"
+        ]
+
+    # --- errors
+    def classify(
+        self, status: int, errors: Sequence[Mapping[str, Any]]
+    ) -> type[SlurmError] | None:
+        """The error type this answer means, or None when it is a success."""
+        codes = error_codes(errors)
+        if status < 400 and not errors:
+            return None
+        if status in (401, 511) or AUTH_ERROR in codes or self._auth_failure(status, codes):
+            return SlurmAuthError
+        if NOT_FOUND in codes or status == 404:
+            return SlurmNotFoundError
+        if any(2000 <= c < 3000 or 9000 <= c < 10000 for c in codes):
+            return SlurmRejectedError
+        if status in _TRANSIENT_STATUS or status >= 500:
+            return SlurmUnavailableError
+        return SlurmRejectedError
+
+    def _auth_failure(self, status: int, codes: Sequence[int]) -> bool:
+        """22.05: 500 with only -1 (GET) or 5005 (POST) means the token was refused."""
+        return status == 500 and bool(codes) and set(codes) <= {-1, 5005}
+
+
+class Dialect39(Dialect):
+    """v0.0.39 (Slurm 23.02–24.05; from SchedMD's 23.02 reference).
+
+    ``script`` moves inside ``job``; ``environment`` is a list of ``K=V``; counts
+    and ``exit_code`` are ``{set, infinite, number}`` structs (the number is still
+    the raw wait status); ``nodes`` is a count range string; times stay plain epochs.
+    """
+
+    def submit_body(self, sub: JobSubmission) -> dict[str, Any]:
+        job = self._job_fields(sub)
+        job["script"] = sub.script
+        job.update(sub.extra)
+        return {"job": job}
+
+    def _environment(self, env: dict[str, str]) -> Any:
+        return [f"{k}={v}" for k, v in env.items()]
+
+    def _count(self, value: int) -> Any:
+        return _struct(value)
+
+    def _nodes(self, value: int) -> Any:
+        return str(value)
+
+    def ping_down(self, body: Mapping[str, Any]) -> list[str]:
+        return [
+            p.get("hostname", "?")
+            for p in body.get("pings") or ()
+            if p.get("pinged") == "DOWN" or p.get("responding") is False
+        ]
+
+
+class Dialect40(Dialect39):
+    """v0.0.40, v0.0.41 (Slurm 23.11–25.05).
+
+    ``job_state`` is a list (base state + flags); times are structs; ``exit_code``
+    is ``{status, return_code, signal{id, name}}``; the submit answer repeats itself
+    under ``result``; ``update_time`` must be written ``uts<epoch>`` (a bare epoch
+    is a 422); "no change" is 200 with ``jobs: []`` and a warning; DELETE says
+    nothing about unknown or finished jobs.
+    """
+
+    def parse_submit(self, body: Mapping[str, Any]) -> SubmitResult:
+        return super().parse_submit({**(body.get("result") or {}), **body})
+
+    def jobs_params(self, update_time: int | None) -> dict[str, str]:
+        return {} if update_time is None else {"update_time": f"uts{int(update_time)}"}
+
+    def _state(self, value: Any) -> tuple[str, tuple[str, ...]]:
+        items = [str(v).upper() for v in (value if isinstance(value, list) else [value]) if v]
+        base = next((s for s in items if s in BASE_STATES), None)
+        if base is None:
+            return super()._state(items[0] if items else None)
+        return base, tuple(s for s in items if s != base)
+
+    def _exit(self, value: Any) -> tuple[int | None, int | None]:
+        if not isinstance(value, Mapping):
+            return None, None
+        signal = number((value.get("signal") or {}).get("id"))
+        return number(value.get("return_code")), signal or None
+
+    def _auth_failure(self, status: int, codes: Sequence[int]) -> bool:
+        """24.11 says 511 + 1007; a 500 with -1 is not a token problem here."""
+        return False
+
+
+class Dialect42(Dialect40):
+    """v0.0.42, v0.0.43 (Slurm 24.11–25.11).
+
+    No ``result`` in the submit answer; ``update_time`` is a bare epoch again;
+    DELETE answers ``status[]`` with one entry per job Slurm could not signal;
+    ping adds ``responding: false``.
+    """
+
+    def jobs_params(self, update_time: int | None) -> dict[str, str]:
+        return Dialect.jobs_params(self, update_time)
+
+    def check_cancel(self, body: Mapping[str, Any] | None, job_id: int) -> None:
+        failures = [s for s in (body or {}).get("status") or () if s.get("error")]
+        errors = [
+            {"error_number": f["error"].get("code"), "error": f["error"].get("string"),
+             "description": f["error"].get("message")}
+            for f in failures
+        ]
+        codes = set(error_codes(errors))
+        if not codes or codes == {ALREADY_DONE}:
+            return
+        kind = SlurmNotFoundError if codes == {NOT_FOUND} else SlurmRejectedError
+        raise kind(f"Slurm could not cancel job {job_id}", status=200, errors=errors)
+
+
+def _wait_status(status: int | None) -> tuple[int | None, int | None]:
+    """Split a POSIX wait status (``>>8`` exit status, ``&0x7f`` signal)."""
+    if status is None:
+        return None, None
+    signal = status & 0x7F
+    if signal:
+        return None, signal
+    return (status >> 8) & 0xFF, None
+
+
+def warning_texts(warnings: Iterable[Any]) -> list[str]:
+    out = []
+    for w in warnings:
+        if isinstance(w, Mapping):
+            out.append(str(w.get("description") or w.get("warning") or w))
+        else:
+            out.append(str(w))
+    return out
+
+
+DIALECTS: dict[str, Dialect] = {
+    "v0.0.38": Dialect("v0.0.38"),
+    "v0.0.39": Dialect39("v0.0.39"),
+    "v0.0.40": Dialect40("v0.0.40"),
+    "v0.0.41": Dialect40("v0.0.41"),
+    "v0.0.42": Dialect42("v0.0.42"),
+    "v0.0.43": Dialect42("v0.0.43"),
+}
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """``"v0.0.42"`` → ``(0, 0, 42)`` for ordering."""
+    return tuple(int(p) for p in version.lstrip("v").split("."))
+
+
+def newest(served: Iterable[str]) -> str | None:
+    """The newest version both the server and this client speak."""
+    known = [v for v in served if v in DIALECTS]
+    return max(known, key=version_key) if known else None
+
+
+_SERVED = re.compile(r"^/slurm/(v\d+\.\d+\.\d+)/")
+
+
+def served_versions(openapi: Mapping[str, Any]) -> list[str]:
+    """The ``/slurm/vX`` versions listed in a ``GET /openapi/v3`` document."""
+    found = {m.group(1) for p in (openapi.get("paths") or {}) if (m := _SERVED.match(p))}
+    return sorted(found, key=version_key)

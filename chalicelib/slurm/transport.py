@@ -1,0 +1,123 @@
+"""The HTTP session every Slurm call goes through.
+
+Retries live here, not in the client: urllib3 ``Retry`` repeats GET and DELETE on
+connection errors and on 429/502/503/504 (honouring ``Retry-After``). POST is never
+repeated once its body may have reached slurmrestd: a second submit can make a
+second job (see ``SlurmClient`` for what happens instead). Every request gets the
+configured timeouts from the adapter, so no call site can forget them.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from typing import Any, Callable
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from chalicelib.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUS = (429, 502, 503, 504)
+RETRY_METHODS = frozenset({"GET", "DELETE"})
+_PEM_FILES: dict[str, str] = {}
+
+
+class TimeoutAdapter(HTTPAdapter):
+    """An ``HTTPAdapter`` that applies ``(connect, read)`` timeouts to every request."""
+
+    def __init__(self, timeout: tuple[float, float], **kwargs: Any) -> None:
+        self.timeout = timeout
+        super().__init__(**kwargs)
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        return super().send(request, **kwargs)
+
+
+def retry_policy(retries: int) -> Retry:
+    """Idempotent calls only; the last answer is returned, not raised, so the client
+    can map it to a typed error."""
+    return Retry(
+        total=retries,
+        backoff_factor=0.5,
+        status_forcelist=RETRY_STATUS,
+        allowed_methods=RETRY_METHODS,
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
+
+
+def build_session(
+    settings: Settings,
+    *,
+    secrets_client: Callable[[], Any] | None = None,
+    ssm_client: Callable[[], Any] | None = None,
+) -> requests.Session:
+    """A keep-alive session with retries, timeouts and the TLS choice of ``settings``.
+
+    ``secrets_client``/``ssm_client`` are factories, called only when the head
+    node's certificate lives in Secrets Manager (``ca_secret``) or SSM (``ca_parameter``).
+    """
+    session = requests.Session()
+    adapter = TimeoutAdapter(
+        (settings.connect_timeout, settings.read_timeout),
+        max_retries=retry_policy(settings.retries),
+    )
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.verify = tls_verify(settings, secrets_client=secrets_client, ssm_client=ssm_client)
+    return session
+
+
+def tls_verify(
+    settings: Settings,
+    *,
+    secrets_client: Callable[[], Any] | None = None,
+    ssm_client: Callable[[], Any] | None = None,
+) -> bool | str:
+    """``requests``' ``verify=``: True, a PEM path, or False when ``insecure``."""
+    if settings.insecure:
+        import urllib3
+
+        log.warning(
+            "TLS verification is OFF for the Slurm REST API (insecure=True); "
+            "anyone on the path can read the token. Use ca_bundle/ca_secret/ca_parameter."
+        )
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        return False
+    if settings.ca_bundle:
+        return settings.ca_bundle
+    if settings.ca_secret:
+        from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+        client = secrets_client() if secrets_client else None
+        pem = SecretsProvider(boto3_client=client).get(settings.ca_secret)
+        return pem_file(str(pem))
+    if settings.ca_parameter:
+        from aws_lambda_powertools.utilities.parameters import SSMProvider
+
+        client = ssm_client() if ssm_client else None
+        pem = SSMProvider(boto3_client=client).get(settings.ca_parameter, decrypt=True)
+        return pem_file(str(pem))
+    return True
+
+
+def pem_file(pem: str) -> str:
+    """Write a PEM once per process to a file only this user can read; return its path."""
+    if "-----BEGIN CERTIFICATE-----" not in pem:
+        raise ValueError("the configured CA secret/parameter does not hold a PEM certificate")
+    digest = hashlib.sha256(pem.encode()).hexdigest()[:16]
+    path = _PEM_FILES.get(digest)
+    if path and os.path.exists(path):
+        return path
+    fd, path = tempfile.mkstemp(prefix=f"slurm-ca-{digest}-", suffix=".pem")
+    with os.fdopen(fd, "w") as f:  # mkstemp creates it 0600
+        f.write(pem if pem.endswith("\n") else pem + "\n")
+    _PEM_FILES[digest] = path
+    return path
