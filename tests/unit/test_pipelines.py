@@ -1,0 +1,135 @@
+"""Pipeline files: loading, validation with file/pipeline/variable named, matching."""
+from __future__ import annotations
+
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from chalicelib import pipelines
+from chalicelib.pipelines import PipelineError
+from chalicelib.s3events import ObjectRef
+from chalicelib.templating import object_variables, render
+
+SHIPPED = Path(__file__).resolve().parents[2] / "pipelines"
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_shipped_pipelines_load():
+    names = [p.name for p in pipelines.load(SHIPPED)]
+    assert names == ["align-reads", "forecast-tile"]
+
+
+@pytest.mark.parametrize(
+    "key, expected",
+    [
+        ("reads/run1/s_R1.fastq.gz", ["align-reads"]),
+        ("reads/s.fastq.gz", ["align-reads"]),
+        ("reads/run1/s_R2.fastq.gz", []),
+        ("reads/s.fastq", []),
+        ("tiles/2026/T32.tif", ["forecast-tile"]),
+        ("other/T32.tif", []),
+    ],
+)
+def test_shipped_matching(key, expected):
+    ref = ObjectRef("any-bucket", key, size=10)
+    assert [p.name for p in pipelines.matching(pipelines.load(SHIPPED), ref)] == expected
+
+
+def test_empty_reads_do_not_match():
+    assert pipelines.matching(pipelines.load(SHIPPED), ObjectRef("b", "reads/s.fastq.gz", size=0)) == []
+
+
+@pytest.mark.parametrize("key", ["reads/run 1/s_R1.fastq.gz", "tiles/x y.tif"])
+def test_shipped_scripts_run_in_bash(key, tmp_path):
+    """The example scripts are plain bash: render them and run them here."""
+    for p in pipelines.matching(pipelines.load(SHIPPED), ObjectRef("b", key, size=5, version_id="v")):
+        job = render(p.template, object_variables(ObjectRef("b", key, size=5, version_id="v"), p.name, "st-x"))
+        run = subprocess.run(["bash", "-c", job.script], env=job.environment, capture_output=True, text=True, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+        assert f"s3://b/{key}" in run.stdout
+
+
+def test_several_pipelines_may_match(tmp_path):
+    write(tmp_path, "a.yaml", """
+        name: a
+        match: {prefix: in/}
+        job: {script: "#!/bin/bash\\ntrue\\n"}
+    """)
+    write(tmp_path, "b.yml", """
+        name: b
+        match: {suffix: .csv, bucket: [b1, b2]}
+        job: {script: "#!/bin/bash\\ntrue\\n"}
+    """)
+    loaded = pipelines.load(tmp_path)
+    assert [p.name for p in pipelines.matching(loaded, ObjectRef("b1", "in/x.csv"))] == ["a", "b"]
+    assert [p.name for p in pipelines.matching(loaded, ObjectRef("b3", "in/x.csv"))] == ["a"]
+
+
+def test_script_file_is_read_beside_the_yaml(tmp_path):
+    (tmp_path / "s").mkdir()
+    write(tmp_path / "s", "run.sh", "#!/bin/bash\necho ${key}\n")
+    write(tmp_path, "p.yaml", """
+        name: p
+        match: {prefix: x}
+        job: {script_file: s/run.sh}
+    """)
+    assert pipelines.load(tmp_path)[0].template.script == "#!/bin/bash\necho ${key}\n"
+
+
+def test_unknown_variable_names_file_pipeline_and_variable(tmp_path):
+    path = write(tmp_path, "p.yaml", """
+        name: bad-one
+        match: {prefix: x}
+        job: {script: "#!/bin/bash\\necho ${colour}\\n"}
+    """)
+    with pytest.raises(PipelineError) as info:
+        pipelines.load(tmp_path)
+    message = str(info.value)
+    assert str(path) in message and "'bad-one'" in message and "${colour}" in message
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("name: p\nmatch: {prefix: x}\njob: {script: x}\nextra_field: 1\n", "unknown field(s) extra_field"),
+        ("name: p\nmatch: {prefx: x}\njob: {script: x}\n", "unknown match field(s) prefx"),
+        ("name: p\njob: {script: x}\n", "'match' must be an object"),
+        ("name: p\nmatch: {prefix: x, min_size: -1}\njob: {script: x}\n", "min_size"),
+        ("name: p\nmatch: {prefix: x}\njob: {scrpt: x}\n", "unknown submission field(s) scrpt"),
+        ("name: p\nmatch: {prefix: x}\njob: {script_file: missing.sh}\n", "missing.sh"),
+        ("name: 'bad name'\nmatch: {prefix: x}\njob: {script: x}\n", "'name' must be"),
+        ("name: p\nmatch: {prefix: x}\nmetadata: yes please\njob: {script: x}\n", "'metadata' must be"),
+        ("- a\n- b\n", "one YAML object"),
+        ("name: p\nmatch: {prefix: [x\n", "while parsing"),
+    ],
+)
+def test_invalid_files(tmp_path, text, needle):
+    (tmp_path / "p.yaml").write_text(text)
+    _, errors = pipelines.load_all(tmp_path)
+    assert len(errors) == 1 and needle in str(errors[0]) and "p.yaml" in str(errors[0])
+
+
+def test_duplicate_names_and_every_error_reported(tmp_path):
+    for f in ("a.yaml", "b.yaml"):
+        write(tmp_path, f, "name: same\nmatch: {prefix: x}\njob: {script: x}\n")
+    write(tmp_path, "c.yaml", "name: c\nmatch: {prefix: x}\njob: {script: '${nope}'}\n")
+    loaded, errors = pipelines.load_all(tmp_path)
+    assert [p.name for p in loaded] == ["same"]
+    assert len(errors) == 2 and "also defined in" in str(errors[0]) and "${nope}" in str(errors[1])
+
+
+def test_metadata_opt_in(tmp_path):
+    write(tmp_path, "p.yaml", "name: p\nmatch: {prefix: x}\nmetadata: true\njob: {script: 'echo ${metadata_run_id}'}\n")
+    assert pipelines.load(tmp_path)[0].metadata
+
+
+def test_missing_path():
+    with pytest.raises(PipelineError, match="no such pipeline"):
+        pipelines.load("/nonexistent/pipelines")
