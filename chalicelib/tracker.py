@@ -1,0 +1,343 @@
+"""One poll of the job tracker: list what changed in Slurm, diff, publish, then save.
+
+Order is what makes the guarantees (docs/tracker.md): a job's new state is saved only
+after EventBridge accepted its event, so a crash in between publishes it again (same
+``eventId``) instead of losing it; a lease keeps two polls of the same cluster apart,
+and every save is conditional on the state it replaces.
+
+Slurm answers ``GET /jobs?update_time=`` with every job as soon as any job changed, so
+the page is diffed in memory against the cursor's ``known`` map first: the store is
+read and written for the jobs whose state moved, not for every job of the cluster.
+Every ``sweep_seconds`` the poll lists all jobs without ``update_time`` and looks up by
+id each tracked unfinished job that is no longer listed; one Slurm does not know any
+more becomes ``LOST`` (final), see ``lost_detail``.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any, Iterable, Protocol
+
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+from chalicelib import provenance
+from chalicelib.eventbus import Event, EventBus, EventBusError
+from chalicelib.jobstore import LOST, TRACKER_FINAL_STATES, Cursor, JobStore, TrackedJob, fingerprint
+from chalicelib.observability import SERVICE, logger
+from chalicelib.provenance import Source
+from chalicelib.slurm.errors import SlurmError, SlurmNotFoundError
+from chalicelib.slurm.models import Job, JobsPage
+
+DETAIL_TYPE = "Slurm Job State Change"
+LOST_REASON = "job no longer known to Slurm"
+
+
+class SlurmJobs(Protocol):
+    """The part of ``SlurmClient`` the tracker uses."""
+
+    def list_jobs(self, update_time: int | None = None) -> JobsPage: ...
+
+    def get_job(self, job_id: int) -> Job: ...
+
+
+@dataclass
+class PollResult:
+    """What one poll did; the scheduled handler turns it into metrics, the CLI prints it."""
+
+    cluster: str
+    skipped: bool = False
+    sweep: bool = False
+    changed: bool = False
+    jobs_seen: int = 0
+    tracked_seen: int = 0
+    transitions: list[dict[str, Any]] = field(default_factory=list)
+    published: int = 0
+    conflicts: int = 0
+    lost: int = 0
+    pending: int = 0
+    running: int = 0
+    duration_ms: float = 0.0
+
+    def by_state(self) -> Counter[str]:
+        return Counter(t["state"] for t in self.transitions)
+
+
+@dataclass
+class _Change:
+    """A transition about to be published: the job as Slurm shows it now and its event."""
+
+    new: TrackedJob
+    old: TrackedJob | None
+    event: Event
+
+
+class Tracker:
+    """Poll one cluster.
+
+    ``margin``: seconds subtracted from our own clock for the next ``update_time``
+    (clock skew with the head node, second granularity). ``sweep_seconds``: how often
+    a poll lists every job and looks up vanished ones. ``lease_seconds``: longer than
+    any poll (the Lambda timeout).
+    """
+
+    def __init__(
+        self,
+        client: SlurmJobs,
+        store: JobStore,
+        bus: EventBus,
+        cluster: str,
+        *,
+        track_all: bool = False,
+        margin: int = 10,
+        sweep_seconds: float = 600,
+        lease_seconds: float = 300,
+        owner: str | None = None,
+        clock: Any = time.time,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.bus = bus
+        self.cluster = cluster
+        self.track_all = track_all
+        self.margin = margin
+        self.sweep_seconds = sweep_seconds
+        self.lease_seconds = lease_seconds
+        self.owner = owner or uuid.uuid4().hex
+        self._clock = clock
+
+    def poll(self, *, sweep: bool | None = None) -> PollResult:
+        """Run one poll; ``sweep`` forces (True) or forbids (False) the full listing.
+
+        Returns quietly with ``skipped`` when another poll holds the lease. Raises
+        ``EventBusError`` after saving what was published when some events were
+        refused (their jobs are published again next poll), and ``SlurmError`` when
+        Slurm cannot be listed (nothing saved).
+        """
+        began = time.perf_counter()
+        result = PollResult(self.cluster)
+        if not self.store.acquire_lease(self.cluster, self.owner, self.lease_seconds):
+            logger.info("another poll holds the lease; skipping", extra={"cluster": self.cluster})
+            result.skipped = True
+            return result
+        try:
+            self._poll(result, sweep)
+        finally:
+            self.store.release_lease(self.cluster, self.owner)
+            result.duration_ms = (time.perf_counter() - began) * 1000
+        return result
+
+    def _poll(self, result: PollResult, sweep: bool | None) -> None:
+        cursor = self.store.load_cursor(self.cluster)
+        now = self._clock()
+        if sweep is None:
+            sweep = cursor.update_time is None or cursor.last_sweep is None or now - cursor.last_sweep >= self.sweep_seconds
+        result.sweep = sweep
+        page = self.client.list_jobs(None if sweep else cursor.update_time)
+        result.changed = page.changed
+        result.jobs_seen = len(page.jobs)
+
+        ours = [(job, src) for job, src in self._scope(page.jobs)]
+        result.tracked_seen = len(ours)
+        moved = [(job, src) for job, src in ours if cursor.known.get(job.job_id) != _fingerprint(job)]
+        vanished: list[int] = []
+        if sweep:
+            listed = {job.job_id for job in page.jobs}
+            for job_id in [i for i in cursor.known if i not in listed]:
+                if _state_of(cursor.known[job_id]) in TRACKER_FINAL_STATES:
+                    del cursor.known[job_id]  # gone after MinJobAge, as expected
+                else:
+                    vanished.append(job_id)
+
+        stored = self.store.get_jobs(self.cluster, [j.job_id for j, _ in moved] + vanished) if (moved or vanished) else {}
+        changes: list[_Change] = []
+        for job, src in moved:
+            change = self._diff(job, src, stored.get(job.job_id))
+            if change:
+                changes.append(change)
+            else:  # known was stale (e.g. a crash after saving the job): refresh only
+                cursor.known[job.job_id] = _fingerprint(job)
+        for job_id in vanished:
+            change = self._vanished(job_id, stored.get(job_id), cursor)
+            if change:
+                changes.append(change)
+
+        failed_ids: set[str | None] = set()
+        error: EventBusError | None = None
+        try:
+            result.published = self.bus.put(c.event for c in changes)
+        except EventBusError as exc:
+            error, result.published = exc, exc.accepted
+            failed_ids = set(exc.failed_event_ids)
+        for change in changes:
+            if change.event.event_id in failed_ids:
+                continue
+            if self.store.save_job(change.new, change.old):
+                result.transitions.append(
+                    {"jobId": change.new.job_id, "previousState": change.old.state if change.old else None, "state": change.new.state}
+                )
+            else:
+                result.conflicts += 1
+                logger.warning("job state changed under us; not saved", extra={"cluster": self.cluster, "job_id": change.new.job_id})
+            if change.new.state == LOST:
+                cursor.known.pop(change.new.job_id, None)
+                result.lost += 1
+            else:
+                cursor.known[change.new.job_id] = change.new.fingerprint
+
+        if error is None and page.changed:
+            cursor.update_time = max(page.last_update or 0, int(now) - self.margin)
+        if sweep and error is None:
+            cursor.last_sweep = now
+        states = Counter(_state_of(v) for v in cursor.known.values())
+        result.pending, result.running = states["PENDING"], states["RUNNING"]
+        if not self.store.save_cursor(self.cluster, cursor):
+            logger.warning("cursor saved by someone else meanwhile; keeping theirs", extra={"cluster": self.cluster})
+        if error is not None:
+            raise error
+
+    def _scope(self, jobs: Iterable[Job]) -> Iterable[tuple[Job, Source | None]]:
+        for job in jobs:
+            src = provenance.decode(job.comment)
+            if src is not None or self.track_all:
+                yield job, src
+
+    def _diff(self, job: Job, src: Source | None, old: TrackedJob | None) -> _Change | None:
+        new = tracked_from_job(self.cluster, job, src)
+        if old is not None and old.submitted_at != new.submitted_at and old.submitted_at and new.submitted_at:
+            old = replace(old, state="")  # Slurm reused the id: a new job, same item
+        if old is not None and old.state == new.state:
+            return None
+        previous = old.state if old is not None and old.state else None
+        new = replace(new, previous_state=previous, updated_at=iso(self._clock()))
+        return _Change(new, old, self._event(new, job.state_flags, job.signal))
+
+    def _vanished(self, job_id: int, old: TrackedJob | None, cursor: Cursor) -> _Change | None:
+        """A tracked unfinished job missing from the full listing: ask for it by id."""
+        try:
+            job = self.client.get_job(job_id)
+        except SlurmNotFoundError:
+            job = None
+        except SlurmError as exc:
+            logger.warning("could not look up a vanished job; next sweep will", extra={"job_id": job_id, "error": str(exc)})
+            return None
+        if job is not None:
+            return self._diff(job, provenance.decode(job.comment), old)
+        if old is None:  # only in known: nothing to say about it
+            cursor.known.pop(job_id, None)
+            return None
+        new = replace(old, state=LOST, previous_state=old.state, reason=LOST_REASON, updated_at=iso(self._clock()))
+        return _Change(new, old, self._event(new, (), None))
+
+    def _event(self, job: TrackedJob, flags: tuple[str, ...], signal: int | None) -> Event:
+        return Event(
+            detail_type=DETAIL_TYPE,
+            detail=state_change_detail(job, flags, signal),
+            resources=resources(job),
+            event_id=event_id(job.cluster, job.job_id, job.previous_state, job.state, job.submitted_at),
+        )
+
+
+def _state_of(fp: str) -> str:
+    return fp.partition("|")[0]
+
+
+def _fingerprint(job: Job) -> str:
+    return fingerprint(job.state, iso(job.submit_time))
+
+
+def iso(moment: datetime | float | None) -> str | None:
+    """ISO 8601 in UTC with ``Z``, to the second; None stays None."""
+    if moment is None:
+        return None
+    if not isinstance(moment, datetime):
+        moment = datetime.fromtimestamp(moment, timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def tracked_from_job(cluster: str, job: Job, src: Source | None) -> TrackedJob:
+    return TrackedJob(
+        cluster=cluster,
+        job_id=job.job_id,
+        state=job.state,
+        name=job.name,
+        user=job.user,
+        partition=job.partition,
+        pipeline=src.pipeline if src else None,
+        bucket=src.bucket if src else None,
+        key=src.key if src else None,
+        version_id=src.version_id if src else None,
+        submitted_at=iso(job.submit_time),
+        started_at=iso(job.start_time),
+        ended_at=iso(job.end_time),
+        exit_code=job.exit_code,
+        reason=job.reason,
+    )
+
+
+def event_id(cluster: str, job_id: int, previous: str | None, state: str, submitted_at: str | None) -> str:
+    """The same transition of the same job always gets the same id. The submit time
+    is part of it so a reused job id never collides with the old job's events."""
+    key = "\x1f".join([cluster, str(job_id), previous or "", state, submitted_at or ""])
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def resources(job: TrackedJob) -> tuple[str, ...]:
+    out = [f"slurm:{job.cluster}:job/{job.job_id}"]
+    if job.bucket and job.key is not None:
+        out.append(f"arn:aws:s3:::{job.bucket}/{job.key}")
+    return tuple(out)
+
+
+def state_change_detail(job: TrackedJob, flags: tuple[str, ...] = (), signal: int | None = None) -> dict[str, Any]:
+    """The ``detail`` of "Slurm Job State Change" (schemas/slurm-job-state-change.schema.json)."""
+    detail: dict[str, Any] = {
+        "cluster": job.cluster,
+        "jobId": job.job_id,
+        "jobName": job.name,
+        "state": job.state,
+        "previousState": job.previous_state,
+        "stateFlags": list(flags),
+        "reason": job.reason,
+        "exitCode": job.exit_code,
+        "signal": signal,
+        "partition": job.partition,
+        "user": job.user,
+        "submittedAt": job.submitted_at,
+        "startedAt": job.started_at,
+        "endedAt": job.ended_at,
+        "source": None,
+    }
+    if job.bucket and job.key is not None:
+        detail["source"] = {
+            "bucket": job.bucket,
+            "key": job.key,
+            "versionId": job.version_id,
+            "s3Uri": job.s3_uri,
+            "pipeline": job.pipeline,
+        }
+    return detail
+
+
+def record_metrics(result: PollResult, metrics: Any) -> None:
+    """Add one poll's figures to Powertools ``metrics``; transitions go out at once,
+    one EMF line per state, because each needs its own ``State`` dimension."""
+    if result.skipped:
+        metrics.add_metric(name="PollsSkipped", unit=MetricUnit.Count, value=1)
+        return
+    metrics.add_metric(name="JobsPending", unit=MetricUnit.Count, value=result.pending)
+    metrics.add_metric(name="JobsRunning", unit=MetricUnit.Count, value=result.running)
+    metrics.add_metric(name="JobsSeenPerPoll", unit=MetricUnit.Count, value=result.jobs_seen)
+    metrics.add_metric(name="PollDuration", unit=MetricUnit.Milliseconds, value=result.duration_ms)
+    for state, count in sorted(result.by_state().items()):
+        with single_metric(
+            name="JobStateTransitions",
+            unit=MetricUnit.Count,
+            value=count,
+            namespace=metrics.namespace,
+            default_dimensions={"service": metrics.service or SERVICE, "State": state},
+        ):
+            pass
