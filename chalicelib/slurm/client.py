@@ -262,7 +262,7 @@ def _message(
             "fetching it again: check the token secret, its user and its expiry"
         )
     if kind is SlurmNotFoundError:
-        return f"Slurm does not know what {call} asks for"
+        return f"Slurm does not know the job of {call} (ended jobs leave after MinJobAge)"
     if kind is SlurmUnavailableError:
         return f"slurmrestd could not serve {call}; try again later"
     return f"Slurm rejected {call}" + (f": {text}" if text else "")

@@ -126,6 +126,15 @@ def _expand_path(path: str | None, raw: Mapping[str, Any]) -> str | None:
     return re.sub(r"%([juxAa%])", lambda m: values[m.group(1)], path)
 
 
+def _default_output(raw: Mapping[str, Any]) -> str | None:
+    """Slurm's default batch output file, which 22.05 reports as an empty string."""
+    cwd = _text(raw.get("current_working_directory"))
+    if not cwd or not raw.get("batch_flag", True):
+        return None
+    name = "slurm-%A_%a.out" if number(raw.get("array_task_id")) is not None else "slurm-%j.out"
+    return f"{cwd.rstrip('/')}/{name}"
+
+
 class Dialect:
     """v0.0.38 (Slurm 22.05, 23.02, 23.11): the oldest wire format.
 
@@ -236,7 +245,7 @@ class Dialect:
             comment=_text(raw.get("comment")),
             working_directory=_text(raw.get("current_working_directory")),
             standard_output=_text(raw.get("stdout_expanded"))
-            or _expand_path(_text(raw.get("standard_output")), raw),
+            or _expand_path(_text(raw.get("standard_output")) or _default_output(raw), raw),
             raw=raw,
         )
 
