@@ -1,0 +1,119 @@
+"""The "Slurm Job State Change" contract: detail shape, JSON Schema, example rules."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import boto3
+import jsonschema
+import pytest
+
+from chalicelib.jobstore import LOST, TrackedJob
+from chalicelib.tracker import LOST_REASON, event_id, iso, resources, state_change_detail
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA = json.loads((REPO / "schemas" / "slurm-job-state-change.schema.json").read_text())
+RULES = REPO / "examples" / "rules"
+
+OURS = TrackedJob(
+    cluster="pc1", job_id=42, state="FAILED", previous_state="RUNNING", name="align", user="ec2-user",
+    partition="queue1", pipeline="align-reads", bucket="my-input-bucket", key="runs/s1.fastq", version_id="v9",
+    submitted_at="2026-11-25T04:00:00Z", started_at="2026-11-25T04:00:02Z", ended_at="2026-11-25T04:01:00Z",
+    exit_code=3, reason="NonZeroExitCode",
+)
+FOREIGN = TrackedJob(cluster="pc1", job_id=7, state="PENDING", name="x", reason="Resources")
+
+
+def envelope(job: TrackedJob, flags: tuple[str, ...] = (), signal: int | None = None) -> dict:
+    detail = state_change_detail(job, flags, signal)
+    detail["eventId"] = event_id(job.cluster, job.job_id, job.previous_state, job.state, job.submitted_at)
+    return {
+        "version": "0", "id": "6a7e8feb-b491-4cf7-a9f1-bf3703467718", "account": "123456789012",
+        "region": "us-east-1", "time": "2026-11-25T04:01:05Z", "source": "slurm-trigger",
+        "detail-type": "Slurm Job State Change", "resources": list(resources(job)), "detail": detail,
+    }
+
+
+def test_schema_is_valid_draft_2020_12() -> None:
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "job",
+    [OURS, FOREIGN, TrackedJob("pc1", 42, LOST, previous_state="RUNNING", reason=LOST_REASON, bucket="b", key="k")],
+    ids=["ours", "foreign", "lost"],
+)
+def test_events_match_the_schema(job: TrackedJob) -> None:
+    jsonschema.validate(envelope(job, ("COMPLETING",), 9), SCHEMA, cls=jsonschema.Draft202012Validator)
+
+
+def test_schema_rejects_what_consumers_must_not_see() -> None:
+    bad = envelope(OURS)
+    bad["detail"]["submittedAt"] = "2026-11-25 04:00:00+00:00"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, SCHEMA, cls=jsonschema.Draft202012Validator)
+    bad = envelope(OURS)
+    del bad["detail"]["eventId"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, SCHEMA, cls=jsonschema.Draft202012Validator)
+
+
+def test_event_id_is_stable_and_distinct_per_transition() -> None:
+    a = event_id("pc1", 42, "RUNNING", "FAILED", "2026-11-25T04:00:00Z")
+    assert a == event_id("pc1", 42, "RUNNING", "FAILED", "2026-11-25T04:00:00Z")
+    assert len({a, event_id("pc1", 42, "PENDING", "FAILED", "2026-11-25T04:00:00Z"),
+                event_id("pc2", 42, "RUNNING", "FAILED", "2026-11-25T04:00:00Z"),
+                event_id("pc1", 42, "RUNNING", "FAILED", "2026-11-26T04:00:00Z")}) == 4
+
+
+def test_times_are_utc_with_z() -> None:
+    from datetime import timedelta
+
+    moment = datetime(2026, 11, 25, 6, 0, 0, tzinfo=timezone(timedelta(hours=2)))
+    assert iso(moment) == "2026-11-25T04:00:00Z"
+    assert iso(None) is None
+
+
+@pytest.mark.parametrize(
+    "rule, job, matches",
+    [
+        ("all-state-changes.json", FOREIGN, True),
+        ("failed-jobs-of-a-pipeline.json", OURS, True),
+        ("failed-jobs-of-a-pipeline.json", FOREIGN, False),
+        ("failed-jobs-of-a-pipeline.json", TrackedJob("pc1", 1, "COMPLETED", bucket="b", key="k", pipeline="align-reads"), False),
+        ("finished-jobs-under-a-prefix.json", OURS, True),
+        ("finished-jobs-under-a-prefix.json", TrackedJob("pc1", 1, "COMPLETED", bucket="my-input-bucket", key="other/x"), False),
+        ("nonzero-exit-codes.json", OURS, True),
+        ("nonzero-exit-codes.json", FOREIGN, False),
+        ("submission-failures.json", OURS, False),
+    ],
+)
+def test_example_rules(aws, rule: str, job: TrackedJob, matches: bool) -> None:
+    """Each pattern as a rule with an SQS target (moto has no TestEventPattern)."""
+    events = boto3.client("events", region_name="us-east-1")
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    url = sqs.create_queue(QueueName="matched")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="example", EventPattern=(RULES / rule).read_text())
+    events.put_targets(Rule="example", Targets=[{"Id": "q", "Arn": arn}])
+    event = envelope(job)
+    events.put_events(Entries=[{
+        "Source": event["source"], "DetailType": event["detail-type"],
+        "Resources": event["resources"], "Detail": json.dumps(event["detail"]),
+    }])
+    got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+    assert len(got) == (1 if matches else 0)
+
+
+def test_cloudformation_snippet_lints_and_uses_the_same_pattern() -> None:
+    snippet = RULES / "failed-jobs-to-sns.cfn.json"
+    cfn_lint = Path(sys.executable).with_name("cfn-lint")
+    lint = subprocess.run([str(cfn_lint), str(snippet)], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    pattern = json.loads(snippet.read_text())["Resources"]["FailedJobsRule"]["Properties"]["EventPattern"]
+    example = json.loads((RULES / "failed-jobs-of-a-pipeline.json").read_text())
+    assert pattern["detail"]["state"] == example["detail"]["state"]
+    assert pattern["detail-type"] == example["detail-type"]
