@@ -26,7 +26,7 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 from chalicelib import provenance
 from chalicelib.eventbus import Event, EventBus, EventBusError
-from chalicelib.jobstore import LOST, TRACKER_FINAL_STATES, Cursor, JobStore, TrackedJob, fingerprint
+from chalicelib.jobstore import LOST, TRACKER_FINAL_STATES, Cursor, DynamoDBJobStore, JobStore, TrackedJob, fingerprint
 from chalicelib.observability import SERVICE, logger
 from chalicelib.provenance import Source
 from chalicelib.slurm.errors import SlurmError, SlurmNotFoundError
@@ -341,3 +341,10 @@ def record_metrics(result: PollResult, metrics: Any) -> None:
             default_dimensions={"service": metrics.service or SERVICE, "State": state},
         ):
             pass
+
+
+def build_tracker(settings: Any, slurm_client: SlurmJobs, dynamodb_client: Any, events_client: Any, **options: Any) -> Tracker:
+    """The tracker as ``settings`` describe it (the scheduled handler and the CLI)."""
+    store = DynamoDBJobStore(dynamodb_client, settings.jobs_table)
+    bus = EventBus(events_client, settings.event_bus, settings.event_source)
+    return Tracker(slurm_client, store, bus, settings.cluster_name, track_all=settings.track_all_jobs, **options)

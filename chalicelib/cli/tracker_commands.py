@@ -1,0 +1,119 @@
+"""Tracker subcommands: ``status`` (the tracked jobs), ``poll`` (one poll now, as the
+schedule would run it) and ``dashboard put|show`` (the CloudWatch dashboard)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from typing import Any
+
+import boto3
+
+from chalicelib import dashboard, provenance
+from chalicelib.cli import emit, settings_from_args
+from chalicelib.jobstore import DynamoDBJobStore, TrackedJob
+from chalicelib.observability import SERVICE
+from chalicelib.settings import Settings
+from chalicelib.slurm import build_client
+from chalicelib.tracker import build_tracker, tracked_from_job
+
+STATUS_COLUMNS = ("job_id", "state", "previous_state", "pipeline", "s3_uri", "submitted_at", "started_at", "ended_at", "exit_code")
+MIN_WATCH, MAX_WATCH = 1.0, 3600.0
+
+
+def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser(
+        "status", parents=[parent], help="Show the jobs the tracker follows.",
+        description="The tracked jobs with their source object and last state, from the jobs table "
+        "(JOBS_TABLE), or live from Slurm with --live.",
+    )
+    p.add_argument("--live", action="store_true", help="ask Slurm instead of the jobs table (only jobs it still holds)")
+    p.add_argument("--watch", nargs="?", type=float, const=5.0, metavar="SECONDS",
+                   help=f"refresh every SECONDS (default 5, {MIN_WATCH:g}..{MAX_WATCH:g}) until Ctrl-C")
+    p.add_argument("--times", type=int, metavar="N", help="with --watch: stop after N refreshes")
+    p.set_defaults(handler=cmd_status, format="table")
+
+    p = subparsers.add_parser(
+        "poll", parents=[parent], help="Run one tracker poll now (publishes events, updates the jobs table).",
+        description="One poll as the schedule runs it: list changed jobs, publish their state changes "
+        "to EVENT_BUS_NAME, save them to JOBS_TABLE.",
+    )
+    p.add_argument("--sweep", action="store_true", help="also list every job and look up the ones Slurm may have forgotten")
+    p.set_defaults(handler=cmd_poll)
+
+    p = subparsers.add_parser("dashboard", help="The CloudWatch dashboard of slurm-trigger.")
+    sub = p.add_subparsers(dest="dashboard_command", required=True, metavar="ACTION")
+    put = sub.add_parser("put", help="Create or replace the dashboard in the current region.")
+    put.add_argument("--name", default=dashboard.DEFAULT_NAME, help=f"dashboard name (default {dashboard.DEFAULT_NAME})")
+    put.set_defaults(handler=cmd_dashboard_put)
+    show = sub.add_parser("show", help="Print the dashboard body (what dashboards/slurm-trigger.json holds).")
+    show.add_argument("--region", default=dashboard.DEFAULT_REGION, help="region written into the widgets")
+    show.set_defaults(handler=cmd_dashboard_show)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    if args.live:
+        client = build_client(settings)
+        fetch = lambda: _live_rows(client, settings.cluster_name, settings.track_all_jobs)  # noqa: E731
+    else:
+        store = DynamoDBJobStore(boto3.client("dynamodb"), settings.jobs_table)
+        fetch = lambda: [_row(j) for j in store.list_jobs(settings.cluster_name)]  # noqa: E731
+    if args.watch is None:
+        emit(fetch(), args.format, STATUS_COLUMNS)
+        return 0
+    interval = min(max(args.watch, MIN_WATCH), MAX_WATCH)
+    shown = 0
+    try:
+        while args.times is None or shown < args.times:
+            rows = fetch()
+            if sys.stdout.isatty():
+                print("\033[H\033[2J", end="")
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {len(rows)} job(s), every {interval:g}s, Ctrl-C to stop")
+            emit(rows, args.format, STATUS_COLUMNS)
+            sys.stdout.flush()
+            shown += 1
+            if args.times is None or shown < args.times:
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        print()
+    return 0
+
+
+def cmd_poll(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    tracker = build_tracker(settings, build_client(settings), boto3.client("dynamodb"), boto3.client("events"))
+    result = tracker.poll(sweep=True if args.sweep else None)
+    emit(dataclasses.asdict(result), "json")
+    return 0
+
+
+def cmd_dashboard_put(args: argparse.Namespace) -> int:
+    cloudwatch = boto3.client("cloudwatch")
+    region = cloudwatch.meta.region_name
+    body = dashboard.build(namespace=Settings.from_env().metrics_namespace, service=SERVICE, region=region)
+    messages = dashboard.put(cloudwatch, args.name, body)
+    emit({"dashboard": args.name, "region": region, "validation": messages}, "json")
+    return 0
+
+
+def cmd_dashboard_show(args: argparse.Namespace) -> int:
+    print(dashboard.render(dashboard.build(region=args.region)), end="")
+    return 0
+
+
+def _row(job: TrackedJob) -> dict[str, Any]:
+    row = job.to_dict()
+    row["s3_uri"] = job.s3_uri
+    return row
+
+
+def _live_rows(client: Any, cluster: str, track_all: bool) -> list[dict[str, Any]]:
+    rows = []
+    for job in client.list_jobs().jobs:
+        src = provenance.decode(job.comment)
+        if src is not None or track_all:
+            rows.append(_row(tracked_from_job(cluster, job, src)))
+    return sorted(rows, key=lambda r: r["job_id"])
+
