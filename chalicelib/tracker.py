@@ -109,8 +109,9 @@ class Tracker:
         self.owner = owner or uuid.uuid4().hex
         self._clock = clock
 
-    def poll(self, *, sweep: bool | None = None) -> PollResult:
-        """Run one poll; ``sweep`` forces (True) or forbids (False) the full listing.
+    def poll(self, *, sweep: bool | None = None, lease_seconds: float | None = None) -> PollResult:
+        """Run one poll; ``sweep`` forces (True) or forbids (False) the full listing;
+        ``lease_seconds`` overrides the lease (the handler passes the Lambda's time left).
 
         Returns quietly with ``skipped`` when another poll holds the lease. Raises
         ``EventBusError`` after saving what was published when some events were
@@ -119,7 +120,7 @@ class Tracker:
         """
         began = time.perf_counter()
         result = PollResult(self.cluster)
-        if not self.store.acquire_lease(self.cluster, self.owner, self.lease_seconds):
+        if not self.store.acquire_lease(self.cluster, self.owner, lease_seconds or self.lease_seconds):
             logger.info("another poll holds the lease; skipping", extra={"cluster": self.cluster})
             result.skipped = True
             return result
