@@ -268,3 +268,47 @@ def test_track_all_jobs(env) -> None:
     detail = events.details()[0]
     assert detail["jobId"] == 3 and detail["source"] is None
     assert events.entries[0]["Resources"] == ["slurm:c1:job/3"]
+
+
+def test_scheduled_handler_polls_and_emits_metrics(env, monkeypatch, capsys) -> None:
+    """app.poll_jobs through Chalice's test client: one poll, EMF metrics on stdout."""
+    import importlib.util
+    from pathlib import Path
+
+    from chalice.test import Client
+
+    spec = importlib.util.spec_from_file_location("app", Path(__file__).resolve().parents[2] / "app.py")
+    chalice_app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chalice_app)
+
+    slurm, events, store, tracker, _ = env
+    slurm.set(1, "RUNNING")
+    slurm.set(2, "FAILED", exit_code=3)
+    monkeypatch.setattr(chalice_app, "_tracker", lambda: tracker())
+    with Client(chalice_app.app) as client:
+        event = client.events.generate_cw_event(source="aws.events", detail_type="Scheduled Event", detail={}, resources=[])
+        answer = client.lambda_.invoke("poll_jobs", event).payload
+    assert answer["skipped"] is False and len(answer["transitions"]) == 2
+    emf = [_emf(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    by_state = {m["State"]: m["JobStateTransitions"] for m in emf if "State" in m}
+    assert by_state == {"FAILED": 1.0, "RUNNING": 1.0}
+    assert all(m["service"] == "slurm-trigger" for m in emf)
+    main = next(m for m in emf if "JobsRunning" in m)
+    assert (main["JobsRunning"], main["JobsPending"], main["JobsSeenPerPoll"]) == (1.0, 0.0, 2.0)
+    assert main["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "SlurmTrigger"
+    assert "PollDuration" in main
+
+
+def test_record_metrics_counts_a_skipped_poll(capsys) -> None:
+    from chalicelib.observability import metrics
+    from chalicelib.tracker import PollResult, record_metrics
+
+    record_metrics(PollResult(CLUSTER, skipped=True), metrics)
+    metrics.flush_metrics()
+    emf = _emf(capsys.readouterr().out.strip().splitlines()[-1])
+    assert emf["PollsSkipped"] == 1.0
+
+
+def _emf(line: str) -> dict[str, Any]:
+    """One EMF record with single-element value lists flattened."""
+    return {k: (v[0] if isinstance(v, list) and len(v) == 1 else v) for k, v in json.loads(line).items()}
