@@ -65,6 +65,9 @@ _FLAG_ONLY_STATES = {
     "REVOKED": "CANCELLED",
 }
 
+# 22.05 reports a job submitted with ``hold: true`` as an *error* 2042 next to its
+# job_id (24.11 makes it a warning): informational, not a failure.
+INFORMATIONAL = frozenset({2042})
 NOT_FOUND = 2017
 ALREADY_DONE = 2021  # "Job/step already completing or completed": cancelling is a no-op
 AUTH_ERROR = 1007
@@ -204,7 +207,10 @@ class Dialect:
             job_id=job_id,
             step_id=str(step) if step not in (None, "") else None,
             user_message=_text(body.get("job_submit_user_msg")),
-            warnings=tuple(warning_texts(body.get("warnings") or ())),
+            warnings=tuple(
+                warning_texts(body.get("warnings") or ())
+                + [str(e.get("error")) for e in body.get("errors") or ()]  # INFORMATIONAL only
+            ),
         )
 
     # --- jobs
@@ -276,7 +282,7 @@ class Dialect:
     ) -> type[SlurmError] | None:
         """The error type this answer means, or None when it is a success."""
         codes = error_codes(errors)
-        if status < 400 and not errors:
+        if status < 400 and (not errors or (codes and set(codes) <= INFORMATIONAL)):
             return None
         if status in (401, 511) or AUTH_ERROR in codes or self._auth_failure(status, codes):
             return SlurmAuthError
