@@ -9,6 +9,7 @@ from chalicelib.observability import metrics
 from chalicelib.settings import Settings
 from chalicelib.slurm import build_client
 from chalicelib.tracker import Tracker, build_tracker, record_metrics
+from chalicelib.trigger import Trigger, build_trigger
 
 app = Chalice(app_name="slurm-trigger")
 
@@ -37,3 +38,65 @@ def poll_jobs(event):
     finally:
         metrics.flush_metrics()
     return {"skipped": result.skipped, "transitions": result.transitions, "lost": result.lost}
+
+
+# --- trigger (docs/trigger.md) -------------------------------------------------------------
+
+# Which subscriptions this stage has and on what: read at import because `chalice deploy`
+# and `chalice package` turn the decorators below into resources. The deploy shell must
+# export the stage's environment_variables (the Lambda gets them from the stage itself).
+SUBSCRIPTIONS = {s.strip() for s in (os.environ.get("SUBSCRIPTIONS") or "").split(",") if s.strip()}
+INPUT_BUCKET = os.environ.get("INPUT_BUCKET") or ""
+INPUT_QUEUE = os.environ.get("INPUT_QUEUE") or ""
+if SUBSCRIPTIONS - {"s3", "sqs", "eventbridge"}:
+    raise ValueError(f"SUBSCRIPTIONS={os.environ['SUBSCRIPTIONS']!r}: use s3, sqs and/or eventbridge")
+if SUBSCRIPTIONS & {"s3", "eventbridge"} and not INPUT_BUCKET:
+    raise ValueError("SUBSCRIPTIONS has s3 or eventbridge: set INPUT_BUCKET")
+if "sqs" in SUBSCRIPTIONS and not INPUT_QUEUE:
+    raise ValueError("SUBSCRIPTIONS has sqs: set INPUT_QUEUE")
+
+
+@lru_cache(maxsize=1)
+def _trigger() -> Trigger:
+    """One per container: pipelines loaded, clients and the negotiated version kept."""
+    return build_trigger(
+        Settings.from_env(),
+        dynamodb_client=boto3.client("dynamodb"),
+        events_client=boto3.client("events"),
+        s3_client=boto3.client("s3"),
+    )
+
+
+def _objects(event) -> list:
+    """S3 notification or EventBridge event: transient errors raise (Lambda retries)."""
+    try:
+        return [o.to_dict() for o in _trigger().handle_event(event.to_dict())]
+    finally:
+        metrics.flush_metrics()
+
+
+if "s3" in SUBSCRIPTIONS:
+
+    @app.on_s3_event(bucket=INPUT_BUCKET, events=["s3:ObjectCreated:*"])
+    def on_object_created(event):
+        return _objects(event)
+
+
+if "sqs" in SUBSCRIPTIONS:
+
+    @app.on_sqs_message(queue=INPUT_QUEUE, batch_size=10)
+    def on_queue_message(event):
+        """Partial batch failure: only the messages named in batchItemFailures return."""
+        try:
+            return _trigger().handle_sqs(event.to_dict(), getattr(event, "context", None))
+        finally:
+            metrics.flush_metrics()
+
+
+if "eventbridge" in SUBSCRIPTIONS:
+
+    @app.on_cw_event(
+        {"source": ["aws.s3"], "detail-type": ["Object Created"], "detail": {"bucket": {"name": [INPUT_BUCKET]}}}
+    )
+    def on_object_event(event):
+        return _objects(event)
