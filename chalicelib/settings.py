@@ -51,6 +51,7 @@ class Settings:
     pipelines_path: str = str(PROJECT_ROOT / "pipelines")
     idempotency_table: str = "slurm-trigger-idempotency"
     idempotency_ttl_days: int = 30
+    idempotency_in_progress_seconds: int = 90  # a little over the Lambda timeout
     include_object_metadata: bool = False
 
     # --- the tracker
@@ -91,6 +92,7 @@ class Settings:
             pipelines_path=g("PIPELINES_PATH") or str(PROJECT_ROOT / "pipelines"),
             idempotency_table=g("IDEMPOTENCY_TABLE", "slurm-trigger-idempotency"),
             idempotency_ttl_days=_int(g("IDEMPOTENCY_TTL_DAYS"), 30),
+            idempotency_in_progress_seconds=_int(g("IDEMPOTENCY_IN_PROGRESS_SECONDS"), 90),
             include_object_metadata=_bool(g("INCLUDE_OBJECT_METADATA")),
             jobs_table=g("JOBS_TABLE", "slurm-trigger-jobs"),
             track_all_jobs=_bool(g("TRACK_ALL_JOBS")),

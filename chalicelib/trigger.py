@@ -257,7 +257,6 @@ def build_trigger(
     secrets_client: Any = None,
     ec2_client: Any = None,
     ssm_client: Any = None,
-    in_progress_seconds: int = 90,
 ) -> Trigger:
     """A ``Trigger`` from ``Settings`` and boto3 clients (moto's in tests): pipelines
     loaded and checked, the Slurm client built (its version is negotiated on first use)."""
@@ -268,7 +267,7 @@ def build_trigger(
             dynamodb_client,
             settings.idempotency_table,
             ttl_days=settings.idempotency_ttl_days,
-            in_progress_seconds=in_progress_seconds,
+            in_progress_seconds=settings.idempotency_in_progress_seconds,
         ),
         bus=EventBus(events_client, settings.event_bus, settings.event_source),
         cluster=settings.cluster_name,
