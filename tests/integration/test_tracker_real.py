@@ -1,0 +1,214 @@
+"""The tracker against the REAL local Slurm (every API version served) and moto's
+EventBridge, DynamoDB and SQS. Events are read where a consumer reads them: an
+EventBridge rule with an SQS target."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pytest
+
+from chalicelib import provenance
+from chalicelib.eventbus import EventBus
+from chalicelib.jobstore import DynamoDBJobStore, create_table
+from chalicelib.provenance import Source
+from chalicelib.settings import Settings
+from chalicelib.slurm import build_client
+from chalicelib.slurm.models import FINAL_STATES, JobSubmission
+from chalicelib.tracker import DETAIL_TYPE, Tracker
+
+pytestmark = pytest.mark.real_slurm
+
+CLUSTER = "tracker-test"
+TABLE = "tracker-jobs"
+SOURCE = "slurm-trigger"
+POLL_EVERY = 0.5
+POLL_LIMIT = 60.0
+
+
+class RefuseFirstTime:
+    """An events client that refuses every entry the first time it is sent (as
+    PutEvents does under throttling: HTTP 200, ``FailedEntryCount`` > 0)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.seen: set[str] = set()
+        self.refused = 0
+        self.lock = threading.Lock()
+
+    def put_events(self, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        results: list[dict[str, Any] | None] = []
+        passed = []
+        with self.lock:
+            for entry in Entries:
+                eid = json.loads(entry["Detail"])["eventId"]
+                if eid in self.seen:
+                    results.append(None)
+                    passed.append(entry)
+                else:
+                    self.seen.add(eid)
+                    self.refused += 1
+                    results.append({"ErrorCode": "ThrottlingException", "ErrorMessage": "Rate exceeded"})
+        accepted = iter(self.inner.put_events(Entries=passed)["Entries"] if passed else [])
+        entries = [r if r is not None else next(accepted) for r in results]
+        return {"FailedEntryCount": sum(1 for r in results if r is not None), "Entries": entries}
+
+
+@dataclass
+class World:
+    target: Any
+    client: Any
+    store: DynamoDBJobStore
+    events: Any
+    sqs: Any
+    queue: str
+
+    def tracker(self, events_client: Any = None) -> Tracker:
+        bus = EventBus(events_client or self.events, "default", SOURCE, sleep=lambda _: None)
+        return Tracker(self.client, self.store, bus, CLUSTER)
+
+    def submit(self, script: str, tag: str) -> int:
+        src = Source(bucket="in-bucket", key=f"tracker/{tag}-{uuid.uuid4().hex[:8]}.txt", pipeline="tracker-test", version_id="v1")
+        sub = JobSubmission(
+            script=f"#!/bin/bash\n{script}\n",
+            name=f"tracker-{tag}",
+            partition="debug",
+            working_directory=self.target.workdir,
+            standard_output="/dev/null",
+            environment={"PATH": "/usr/bin:/bin"},
+            time_limit=2,
+            comment=provenance.encode(src),
+        )
+        return self.client.submit(sub).job_id
+
+    def received(self) -> list[dict[str, Any]]:
+        out = []
+        while True:
+            got = self.sqs.receive_message(QueueUrl=self.queue, MaxNumberOfMessages=10).get("Messages", [])
+            if not got:
+                return out
+            for m in got:
+                out.append(json.loads(m["Body"]))
+                self.sqs.delete_message(QueueUrl=self.queue, ReceiptHandle=m["ReceiptHandle"])
+
+    def wait_tracked_final(self, job_ids: list[int], poll: Any) -> None:
+        """Poll every 0.5 s until the store has every job in a final state (≤ 60 s)."""
+        deadline = time.monotonic() + POLL_LIMIT
+        while True:
+            poll()
+            stored = self.store.get_jobs(CLUSTER, job_ids)
+            if all(i in stored and stored[i].final for i in job_ids):
+                return
+            if time.monotonic() > deadline:
+                pytest.fail(f"not final after {POLL_LIMIT}s: { {i: stored.get(i) for i in job_ids} }")
+            time.sleep(POLL_EVERY)
+
+
+@pytest.fixture
+def world(slurm_target, aws) -> World:
+    settings = Settings(
+        cluster_name=CLUSTER,
+        slurm_url=slurm_target.url,
+        slurm_user=slurm_target.user,
+        api_version=slurm_target.version,
+        slurm_scheme="http",
+        token=slurm_target.token(),
+        read_timeout=15,
+    )
+    db = boto3.client("dynamodb")
+    create_table(db, TABLE)
+    sqs = boto3.client("sqs")
+    queue = sqs.create_queue(QueueName="job-events")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events = boto3.client("events")
+    events.put_rule(Name="state-changes", EventPattern=json.dumps({"source": [SOURCE], "detail-type": [DETAIL_TYPE]}))
+    events.put_targets(Rule="state-changes", Targets=[{"Id": "q", "Arn": arn}])
+    return World(slurm_target, build_client(settings), DynamoDBJobStore(db, TABLE), events, sqs, queue)
+
+
+def by_job(received: list[dict[str, Any]], job_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    out: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for event in received:
+        if event["detail"]["jobId"] in job_ids and event["detail"]["cluster"] == CLUSTER:
+            out[event["detail"]["jobId"]].append(event["detail"])
+    return out
+
+
+def assert_chain(details: list[dict[str, Any]], final: str) -> None:
+    """One event per transition, each starting where the last one ended."""
+    ids = [d["eventId"] for d in details]
+    assert len(ids) == len(set(ids)), f"duplicates: {details}"
+    nxt = {d["previousState"]: d["state"] for d in details}
+    assert len(nxt) == len(details), f"two events leave the same state: {details}"
+    chain, state = [], None
+    while state in nxt:
+        state = nxt[state]
+        chain.append(state)
+    assert len(chain) == len(details), f"broken chain: {details}"
+    assert chain[-1] == final and all(s not in FINAL_STATES for s in chain[:-1]), chain
+
+
+def test_completed_failed_and_cancelled_jobs_each_transition_once(world: World) -> None:
+    tracker = world.tracker()
+    done = world.submit("sleep 2; exit 0", "ok")
+    failed = world.submit("sleep 1; exit 3", "exit3")
+    cancelled = world.submit("sleep 120", "cancel")
+    jobs = [done, failed, cancelled]
+
+    def poll() -> None:
+        tracker.poll()
+        stored = world.store.get_jobs(CLUSTER, [cancelled])
+        if cancelled in stored and stored[cancelled].state in ("PENDING", "RUNNING"):
+            world.client.cancel_job(cancelled)
+
+    world.wait_tracked_final(jobs, poll)
+    for _ in range(3):  # more polls after the end publish nothing more
+        tracker.poll()
+        time.sleep(POLL_EVERY)
+    events = by_job(world.received(), jobs)
+    assert_chain(events[done], "COMPLETED")
+    assert_chain(events[failed], "FAILED")
+    assert_chain(events[cancelled], "CANCELLED")
+    assert events[done][-1]["exitCode"] == 0
+    assert events[failed][-1]["exitCode"] == 3
+    last = events[done][-1]
+    assert last["source"]["pipeline"] == "tracker-test" and last["source"]["s3Uri"].startswith("s3://in-bucket/tracker/ok-")
+    assert last["jobName"] == "tracker-ok" and last["user"] == world.target.user
+    assert last["submittedAt"].endswith("Z") and last["endedAt"].endswith("Z")
+
+
+def test_overlapping_polls_and_refused_entries_double_and_lose_nothing(world: World) -> None:
+    flaky = RefuseFirstTime(world.events)
+    job_ids = [world.submit("sleep 2; exit 0", "ok"), world.submit("sleep 1; exit 3", "exit3")]
+
+    assert world.store.acquire_lease(CLUSTER, "someone-else", 60)
+    held = world.tracker(flaky).poll()
+    assert held.skipped and not world.received()
+    world.store.release_lease(CLUSTER, "someone-else")
+
+    a, b = world.tracker(flaky), world.tracker(flaky)
+    skipped: list[bool] = []
+
+    def both() -> None:
+        results: list[Any] = [None, None]
+        threads = [threading.Thread(target=lambda i=i, t=t: results.__setitem__(i, t.poll())) for i, t in enumerate((a, b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        skipped.extend(r.skipped for r in results if r is not None)
+
+    world.wait_tracked_final(job_ids, both)
+    both()
+    events = by_job(world.received(), job_ids)
+    assert_chain(events[job_ids[0]], "COMPLETED")
+    assert_chain(events[job_ids[1]], "FAILED")
+    assert events[job_ids[1]][-1]["exitCode"] == 3
+    assert flaky.refused >= 4  # every one of those events was refused once, then delivered
+    assert any(skipped), "the two threads never overlapped"  # ~10 rounds; each overlaps in practice
