@@ -1,0 +1,370 @@
+"""The deployment files agree with AWS, with each other and with the code.
+
+cfn-lint (offline, bundled specs; with aws-sam-translator for the SAM template) checks
+the templates; the rest checks what no linter knows: that every handler in app.py has
+its own policy naming its own resources, that the stages carry every documented setting,
+that the tables' keys are the ones the stores use, and that the merge template still
+patches resources ``chalice package`` really generates.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cfnlint import api as cfnlint_api
+from cfnlint.decode import decode
+
+from chalicelib import idempotency, jobstore
+
+ROOT = Path(__file__).resolve().parents[2]
+CHALICE_DIR = ROOT / ".chalice"
+CONFIG = json.loads((CHALICE_DIR / "config.json").read_text())
+STAGES = ("dev", "prod")
+INFRA = ROOT / "infra" / "slurm-trigger-infra.yaml"
+RENDER = ROOT / "scripts" / "render-policies"
+CONFIG_DOC = ROOT / "docs" / "configuration.md"
+VENV_BIN = Path(sys.executable).parent
+
+# Actions AWS cannot scope to a resource: the only ones allowed on Resource "*".
+UNSCOPED_ACTIONS = {
+    "ec2:DescribeInstances",
+    "ec2:CreateNetworkInterface",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+}
+STAGE_KEYS = (
+    "autogen_policy", "xray", "lambda_memory_size", "lambda_timeout", "log_retention_in_days",
+    "subnet_ids", "security_group_ids", "environment_variables", "lambda_functions",
+)
+SUBMITTING = ("on_object_created", "on_queue_message", "on_object_event")
+
+
+def load_cfn(path: Path) -> dict[str, Any]:
+    template, errors = decode(str(path))
+    assert not errors, [str(e) for e in errors]
+    return template
+
+
+def stage_env(stage: str) -> dict[str, str]:
+    return CONFIG["stages"][stage]["environment_variables"]
+
+
+def policy(stage: str, function: str) -> dict[str, Any]:
+    name = CONFIG["stages"][stage]["lambda_functions"][function]["iam_policy_file"]
+    return json.loads((CHALICE_DIR / name).read_text())
+
+
+def app_functions(stage: str) -> dict[str, str]:
+    """Handler name -> kind, for app.py loaded with the stage's environment (as Chalice does)."""
+    code = (
+        "import json, app\n"
+        "a = app.app\n"
+        "out = {s.name: type(s).__name__ for s in a.event_sources}\n"
+        "out.update({f.name: 'LambdaFunction' for f in a.pure_lambda_functions})\n"
+        "out.update({'api_handler': 'RestAPI'} if a.routes else {})\n"
+        "print(json.dumps(out))\n"
+    )
+    env = {**os.environ, **stage_env(stage), "AWS_DEFAULT_REGION": "us-east-1"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- templates
+
+
+def test_infra_template_passes_cfn_lint() -> None:
+    matches = cfnlint_api.lint_file(INFRA)
+    assert not matches, "\n".join(str(m) for m in matches)
+
+
+def test_templates_decode() -> None:
+    assert load_cfn(INFRA)["Resources"]
+    for merge in (ROOT / "infra").glob("chalice-merge-*.yaml"):
+        assert load_cfn(merge)["Resources"], merge
+
+
+def test_tables_have_the_keys_the_stores_use() -> None:
+    """The CloudFormation tables are the ones the stores' own ``create_table`` makes."""
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls: dict[str, dict[str, Any]] = {}
+
+        def create_table(self, **kw: Any) -> None:
+            self.calls["create_table"] = kw
+
+        def update_time_to_live(self, **kw: Any) -> None:
+            self.calls["ttl"] = kw
+
+        def get_waiter(self, _name: str) -> Any:
+            return type("W", (), {"wait": lambda *a, **k: None})()
+
+    resources = load_cfn(INFRA)["Resources"]
+    for module, logical in ((idempotency, "IdempotencyTable"), (jobstore, "JobsTable")):
+        rec = Recorder()
+        module.create_table(rec, "t")
+        props = resources[logical]["Properties"]
+        assert props["KeySchema"] == rec.calls["create_table"]["KeySchema"], logical
+        assert props["AttributeDefinitions"] == rec.calls["create_table"]["AttributeDefinitions"], logical
+        assert props["BillingMode"] == rec.calls["create_table"]["BillingMode"], logical
+        ttl = rec.calls["ttl"]["TimeToLiveSpecification"]
+        assert props["TimeToLiveSpecification"] == {"AttributeName": ttl["AttributeName"], "Enabled": True}
+
+
+def test_infra_names_match_every_stage() -> None:
+    """Names the stack derives (<AppName>-<Stage>-...) are the ones the stages use."""
+    template = load_cfn(INFRA)
+    resources = template["Resources"]
+    app = CONFIG["app_name"]
+    for stage in STAGES:
+        env = stage_env(stage)
+        sub = lambda text: text.replace("${AppName}", app).replace("${Stage}", stage)  # noqa: E731
+        assert sub(resources["IdempotencyTable"]["Properties"]["TableName"]["Fn::Sub"]) == env["IDEMPOTENCY_TABLE"]
+        assert sub(resources["JobsTable"]["Properties"]["TableName"]["Fn::Sub"]) == env["JOBS_TABLE"]
+        assert sub(resources["InputQueue"]["Properties"]["QueueName"]["Fn::Sub"]) == env["INPUT_QUEUE"]
+        assert sub(resources["EventBus"]["Properties"]["Name"]["Fn::Sub"]) == env["EVENT_BUS_NAME"]
+        assert env["SLURM_TOKEN_SECRET"] == f"slurm_token_{env['SLURM_CLUSTER_NAME']}"
+        assert env["SLURM_CA_PARAMETER"] == f"/{app}/{env['SLURM_CLUSTER_NAME']}/ca.pem"
+        assert env["EVENT_SOURCE"] == template["Parameters"]["EventSource"]["Default"]
+        assert str(env["SLURM_PORT"]) == str(template["Parameters"]["SlurmRestPort"]["Default"])
+
+
+def test_queue_outlives_six_function_timeouts() -> None:
+    template = load_cfn(INFRA)
+    visibility = int(template["Parameters"]["QueueVisibilityTimeout"]["Default"])
+    queue = template["Resources"]["InputQueue"]["Properties"]
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["InputDeadLetterQueue", "Arn"]}
+    for stage in STAGES:
+        cfg = CONFIG["stages"][stage]
+        fn = cfg["lambda_functions"].get("on_queue_message", {})
+        assert visibility >= 6 * int(fn.get("lambda_timeout", cfg["lambda_timeout"])), stage
+
+
+def test_failed_jobs_rule_is_the_documented_example() -> None:
+    """The stack's rule is examples/rules/failed-jobs-of-a-pipeline.json with parameters."""
+    template = load_cfn(INFRA)
+    pattern = template["Resources"]["FailedJobsRule"]["Properties"]["EventPattern"]
+    example = json.loads((ROOT / "examples" / "rules" / "failed-jobs-of-a-pipeline.json").read_text())
+    assert pattern["source"] == [{"Ref": "EventSource"}]
+    assert pattern["detail"]["source"]["pipeline"] == [{"Ref": "AlertPipeline"}]
+    assert example["detail"]["source"]["pipeline"] == [template["Parameters"]["AlertPipeline"]["Default"]]
+    assert pattern["detail-type"] == example["detail-type"]
+    assert pattern["detail"]["state"] == example["detail"]["state"]
+
+
+# --------------------------------------------------------------------------- chalice config
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_has_every_chalice_setting(stage: str) -> None:
+    cfg = CONFIG["stages"][stage]
+    missing = [k for k in STAGE_KEYS if k not in cfg]
+    assert not missing, missing
+    assert cfg["autogen_policy"] is False and cfg["xray"] is True
+    assert cfg["subnet_ids"] and cfg["security_group_ids"]
+    for name, fn in cfg["lambda_functions"].items():
+        assert fn["iam_policy_file"] == f"policy-{stage}-{name}.json"
+        if name in SUBMITTING:
+            assert fn["reserved_concurrency"] >= 1, name
+    assert all(isinstance(v, str) for v in cfg["environment_variables"].values())
+
+
+def documented_variables() -> dict[str, bool]:
+    """Variable -> whether docs/configuration.md says a stage sets it."""
+    rows = re.findall(r"^\|\s*`([A-Z][A-Z0-9_]+)`\s*\|([^\n]*)$", CONFIG_DOC.read_text(), re.M)
+    return {name: rest.split("|")[0].strip().lower().startswith("yes") for name, rest in rows}
+
+
+def code_variables() -> set[str]:
+    """Every environment variable the product reads: settings, handlers, observability."""
+    names: set[str] = set()
+    files = [ROOT / "app.py", *sorted((ROOT / "chalicelib").rglob("*.py"))]
+    pattern = re.compile(r"""(?:environ\.get|getenv|environ\[|\bg)\(?\s*["']([A-Z][A-Z0-9_]{2,})["']""")
+    for path in files:
+        names.update(pattern.findall(path.read_text()))
+    return names - {"AWS_REGION", "AWS_DEFAULT_REGION", "AWS_LAMBDA_FUNCTION_NAME"}
+
+
+def test_every_variable_the_code_reads_is_documented() -> None:
+    missing = sorted(code_variables() - set(documented_variables()))
+    assert not missing, f"add to docs/configuration.md: {missing}"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_sets_every_documented_setting(stage: str) -> None:
+    env = stage_env(stage)
+    documented = documented_variables()
+    wanted = sorted(n for n, in_stage in documented.items() if in_stage and n not in env)
+    assert not wanted, f"stage {stage} lacks {wanted}"
+    undocumented = sorted(set(env) - set(documented))
+    assert not undocumented, f"document {undocumented} in docs/configuration.md"
+
+
+# --------------------------------------------------------------------------- IAM
+
+
+def test_policy_files_are_rendered_from_config() -> None:
+    done = subprocess.run([sys.executable, str(RENDER), "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_policies_name_their_resources(stage: str) -> None:
+    env = stage_env(stage)
+    for function in CONFIG["stages"][stage]["lambda_functions"]:
+        doc = policy(stage, function)
+        assert doc["Version"] == "2012-10-17"
+        for st in doc["Statement"]:
+            actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+            resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+            assert st["Effect"] == "Allow"
+            assert not any("*" in a for a in actions), (function, actions)
+            if "*" in resources:
+                assert set(actions) <= UNSCOPED_ACTIONS, (function, st["Sid"])
+            for action in actions:
+                if action == "secretsmanager:GetSecretValue":
+                    assert any(f":secret:{env['SLURM_TOKEN_SECRET']}-" in r for r in resources)
+                    assert all(":secret:" in r and not r.endswith(":secret:*") for r in resources)
+                if action.startswith("dynamodb:"):
+                    assert all(r.endswith((f"table/{env['IDEMPOTENCY_TABLE']}", f"table/{env['JOBS_TABLE']}"))
+                               for r in resources)
+                if action == "events:PutEvents":
+                    assert resources == [f"arn:aws:events:us-east-1:123456789012:event-bus/{env['EVENT_BUS_NAME']}"]
+                if action.startswith("sqs:"):
+                    assert all(r.endswith(f":{env['INPUT_QUEUE']}") for r in resources)
+                if action.startswith("s3:"):
+                    assert all(r.startswith(f"arn:aws:s3:::{env['INPUT_BUCKET']}") for r in resources)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_handler_has_its_own_policy(stage: str) -> None:
+    functions = app_functions(stage)
+    configured = CONFIG["stages"][stage]["lambda_functions"]
+    missing = sorted(set(functions) - set(configured))
+    assert not missing, f"add lambda_functions entries (and scripts/render-policies FUNCTIONS) for {missing}"
+    for name in functions:
+        assert (CHALICE_DIR / configured[name]["iam_policy_file"]).exists()
+
+
+# --------------------------------------------------------------------------- chalice package
+
+# One merge file per subscription `chalice package` can express (not "s3": Chalice refuses
+# to package a notification on an existing bucket).
+MERGE_FILES = {
+    "sqs": ROOT / "infra" / "chalice-merge-sqs.yaml",
+    "eventbridge": ROOT / "infra" / "chalice-merge-eventbridge.yaml",
+}
+PACKAGES = [(stage, sub) for stage in STAGES for sub in MERGE_FILES]
+
+
+def test_stages_use_known_subscriptions() -> None:
+    for stage in STAGES:
+        subs = {s.strip() for s in stage_env(stage)["SUBSCRIPTIONS"].split(",")}
+        assert subs and subs <= {"s3", *MERGE_FILES}, stage
+
+
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], dict[str, Any]]:
+    """``chalice package --merge-template`` per stage and subscription, offline: the copy
+    of the project has an empty requirements.txt, so Chalice builds no dependencies (the
+    template does not depend on them), and SUBSCRIPTIONS set to the one being packaged."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    base = tmp_path_factory.mktemp("pkg")
+    env = {**os.environ, "AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing"}
+    for stage, sub in PACKAGES:
+        project = base / f"{stage}-{sub}"
+        project.mkdir()
+        for name in ("app.py", "chalicelib", "pipelines", "vendor"):
+            src = ROOT / name
+            if src.is_dir():
+                shutil.copytree(src, project / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+            elif src.exists():
+                shutil.copy2(src, project / name)
+        (project / ".chalice").mkdir()
+        for f in CHALICE_DIR.glob("policy-*.json"):
+            shutil.copy2(f, project / ".chalice" / f.name)
+        config = json.loads(json.dumps(CONFIG))
+        config["stages"][stage]["environment_variables"]["SUBSCRIPTIONS"] = sub
+        (project / ".chalice" / "config.json").write_text(json.dumps(config))
+        (project / "requirements.txt").write_text("")
+        target = base / f"out-{stage}-{sub}"
+        done = subprocess.run(
+            [str(VENV_BIN / "chalice"), "package", "--stage", stage, "--merge-template", str(MERGE_FILES[sub]),
+             str(target)],
+            cwd=project, env=env, capture_output=True, text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        sam = next(target.glob("sam.*"))
+        out[(stage, sub)] = {"path": sam, "template": load_cfn(sam)}
+    return out
+
+
+@pytest.mark.parametrize("stage,sub", PACKAGES)
+def test_merge_patches_resources_chalice_generates(packaged: dict[Any, Any], stage: str, sub: str) -> None:
+    """Every patched resource and event is one Chalice generated: a merge into a missing
+    resource would leave a half resource without Type."""
+    resources = packaged[(stage, sub)]["template"]["Resources"]
+    for logical, patch in load_cfn(MERGE_FILES[sub])["Resources"].items():
+        assert resources[logical].get("Type") == "AWS::Serverless::Function", logical
+        for event in patch["Properties"].get("Events", {}):
+            props = resources[logical]["Properties"]["Events"][event]["Properties"]
+            assert "Queue" in props or "Pattern" in props, event
+    assert all("Type" in r for r in resources.values())
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_sqs_mapping_reports_batch_item_failures(packaged: dict[Any, Any], stage: str) -> None:
+    resources = packaged[(stage, "sqs")]["template"]["Resources"]
+    sqs_events = [
+        ev for res in resources.values() if res["Type"] == "AWS::Serverless::Function"
+        for ev in res["Properties"].get("Events", {}).values() if ev["Type"] == "SQS"
+    ]
+    assert len(sqs_events) == 1
+    assert sqs_events[0]["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert sqs_events[0]["Properties"]["Queue"]["Fn::Sub"].endswith(":" + stage_env(stage)["INPUT_QUEUE"])
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_object_events_rule_has_retries_and_dead_letters(packaged: dict[Any, Any], stage: str) -> None:
+    fn = packaged[(stage, "eventbridge")]["template"]["Resources"]["OnObjectEvent"]["Properties"]
+    (event,) = fn["Events"].values()
+    assert event["Type"] == "EventBridgeRule"
+    assert event["Properties"]["Pattern"]["detail"]["bucket"]["name"] == [stage_env(stage)["INPUT_BUCKET"]]
+    assert event["Properties"]["DeadLetterConfig"]["Type"] == "SQS"
+    assert fn["EventInvokeConfig"]["MaximumRetryAttempts"] == 2
+
+
+@pytest.mark.parametrize("stage,sub", PACKAGES)
+def test_packaged_template_passes_cfn_lint(packaged: dict[Any, Any], stage: str, sub: str) -> None:
+    """cfn-lint runs the SAM transform (aws-sam-translator) and checks the result."""
+    matches = cfnlint_api.lint_file(packaged[(stage, sub)]["path"])
+    assert not matches, "\n".join(str(m) for m in matches)
+
+
+@pytest.mark.parametrize("stage,sub", PACKAGES)
+def test_packaged_functions_follow_the_stage(packaged: dict[Any, Any], stage: str, sub: str) -> None:
+    """Settings Chalice turns into properties: VPC, tracing, concurrency, policy files."""
+    cfg = CONFIG["stages"][stage]
+    resources = packaged[(stage, sub)]["template"]["Resources"]
+    functions = {k: r for k, r in resources.items() if r["Type"] == "AWS::Serverless::Function"}
+    assert functions
+    for logical, res in functions.items():
+        props = res["Properties"]
+        name = re.sub(r"(?<!^)(?=[A-Z])", "_", logical).lower()
+        assert props["Tracing"] == "Active"
+        assert props["VpcConfig"] == {"SecurityGroupIds": cfg["security_group_ids"], "SubnetIds": cfg["subnet_ids"]}
+        assert props["ReservedConcurrentExecutions"] == cfg["lambda_functions"][name]["reserved_concurrency"]
+        role = resources[props["Role"]["Fn::GetAtt"][0]]["Properties"]["Policies"][0]["PolicyDocument"]
+        assert role == policy(stage, name)
