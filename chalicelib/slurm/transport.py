@@ -28,15 +28,20 @@ _PEM_FILES: dict[str, str] = {}
 
 
 class TimeoutAdapter(HTTPAdapter):
-    """An ``HTTPAdapter`` that applies ``(connect, read)`` timeouts to every request."""
+    """An ``HTTPAdapter`` that applies ``(connect, read)`` timeouts to every request,
+    and the configured TLS verification: ``requests`` lets ``REQUESTS_CA_BUNDLE`` /
+    ``CURL_CA_BUNDLE`` override ``Session.verify``, which would silently drop a
+    ``ca_bundle`` or ``insecure`` choice."""
 
-    def __init__(self, timeout: tuple[float, float], **kwargs: Any) -> None:
+    def __init__(self, timeout: tuple[float, float], verify: bool | str = True, **kwargs: Any) -> None:
         self.timeout = timeout
+        self.verify = verify
         super().__init__(**kwargs)
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
+        kwargs["verify"] = self.verify
         return super().send(request, **kwargs)
 
 
@@ -65,13 +70,14 @@ def build_session(
     node's certificate lives in Secrets Manager (``ca_secret``) or SSM (``ca_parameter``).
     """
     session = requests.Session()
+    session.verify = tls_verify(settings, secrets_client=secrets_client, ssm_client=ssm_client)
     adapter = TimeoutAdapter(
         (settings.connect_timeout, settings.read_timeout),
+        verify=session.verify,
         max_retries=retry_policy(settings.retries),
     )
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    session.verify = tls_verify(settings, secrets_client=secrets_client, ssm_client=ssm_client)
     return session
 
 

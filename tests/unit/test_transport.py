@@ -1,0 +1,176 @@
+"""The session: timeouts on every call, the retry policy, and the TLS choices (a local
+HTTPS server with a self-signed certificate stands in for the head node)."""
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import logging
+import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import requests
+
+from chalicelib.settings import Settings
+from chalicelib.slurm import transport
+from chalicelib.slurm.auth import StaticToken
+from chalicelib.slurm.client import SlurmClient
+from chalicelib.slurm.errors import SlurmUnavailableError
+from chalicelib.slurm.transport import TimeoutAdapter, build_session, retry_policy
+
+
+def self_signed(tmp: Path) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "head-node")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    key_file = tmp / "key.pem"
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    cert_file = tmp / "cert.pem"
+    cert_file.write_text(cert_pem)
+    return str(cert_file), str(key_file)
+
+
+class Ping(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        body = json.dumps({"pings": [{"hostname": "vm", "pinged": "UP"}], "errors": []}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def https(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    cert, key = self_signed(tmp_path)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Ping)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}", cert
+    server.shutdown()
+    server.server_close()
+
+
+def ping(url: str, session: requests.Session) -> dict:
+    return SlurmClient(url, StaticToken("t"), user="u", session=session, api_version="v0.0.42").ping()
+
+
+def test_verifies_tls_by_default(https: tuple[str, str]) -> None:
+    url, _ = https
+    with pytest.raises(SlurmUnavailableError, match="TLS verification failed") as exc:
+        ping(url, build_session(Settings(retries=0)))
+    assert exc.value.maybe_submitted is False
+
+
+def test_ca_bundle_path(https: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    url, cert = https
+    # requests would let this environment variable win over Session.verify
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    assert ping(url, build_session(Settings(ca_bundle=cert)))["pings"]
+
+
+def test_ca_from_secrets_manager(aws: Any, https: tuple[str, str]) -> None:
+    import boto3
+
+    url, cert = https
+    sm = boto3.client("secretsmanager")
+    sm.create_secret(Name="head-node-cert", SecretString=Path(cert).read_text())
+    session = build_session(Settings(ca_secret="head-node-cert"), secrets_client=lambda: sm)
+    pem_path = Path(session.verify)
+    assert pem_path.read_text() == Path(cert).read_text()
+    assert pem_path.stat().st_mode & 0o077 == 0  # private to this user
+    assert ping(url, session)["pings"]
+    again = build_session(Settings(ca_secret="head-node-cert"), secrets_client=lambda: sm)
+    assert again.verify == session.verify  # written once per process
+
+
+def test_ca_from_ssm(aws: Any, https: tuple[str, str]) -> None:
+    import boto3
+
+    url, cert = https
+    ssm = boto3.client("ssm")
+    ssm.put_parameter(Name="/slurm/head-node-cert", Value=Path(cert).read_text(), Type="String")
+    session = build_session(Settings(ca_parameter="/slurm/head-node-cert"), ssm_client=lambda: ssm)
+    assert ping(url, session)["pings"]
+
+
+def test_ca_secret_must_be_pem(aws: Any) -> None:
+    import boto3
+
+    sm = boto3.client("secretsmanager")
+    sm.create_secret(Name="not-a-cert", SecretString="hello")
+    with pytest.raises(ValueError, match="PEM"):
+        build_session(Settings(ca_secret="not-a-cert"), secrets_client=lambda: sm)
+
+
+def test_insecure_turns_verification_off_and_warns(https: tuple[str, str], caplog: pytest.LogCaptureFixture,
+                                                   recwarn: pytest.WarningsRecorder) -> None:
+    url, _ = https
+    caplog.set_level(logging.WARNING)
+    session = build_session(Settings(insecure=True))
+    assert session.verify is False
+    assert "TLS verification is OFF" in caplog.text
+    assert ping(url, session)["pings"]
+    assert not [w for w in recwarn if "Unverified HTTPS" in str(w.message)]
+
+
+def test_no_aws_client_made_without_ca_secret_or_parameter() -> None:
+    def boom() -> Any:
+        raise AssertionError("no AWS client needed")
+
+    assert build_session(Settings(), secrets_client=boom, ssm_client=boom).verify is True
+
+
+def test_every_request_gets_the_timeouts() -> None:
+    session = build_session(Settings(connect_timeout=1.5, read_timeout=7.0))
+    adapter = session.get_adapter("https://x")
+    assert isinstance(adapter, TimeoutAdapter) and adapter.timeout == (1.5, 7.0)
+    assert adapter.verify is True
+    assert session.get_adapter("http://x") is adapter
+
+
+def test_retry_policy_only_idempotent_methods() -> None:
+    retry = retry_policy(4)
+    assert retry.total == 4
+    assert set(retry.allowed_methods) == {"GET", "DELETE"}
+    assert set(retry.status_forcelist) == {429, 502, 503, 504}
+    assert retry.respect_retry_after_header and not retry.raise_on_status
+    assert not retry.is_retry("POST", 503)
+    assert retry.is_retry("GET", 503) and retry.is_retry("DELETE", 429)
+    assert not retry.is_retry("GET", 500)
+
+
+def test_pem_file_is_reused(tmp_path: Path) -> None:
+    cert, _ = self_signed(tmp_path)
+    pem = Path(cert).read_text()
+    assert transport.pem_file(pem) == transport.pem_file(pem)
