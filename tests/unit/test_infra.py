@@ -21,7 +21,7 @@ import pytest
 from cfnlint import api as cfnlint_api
 from cfnlint.decode import decode
 
-from chalicelib import idempotency, jobstore
+from chalicelib import dashboard, idempotency, jobstore
 
 ROOT = Path(__file__).resolve().parents[2]
 CHALICE_DIR = ROOT / ".chalice"
@@ -149,6 +149,22 @@ def test_queue_outlives_six_function_timeouts() -> None:
         cfg = CONFIG["stages"][stage]
         fn = cfg["lambda_functions"].get("on_queue_message", {})
         assert visibility >= 6 * int(fn.get("lambda_timeout", cfg["lambda_timeout"])), stage
+
+
+def test_dashboard_is_the_code_dashboard() -> None:
+    """The stack embeds chalicelib/dashboard.py's dashboard with its knobs as parameters.
+    When this fails, paste the output of
+    ``python -c "import json; from chalicelib import dashboard; print(json.dumps(dashboard.build(
+    '${MetricsNamespace}', '${ServiceName}', '${AWS::Region}'), indent=1))"``
+    into Dashboard.DashboardBody of infra/slurm-trigger-infra.yaml."""
+    template = load_cfn(INFRA)
+    body = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    assert json.loads(body) == dashboard.build("${MetricsNamespace}", "${ServiceName}", "${AWS::Region}")
+    defaults = {k: template["Parameters"][k]["Default"] for k in ("MetricsNamespace", "ServiceName")}
+    for stage in STAGES:
+        env = stage_env(stage)
+        assert defaults == {"MetricsNamespace": env["POWERTOOLS_METRICS_NAMESPACE"],
+                            "ServiceName": env["POWERTOOLS_SERVICE_NAME"]}, stage
 
 
 def test_failed_jobs_rule_is_the_documented_example() -> None:
