@@ -58,6 +58,17 @@ def _comment(source: Source, template_comment: str | None) -> str:
     return text
 
 
+def render_job(
+    ref: ObjectRef, pipeline: Pipeline, metadata: Mapping[str, str] | None = None
+) -> tuple[Source, JobSubmission]:
+    """The job ``pipeline`` makes of ``ref``, its provenance stamped in the comment.
+    Raises ``TemplateError`` (permanent) for values it must refuse."""
+    key = idempotency_key(pipeline.name, ref)
+    source = Source(ref.bucket, ref.key, pipeline.name, ref.version_id, ref.etag, idempotency_key=key)
+    job = render(pipeline.template, object_variables(ref, pipeline.name, key, metadata))
+    return source, dataclasses.replace(job, comment=_comment(source, job.comment))
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What became of one object for one pipeline (or of an unmatched object)."""
@@ -151,18 +162,11 @@ class Trigger:
             raise pending
         return outcomes
 
-    def render(self, ref: ObjectRef, pipeline: Pipeline, metadata: Mapping[str, str] | None = None) -> tuple[Source, JobSubmission]:
-        """The job ``pipeline`` makes of ``ref``, provenance stamped in its comment."""
-        key = idempotency_key(pipeline.name, ref)
-        source = Source(ref.bucket, ref.key, pipeline.name, ref.version_id, ref.etag, idempotency_key=key)
-        job = render(pipeline.template, object_variables(ref, pipeline.name, key, metadata))
-        return source, dataclasses.replace(job, comment=_comment(source, job.comment))
-
     def submit(self, ref: ObjectRef, pipeline: Pipeline, metadata: Mapping[str, str] | None = None) -> Outcome:
         """At most one job for (pipeline, object version), however often called."""
         key = idempotency_key(pipeline.name, ref)
         try:
-            source, job = self.render(ref, pipeline, metadata)
+            source, job = render_job(ref, pipeline, metadata)
         except TemplateError as exc:
             source = Source(ref.bucket, ref.key, pipeline.name, ref.version_id, ref.etag, idempotency_key=key)
             return self._failed(source, exc)

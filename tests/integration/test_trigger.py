@@ -20,7 +20,7 @@ import pytest
 from chalicelib.idempotency import create_table, idempotency_key
 from chalicelib.s3events import ObjectRef
 from chalicelib.settings import Settings
-from chalicelib.trigger import Trigger, build_trigger
+from chalicelib.trigger import Trigger, build_trigger, render_job
 
 pytestmark = pytest.mark.real_slurm
 
@@ -305,7 +305,7 @@ def test_expired_claim_adopts_the_job_slurm_already_has(world):
     """A crash after Slurm accepted the job and before the record was saved."""
     ref = obj("many/crash")
     key = idempotency_key("trivial", ref)
-    _, job = world.trigger.render(ref, world.trigger.pipelines[1])
+    _, job = render_job(ref, world.trigger.pipelines[1])
     world.trigger.store.claim(key)
     job_id = world.trigger.client.submit(job).job_id  # ...and the Lambda dies here
     world.trigger.store.expire(key)  # what the in-progress expiry does with time
