@@ -87,10 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Submit and follow Slurm jobs on an AWS ParallelCluster head node through slurmrestd.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    parent = common_options()
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"chalicelib.cli.{name}")
-        module.register(sub, parent)
+        # A fresh parent per module: argparse shares the parent's actions, so one
+        # module's set_defaults(format=...) would otherwise change every command's default.
+        module.register(sub, common_options())
     return parser
 
 

@@ -1,0 +1,145 @@
+"""The slurm subcommands end to end through ``chalicelib.cli.main``, against the local
+replay server of test_client_http (recorded answers of v0.0.38 and v0.0.42)."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from chalicelib.cli import main
+from chalicelib.cli.slurm_commands import job_to_dict
+from test_client_http import GOOD, FakeSlurm, recorded, replay  # noqa: E402  (sibling test module)
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "job.json"
+COMMANDS = ("ping", "diag", "versions", "submit-job", "list-jobs", "describe-job", "cancel-job")
+
+
+@pytest.fixture(params=["v0.0.38", "v0.0.42"])
+def server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeSlurm, str]]:
+    for name in ("SLURM_URL", "SLURM_TOKEN", "SLURM_API_VERSION", "SLURM_USER"):
+        monkeypatch.delenv(name, raising=False)
+    fake = FakeSlurm()
+    replay(fake, request.param)
+    yield fake, request.param
+    fake.close()
+
+
+def run(fake: FakeSlurm, capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    code = main([argv[0], "--url", fake.url, "--token", GOOD, "-u", "alice", *argv[1:]])
+    out, err = capsys.readouterr()
+    assert GOOD not in out and GOOD not in err
+    return code, out, err
+
+
+def job_id(version: str, name: str) -> str:
+    return recorded(version)[name]["path"].rsplit("/", 1)[1]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help(command: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert f"slurm-trigger {command}" in out and "--cluster-name" in out and "--format" in out
+
+
+def test_versions_and_ping(server: tuple[FakeSlurm, str], capsys: pytest.CaptureFixture) -> None:
+    fake, version = server
+    code, out, _ = run(fake, capsys, "versions")
+    data = json.loads(out)
+    assert code == 0 and data["negotiated"] == version and version in data["served"]
+    assert "v0.0.43" in data["known"]
+    code, out, _ = run(fake, capsys, "ping")
+    assert code == 0 and json.loads(out)["pings"][0]["status"] == "UP"
+    code, out, _ = run(fake, capsys, "ping", "--format", "table")
+    assert out.splitlines()[0].split() == ["HOSTNAME", "STATUS", "MODE", "LATENCY"]
+
+
+def test_diag(server: tuple[FakeSlurm, str], capsys: pytest.CaptureFixture) -> None:
+    fake, _ = server
+    code, out, _ = run(fake, capsys, "diag")
+    assert code == 0 and "statistics" in json.loads(out) and "meta" not in json.loads(out)
+    code, out, _ = run(fake, capsys, "diag", "--format", "table")
+    assert out.startswith("STATISTIC") and "jobs_submitted" in out
+
+
+def test_submit_job_file_and_stdin(server: tuple[FakeSlurm, str], capsys: pytest.CaptureFixture,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    fake, version = server
+    expected = json.loads(Path(f"tests/fixtures/recorded/{version}/submit.json").read_text())["job_id"]
+    code, out, _ = run(fake, capsys, "submit-job", "-j", str(EXAMPLE))
+    assert code == 0 and json.loads(out)["job_id"] == expected
+    posted = fake.seen[-1].body
+    assert posted["job"]["name"] == "hello-slurm-trigger"
+    monkeypatch.setattr("sys.stdin", io.StringIO(EXAMPLE.read_text()))
+    code, out, _ = run(fake, capsys, "submit-job", "-j", "-")
+    assert code == 0 and json.loads(out)["version"] == version
+
+
+def test_submit_print_body_does_not_submit(server: tuple[FakeSlurm, str], capsys: pytest.CaptureFixture) -> None:
+    fake, version = server
+    code, out, _ = run(fake, capsys, "submit-job", "-j", str(EXAMPLE), "--print-body")
+    body = json.loads(out)["body"]
+    assert code == 0 and ("script" in body) == (version == "v0.0.38")
+    assert not [s for s in fake.seen if s.method == "POST"]
+
+
+def test_bad_job_file(server: tuple[FakeSlurm, str], capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    fake, _ = server
+    bad = tmp_path / "job.json"
+    bad.write_text(json.dumps({"script": "#!/bin/sh\n", "bogus": 1}))
+    code, _, err = run(fake, capsys, "submit-job", "-j", str(bad))
+    assert code == 2 and "bogus" in err
+
+
+def test_list_and_describe(server: tuple[FakeSlurm, str], capsys: pytest.CaptureFixture) -> None:
+    fake, version = server
+    code, out, _ = run(fake, capsys, "list-jobs")
+    data = json.loads(out)
+    assert code == 0 and data["changed"] and data["jobs"]
+    assert all(j["submit_time"].endswith("+00:00") for j in data["jobs"])
+    code, out, _ = run(fake, capsys, "list-jobs", "--format", "table")
+    assert out.splitlines()[0].split()[:3] == ["JOB_ID", "NAME", "STATE"]
+    code, out, _ = run(fake, capsys, "describe-job", "-j", job_id(version, "job-failed.json"))
+    job = json.loads(out)
+    assert code == 0 and (job["state"], job["exit_code"], job["is_final"]) == ("FAILED", 3, True)
+    code, out, _ = run(fake, capsys, "describe-job", "-j", job_id(version, "job-failed.json"), "--format", "table")
+    assert "NonZeroExitCode" in out
+
+
+def test_describe_unknown_job_fails_with_slurms_error(server: tuple[FakeSlurm, str], capsys: pytest.CaptureFixture) -> None:
+    fake, _ = server
+    code, _, err = run(fake, capsys, "describe-job", "-j", "999999")
+    assert code == 1
+    assert "Invalid job id specified" in err and "SlurmNotFoundError" in err
+
+
+def test_cancel(server: tuple[FakeSlurm, str], capsys: pytest.CaptureFixture) -> None:
+    fake, version = server
+    code, out, _ = run(fake, capsys, "cancel-job", "-j", job_id(version, "cancel-running.json"))
+    assert code == 0 and json.loads(out) == {"job_id": int(job_id(version, "cancel-running.json")), "cancelled": True}
+    assert fake.seen[-1].method == "DELETE"
+
+
+def test_auth_error_exit_code_without_token(capsys: pytest.CaptureFixture) -> None:
+    fake = FakeSlurm()
+    try:
+        fake.add("GET", "/slurm/v0.0.42/ping", *[lambda s: __import__("test_client_http").reply_from(
+            "v0.0.42", "error-bad-token-ping.json")])
+        code, _, err = run(fake, capsys, "ping", "--api-version", "v0.0.42")
+    finally:
+        fake.close()
+    assert code == 1 and "SlurmAuthError" in err
+
+
+def test_job_to_dict_is_json_ready() -> None:
+    from chalicelib.slurm.dialects import DIALECTS
+
+    raw = json.loads(Path("tests/fixtures/recorded/v0.0.42/job-completed.json").read_text())["jobs"][0]
+    data = job_to_dict(DIALECTS["v0.0.42"].parse_job(raw))
+    assert json.loads(json.dumps(data)) == data and "raw" not in data
+    assert isinstance(data["state_flags"], list)
