@@ -350,6 +350,8 @@ def test_sqs_mapping_reports_batch_item_failures(packaged: dict[Any, Any], stage
     assert len(sqs_events) == 1
     assert sqs_events[0]["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert sqs_events[0]["Properties"]["Queue"]["Fn::Sub"].endswith(":" + stage_env(stage)["INPUT_QUEUE"])
+    reserved = CONFIG["stages"][stage]["lambda_functions"]["on_queue_message"]["reserved_concurrency"]
+    assert 2 <= sqs_events[0]["Properties"]["ScalingConfig"]["MaximumConcurrency"] <= reserved
 
 
 @pytest.mark.parametrize("stage", STAGES)
