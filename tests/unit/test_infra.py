@@ -227,6 +227,13 @@ def test_stage_sets_every_documented_setting(stage: str) -> None:
     assert not undocumented, f"document {undocumented} in docs/configuration.md"
 
 
+def test_deploy_walkthrough_names_every_stage_setting() -> None:
+    walkthrough = (ROOT / "docs" / "deploy.md").read_text()
+    names = [n for n, in_stage in documented_variables().items() if in_stage] + list(STAGE_KEYS)
+    missing = sorted(n for n in names if f"`{n}" not in walkthrough)
+    assert not missing, f"docs/deploy.md does not name {missing}"
+
+
 # --------------------------------------------------------------------------- IAM
 
 
