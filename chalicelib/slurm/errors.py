@@ -41,9 +41,7 @@ class SlurmError(Exception):
         parts = [self.message]
         if self.status is not None:
             parts.append(f"(HTTP {self.status})")
-        details = "; ".join(
-            str(e.get("description") or e.get("error") or e) for e in self.errors
-        )
+        details = "; ".join(_describe(e) for e in self.errors)
         if details and details not in self.message:
             parts.append(f"Slurm says: {details}")
         return " ".join(parts)
@@ -59,6 +57,15 @@ class SlurmError(Exception):
             "job_id": self.job_id,
             "maybe_submitted": self.maybe_submitted,
         }
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """Slurm's ``description`` is often generic ("Batch job submission failed") and
+    its ``error`` the reason: show both."""
+    texts = [str(t) for t in (error.get("description"), error.get("error")) if t]
+    if len(texts) == 2 and texts[1] not in texts[0]:
+        return f"{texts[0]}: {texts[1]}"
+    return texts[0] if texts else str(error)
 
 
 class SlurmAuthError(SlurmError):
