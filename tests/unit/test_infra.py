@@ -270,6 +270,32 @@ def test_policies_name_their_resources(stage: str) -> None:
                     assert all(r.startswith(f"arn:aws:s3:::{env['INPUT_BUCKET']}") for r in resources)
 
 
+def dynamodb_actions(module_path: Path) -> set[str]:
+    """IAM actions for the DynamoDB calls a store makes on its client (self._db / self._ddb)."""
+    text = module_path.read_text()
+    calls = set(re.findall(r"self\._d+b\.([a-z_]+)\(", text)) - {"get_paginator"}
+    calls |= set(re.findall(r'get_paginator\("([a-z_]+)"\)', text))
+    return {"dynamodb:" + "".join(w.title() for w in c.split("_")) for c in calls}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_policies_allow_what_the_stores_call(stage: str) -> None:
+    """A store that starts calling Query (say) fails here, not in AWS."""
+    env = stage_env(stage)
+    needs = {
+        "on_queue_message": (dynamodb_actions(ROOT / "chalicelib" / "idempotency.py"), env["IDEMPOTENCY_TABLE"]),
+        "poll_jobs": (dynamodb_actions(ROOT / "chalicelib" / "jobstore.py"), env["JOBS_TABLE"]),
+    }
+    for function, (actions, table) in needs.items():
+        assert actions, function
+        allowed = {
+            a for st in policy(stage, function)["Statement"] for a in st["Action"]
+            if any(r.endswith(f"table/{table}") for r in st["Resource"])
+        }
+        assert actions <= allowed, (function, sorted(actions - allowed))
+        assert any(a == "events:PutEvents" for st in policy(stage, function)["Statement"] for a in st["Action"])
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_every_handler_has_its_own_policy(stage: str) -> None:
     functions = app_functions(stage)
