@@ -3,11 +3,12 @@
 cfn-lint (offline, bundled specs; with aws-sam-translator for the SAM template) checks
 the templates; the rest checks what no linter knows: that every handler in app.py has
 its own policy naming its own resources, that the stages carry every documented setting,
-that the tables' keys are the ones the stores use, and that the merge template still
-patches resources ``chalice package`` really generates.
+that the tables' keys are the ones the stores use, and that the merge templates still
+patch resources ``chalice package`` really generates.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -65,8 +66,10 @@ def policy(stage: str, function: str) -> dict[str, Any]:
     return json.loads((CHALICE_DIR / name).read_text())
 
 
-def app_functions(stage: str) -> dict[str, str]:
-    """Handler name -> kind, for app.py loaded with the stage's environment (as Chalice does)."""
+@functools.cache
+def app_functions(stage: str, subscriptions: str | None = None) -> dict[str, str]:
+    """Handler name -> kind, for app.py loaded with the stage's environment (as Chalice
+    does), optionally with other SUBSCRIPTIONS."""
     code = (
         "import json, app\n"
         "a = app.app\n"
@@ -76,6 +79,8 @@ def app_functions(stage: str) -> dict[str, str]:
         "print(json.dumps(out))\n"
     )
     env = {**os.environ, **stage_env(stage), "AWS_DEFAULT_REGION": "us-east-1"}
+    if subscriptions is not None:
+        env["SUBSCRIPTIONS"] = subscriptions
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -296,9 +301,11 @@ def test_policies_allow_what_the_stores_call(stage: str) -> None:
         assert any(a == "events:PutEvents" for st in policy(stage, function)["Statement"] for a in st["Action"])
 
 
+@pytest.mark.parametrize("subscriptions", [None, "s3,sqs,eventbridge"])
 @pytest.mark.parametrize("stage", STAGES)
-def test_every_handler_has_its_own_policy(stage: str) -> None:
-    functions = app_functions(stage)
+def test_every_handler_has_its_own_policy(stage: str, subscriptions: str | None) -> None:
+    """As configured, and with every subscription on (a stage may switch to any)."""
+    functions = app_functions(stage, subscriptions)
     configured = CONFIG["stages"][stage]["lambda_functions"]
     missing = sorted(set(functions) - set(configured))
     assert not missing, f"add lambda_functions entries (and scripts/render-policies FUNCTIONS) for {missing}"
