@@ -18,6 +18,7 @@ from chalicelib.observability import logger
 
 MAX_ENTRIES = 10
 MAX_BATCH_BYTES = 256 * 1024
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)  # one, not one per event
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ class EventBus:
         entry: dict[str, Any] = {
             "Source": self.source,
             "DetailType": event.detail_type,
-            "Detail": json.dumps(detail, separators=(",", ":"), default=str),
+            "Detail": _ENCODER.encode(detail),
             "EventBusName": self.bus_name,
         }
         if event.resources:

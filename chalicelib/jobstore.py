@@ -62,23 +62,14 @@ class TrackedJob:
     def s3_uri(self) -> str | None:
         return f"s3://{self.bucket}/{self.key}" if self.bucket and self.key is not None else None
 
-    @property
-    def fingerprint(self) -> str:
-        """What ``Cursor.known`` keeps: the state and the submit time, so a job id
-        Slurm reuses (a new cluster, a wrapped counter) reads as a new job."""
-        return fingerprint(self.state, self.submitted_at)
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def fingerprint(state: str, submitted_at: str | None) -> str:
-    return f"{state}|{submitted_at or ''}"
-
-
 @dataclass
 class Cursor:
-    """Where the last poll left off. ``version`` makes saving it a compare-and-set."""
+    """Where the last poll left off. ``known`` maps job id to an opaque ``STATE|...``
+    string the tracker compares; ``version`` makes saving it a compare-and-set."""
 
     update_time: int | None = None
     last_sweep: float | None = None

@@ -20,13 +20,13 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 from chalicelib import provenance
 from chalicelib.eventbus import Event, EventBus, EventBusError
-from chalicelib.jobstore import LOST, TRACKER_FINAL_STATES, Cursor, DynamoDBJobStore, JobStore, TrackedJob, fingerprint
+from chalicelib.jobstore import LOST, TRACKER_FINAL_STATES, Cursor, DynamoDBJobStore, JobStore, TrackedJob
 from chalicelib.observability import SERVICE, logger
 from chalicelib.provenance import Source
 from chalicelib.slurm.errors import SlurmError, SlurmNotFoundError
@@ -68,11 +68,13 @@ class PollResult:
 
 @dataclass
 class _Change:
-    """A transition about to be published: the job as Slurm shows it now and its event."""
+    """A transition about to be published: the job as Slurm shows it now, its event,
+    and its ``known`` entry (None for LOST, which leaves ``known``)."""
 
     new: TrackedJob
     old: TrackedJob | None
     event: Event
+    fingerprint: str | None
 
 
 class Tracker:
@@ -141,9 +143,16 @@ class Tracker:
         result.changed = page.changed
         result.jobs_seen = len(page.jobs)
 
-        ours = [(job, src) for job, src in self._scope(page.jobs)]
-        result.tracked_seen = len(ours)
-        moved = [(job, src) for job, src in ours if cursor.known.get(job.job_id) != _fingerprint(job)]
+        moved: list[tuple[Job, Source | None, str]] = []
+        for job in page.jobs:
+            fp = _fingerprint(job)
+            if cursor.known.get(job.job_id) == fp:  # tracked and unchanged: the common case
+                result.tracked_seen += 1
+                continue
+            src = provenance.decode(job.comment)
+            if src is not None or self.track_all:
+                result.tracked_seen += 1
+                moved.append((job, src, fp))
         vanished: list[int] = []
         if sweep:
             listed = {job.job_id for job in page.jobs}
@@ -153,16 +162,17 @@ class Tracker:
                 else:
                     vanished.append(job_id)
 
-        stored = self.store.get_jobs(self.cluster, [j.job_id for j, _ in moved] + vanished) if (moved or vanished) else {}
+        stored = self.store.get_jobs(self.cluster, [j.job_id for j, _, _ in moved] + vanished) if (moved or vanished) else {}
         changes: list[_Change] = []
-        for job, src in moved:
-            change = self._diff(job, src, stored.get(job.job_id))
+        updated_at = iso(now)
+        for job, src, fp in moved:
+            change = self._diff(job, src, stored.get(job.job_id), updated_at)
             if change:
                 changes.append(change)
             else:  # known was stale (e.g. a crash after saving the job): refresh only
-                cursor.known[job.job_id] = _fingerprint(job)
+                cursor.known[job.job_id] = fp
         for job_id in vanished:
-            change = self._vanished(job_id, stored.get(job_id), cursor)
+            change = self._vanished(job_id, stored.get(job_id), cursor, updated_at)
             if change:
                 changes.append(change)
 
@@ -183,11 +193,11 @@ class Tracker:
             else:
                 result.conflicts += 1
                 logger.warning("job state changed under us; not saved", extra={"cluster": self.cluster, "job_id": change.new.job_id})
-            if change.new.state == LOST:
+            if change.fingerprint is None:  # LOST: Slurm will never list it again
                 cursor.known.pop(change.new.job_id, None)
                 result.lost += 1
             else:
-                cursor.known[change.new.job_id] = change.new.fingerprint
+                cursor.known[change.new.job_id] = change.fingerprint
 
         if error is None and page.changed:
             cursor.update_time = max(page.last_update or 0, int(now) - self.margin)
@@ -200,23 +210,17 @@ class Tracker:
         if error is not None:
             raise error
 
-    def _scope(self, jobs: Iterable[Job]) -> Iterable[tuple[Job, Source | None]]:
-        for job in jobs:
-            src = provenance.decode(job.comment)
-            if src is not None or self.track_all:
-                yield job, src
-
-    def _diff(self, job: Job, src: Source | None, old: TrackedJob | None) -> _Change | None:
-        new = tracked_from_job(self.cluster, job, src)
-        if old is not None and old.submitted_at != new.submitted_at and old.submitted_at and new.submitted_at:
-            old = replace(old, state="")  # Slurm reused the id: a new job, same item
-        if old is not None and old.state == new.state:
+    def _diff(self, job: Job, src: Source | None, old: TrackedJob | None, updated_at: str | None) -> _Change | None:
+        previous = old.state if old is not None else None
+        submitted_at = iso(job.submit_time)
+        if old is not None and old.submitted_at and submitted_at and old.submitted_at != submitted_at:
+            previous = None  # Slurm reused the id: a new job in the same item
+        elif previous == job.state:
             return None
-        previous = old.state if old is not None and old.state else None
-        new = replace(new, previous_state=previous, updated_at=iso(self._clock()))
-        return _Change(new, old, self._event(new, job.state_flags, job.signal))
+        new = tracked_from_job(self.cluster, job, src, previous_state=previous, updated_at=updated_at)
+        return _Change(new, old, self._event(new, job.state_flags, job.signal), _fingerprint(job))
 
-    def _vanished(self, job_id: int, old: TrackedJob | None, cursor: Cursor) -> _Change | None:
+    def _vanished(self, job_id: int, old: TrackedJob | None, cursor: Cursor, updated_at: str | None) -> _Change | None:
         """A tracked unfinished job missing from the full listing: ask for it by id."""
         try:
             job = self.client.get_job(job_id)
@@ -226,12 +230,12 @@ class Tracker:
             logger.warning("could not look up a vanished job; next sweep will", extra={"job_id": job_id, "error": str(exc)})
             return None
         if job is not None:
-            return self._diff(job, provenance.decode(job.comment), old)
+            return self._diff(job, provenance.decode(job.comment), old, updated_at)
         if old is None:  # only in known: nothing to say about it
             cursor.known.pop(job_id, None)
             return None
-        new = replace(old, state=LOST, previous_state=old.state, reason=LOST_REASON, updated_at=iso(self._clock()))
-        return _Change(new, old, self._event(new, (), None))
+        new = replace(old, state=LOST, previous_state=old.state, reason=LOST_REASON, updated_at=updated_at)
+        return _Change(new, old, self._event(new, (), None), None)
 
     def _event(self, job: TrackedJob, flags: tuple[str, ...], signal: int | None) -> Event:
         return Event(
@@ -247,7 +251,9 @@ def _state_of(fp: str) -> str:
 
 
 def _fingerprint(job: Job) -> str:
-    return fingerprint(job.state, iso(job.submit_time))
+    """What ``Cursor.known`` keeps per job: its state and submit time, so a job id
+    Slurm reuses (a new cluster, a wrapped counter) reads as another job."""
+    return f"{job.state}|{int(job.submit_time.timestamp()) if job.submit_time else ''}"
 
 
 def iso(moment: datetime | float | None) -> str | None:
@@ -259,7 +265,8 @@ def iso(moment: datetime | float | None) -> str | None:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def tracked_from_job(cluster: str, job: Job, src: Source | None) -> TrackedJob:
+def tracked_from_job(cluster: str, job: Job, src: Source | None, **extra: Any) -> TrackedJob:
+    """The stored form of ``job``; ``extra`` sets previous_state and updated_at."""
     return TrackedJob(
         cluster=cluster,
         job_id=job.job_id,
@@ -276,6 +283,7 @@ def tracked_from_job(cluster: str, job: Job, src: Source | None) -> TrackedJob:
         ended_at=iso(job.end_time),
         exit_code=job.exit_code,
         reason=job.reason,
+        **extra,
     )
 
 
