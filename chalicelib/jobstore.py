@@ -30,6 +30,7 @@ LOST = "LOST"
 TRACKER_FINAL_STATES = FINAL_STATES | {LOST}
 
 BATCH_GET_LIMIT = 100
+MAX_KNOWN_BYTES = 380 * 1024  # DynamoDB items stop at 400 KB
 
 
 @dataclass(frozen=True)
@@ -179,11 +180,12 @@ class DynamoDBJobStore(JobStore):
         )
 
     def save_cursor(self, cluster: str, cursor: Cursor) -> bool:
-        item: dict[str, Any] = {
-            "pk": _s(f"cursor#{cluster}"),
-            "version": _n(cursor.version + 1),
-            "known": {"B": zlib.compress(json.dumps(cursor.known, separators=(",", ":")).encode(), 6)},
-        }
+        known = zlib.compress(json.dumps(cursor.known, separators=(",", ":")).encode(), 6)
+        if len(known) > MAX_KNOWN_BYTES:  # about 6 bytes a job: ~65,000 live tracked jobs
+            raise ValueError(
+                f"{len(cursor.known)} tracked jobs do not fit in one cursor item ({len(known)} bytes compressed)"
+            )
+        item: dict[str, Any] = {"pk": _s(f"cursor#{cluster}"), "version": _n(cursor.version + 1), "known": {"B": known}}
         if cursor.update_time is not None:
             item["update_time"] = _n(cursor.update_time)
         if cursor.last_sweep is not None:

@@ -91,3 +91,12 @@ def test_list_jobs_only_this_cluster(store: DynamoDBJobStore) -> None:
     jobs = store.list_jobs("c")
     assert [j.job_id for j in jobs] == [1, 2]
     assert jobs[1].s3_uri == "s3://b/k"
+
+
+def test_a_cursor_too_large_for_one_item_says_so(store: DynamoDBJobStore) -> None:
+    import random
+
+    rnd = random.Random(7)
+    known = {1_000_000 + i: f"{rnd.choice(['RUNNING', 'PENDING'])}|{1795578000 + rnd.randrange(10**6)}" for i in range(90_000)}
+    with pytest.raises(ValueError, match="do not fit"):
+        store.save_cursor("c", Cursor(known=known))
