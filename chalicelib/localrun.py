@@ -43,7 +43,7 @@ FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEM
 SUBMITTED = "Slurm Job Submitted"
 SUBMIT_FAILED = "Slurm Job Submission Failed"
 STATE_CHANGE = "Slurm Job State Change"
-HANDLERS = {"sqs": "on_queue_message", "direct": "on_object_created", "eventbridge": "on_object_event"}
+HANDLERS = {"sqs": "on_queue_message", "s3": "on_object_created", "eventbridge": "on_object_event"}  # SUBSCRIPTIONS
 POLL_HANDLER = "poll_jobs"
 
 T0 = time.monotonic()
@@ -124,7 +124,7 @@ def app_env(cluster: dict[str, Any], names: Names, endpoint: str, via: str) -> d
         "SLURM_SCHEME": cluster["url"].split(":", 1)[0],
         "SLURM_TOKEN_SECRET": names.secret,
         "PIPELINES_PATH": str(REPO / "pipelines"),
-        "SUBSCRIPTIONS": {"direct": "s3"}.get(via, via),  # app.py names it s3
+        "SUBSCRIPTIONS": via,  # the names app.py uses: sqs, s3, eventbridge
         "INPUT_BUCKET": names.bucket,
         "INPUT_QUEUE": names.input_queue,
         "IDEMPOTENCY_TABLE": names.idempotency_table,
@@ -187,7 +187,7 @@ def create_aws(names: Names, token: str, via: str) -> dict[str, str]:
         ev.put_targets(Rule=f"{names.rule}-s3", Targets=[{"Id": "input", "Arn": in_arn}])
     else:
         # S3's own notification to the input queue (the deployed "sqs" subscription); in
-        # "direct" mode the body of each message is exactly what S3 gives a Lambda
+        # "s3" (direct) mode the body of each message is exactly what S3 gives a Lambda
         s3.put_bucket_notification_configuration(Bucket=names.bucket, NotificationConfiguration={
             "QueueConfigurations": [{"QueueArn": in_arn, "Events": ["s3:ObjectCreated:*"]}]})
     return {"input_url": in_url, "input_arn": in_arn, "events_url": ev_url}
@@ -357,11 +357,11 @@ class Pass:
             return
         for m in msgs:
             body = json.loads(m["Body"])
-            if self.via == "direct":
+            if self.via == "s3":
                 if body.get("Event") == "s3:TestEvent":  # S3 sends those to queues, never to Lambda
                     self.sqs.delete_message(QueueUrl=self.aws["input_url"], ReceiptHandle=m["ReceiptHandle"])
                     continue
-                say(f"trigger: {HANDLERS['direct']}(S3 notification: {self._describe([m])})")
+                say(f"trigger: {HANDLERS['s3']}(S3 notification: {self._describe([m])})")
             else:
                 say(f"trigger: {HANDLERS['eventbridge']}(EventBridge {body.get('detail-type')}: {self._describe([m])})")
             ok, _ = self.invoke(HANDLERS[self.via], body)
