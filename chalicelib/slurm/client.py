@@ -13,7 +13,7 @@ import requests
 from urllib3.exceptions import ConnectTimeoutError
 
 from chalicelib.settings import Settings
-from chalicelib.slurm.auth import StaticToken, TokenProvider
+from chalicelib.slurm.auth import StaticToken, Token, TokenProvider
 from chalicelib.slurm.dialects import (
     DIALECTS,
     Dialect,
@@ -210,36 +210,45 @@ class SlurmClient:
         json: Any = None,
     ) -> tuple[int, dict[str, Any] | None]:
         """One request (two if the token had to be fetched again): (status, JSON body)."""
-        url = self.base_url + path
         token = self._auth.token()
-        for attempt in (1, 2):
-            headers = {"X-SLURM-USER-NAME": self._user(), "X-SLURM-USER-TOKEN": token.reveal()}
-            try:
-                resp = self._session.request(method, url, params=params, json=json, headers=headers)
-            except requests.RequestException as exc:
-                raise _unavailable(method, url, exc) from None
-            status, body, text = resp.status_code, _json(resp), ""
-            if body is None and resp.content:
-                text = resp.text.strip()[:300]
-            errors = list((body or {}).get("errors") or ())
-            kind = (self._dialect or DIALECTS["v0.0.38"]).classify(status, errors)
-            if kind is None:
-                return status, body
-            if kind is SlurmAuthError and attempt == 1:
-                fresh = self._auth.refresh()
-                if fresh != token:
-                    log.info("slurmrestd refused the token; fetched it again and retrying once")
-                    token = fresh
-                    continue
-            raise kind(
-                _message(kind, method, path, status, self._user(), text),
-                status=status,
-                errors=errors or ([{"error": text}] if text else []),
-                warnings=(body or {}).get("warnings") or (),
-                url=url,
-                job_id=number((body or {}).get("job_id")) or None,
-            )
-        raise AssertionError("unreachable")
+        status, body, text = self._send(method, path, token, params, json)
+        kind = self._classify(status, body)
+        if kind is SlurmAuthError:
+            fresh = self._auth.refresh()
+            if fresh != token:
+                log.info("slurmrestd refused the token; fetched it again and retrying once")
+                status, body, text = self._send(method, path, fresh, params, json)
+                kind = self._classify(status, body)
+        if kind is None:
+            return status, body
+        errors = list((body or {}).get("errors") or ()) or ([{"error": text}] if text else [])
+        raise kind(
+            _message(kind, method, path, status, self._user(), text),
+            status=status,
+            errors=errors,
+            warnings=(body or {}).get("warnings") or (),
+            url=self.base_url + path,
+            job_id=number((body or {}).get("job_id")) or None,
+        )
+
+    def _send(
+        self, method: str, path: str, token: Token, params: Mapping[str, str] | None, json: Any
+    ) -> tuple[int, dict[str, Any] | None, str]:
+        """(status, JSON body or None, text of a non-JSON body)."""
+        url = self.base_url + path
+        headers = {"X-SLURM-USER-NAME": self._user(), "X-SLURM-USER-TOKEN": token.reveal()}
+        try:
+            resp = self._session.request(method, url, params=params, json=json, headers=headers)
+        except requests.RequestException as exc:
+            raise _unavailable(method, url, exc) from None
+        body = _json(resp)
+        text = resp.text.strip()[:300] if body is None and resp.content else ""
+        return resp.status_code, body, text
+
+    def _classify(self, status: int, body: dict[str, Any] | None) -> type[SlurmError] | None:
+        errors = list((body or {}).get("errors") or ())
+        # Before negotiation (GET /openapi/v3) the oldest rules apply: they know every form.
+        return (self._dialect or DIALECTS["v0.0.38"]).classify(status, errors)
 
 
 def _json(resp: requests.Response) -> dict[str, Any] | None:
