@@ -212,3 +212,37 @@ def test_overlapping_polls_and_refused_entries_double_and_lose_nothing(world: Wo
     assert events[job_ids[1]][-1]["exitCode"] == 3
     assert flaky.refused >= 4  # every one of those events was refused once, then delivered
     assert any(skipped), "the two threads never overlapped"  # ~10 rounds; each overlaps in practice
+
+
+def test_cli_poll_then_status(world: World, monkeypatch, capsys) -> None:
+    """``slurm-trigger poll`` and ``status`` (table and --live) as a user runs them."""
+    import argparse
+
+    from chalicelib.cli import common_options, tracker_commands
+
+    def cli(*argv: str) -> str:
+        parser = argparse.ArgumentParser()
+        tracker_commands.register(parser.add_subparsers(dest="command", required=True), common_options())
+        args = parser.parse_args(list(argv))
+        assert args.handler(args) == 0
+        return capsys.readouterr().out
+
+    target = world.target
+    for name, value in {"SLURM_URL": target.url, "SLURM_USER": target.user, "SLURM_TOKEN": target.token(),
+                        "SLURM_API_VERSION": target.version, "SLURM_CLUSTER_NAME": CLUSTER, "JOBS_TABLE": TABLE}.items():
+        monkeypatch.setenv(name, value)
+    job_id = world.submit("exit 3", "cli")
+    deadline = time.monotonic() + POLL_LIMIT
+    while True:
+        polled = json.loads(cli("poll"))
+        stored = world.store.get_jobs(CLUSTER, [job_id]).get(job_id)
+        if stored and stored.final:
+            break
+        assert time.monotonic() < deadline, polled
+        time.sleep(POLL_EVERY)
+    rows = json.loads(cli("status", "--format", "json"))
+    mine = next(r for r in rows if r["job_id"] == job_id)
+    assert (mine["state"], mine["exit_code"], mine["pipeline"]) == ("FAILED", 3, "tracker-test")
+    live = json.loads(cli("status", "--live", "--format", "json"))
+    assert any(r["job_id"] == job_id and r["state"] == "FAILED" for r in live)
+    assert target.token() not in json.dumps(rows) + json.dumps(live)
