@@ -10,7 +10,7 @@ the page is diffed in memory against the cursor's ``known`` map first: the store
 read and written for the jobs whose state moved, not for every job of the cluster.
 Every ``sweep_seconds`` the poll lists all jobs without ``update_time`` and looks up by
 id each tracked unfinished job that is no longer listed; one Slurm does not know any
-more becomes ``LOST`` (final), see ``lost_detail``.
+more becomes ``LOST`` (final); docs/tracker.md says why and what it carries.
 """
 from __future__ import annotations
 
