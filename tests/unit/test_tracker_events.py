@@ -117,3 +117,56 @@ def test_cloudformation_snippet_lints_and_uses_the_same_pattern() -> None:
     example = json.loads((RULES / "failed-jobs-of-a-pipeline.json").read_text())
     assert pattern["detail"]["state"] == example["detail"]["state"]
     assert pattern["detail-type"] == example["detail-type"]
+
+
+class _Slurm:
+    """Just enough of a client for the trigger: submit answers job 77 or refuses."""
+
+    version = "v0.0.42"
+
+    def __init__(self, refuse: bool) -> None:
+        self.refuse = refuse
+
+    def submit(self, sub):  # noqa: ANN001, ANN201
+        from chalicelib.slurm.errors import SlurmRejectedError
+        from chalicelib.slurm.models import SubmitResult
+
+        if self.refuse:
+            raise SlurmRejectedError("invalid partition specified", status=400, errors=[{"description": "Invalid partition name specified"}])
+        return SubmitResult(job_id=77)
+
+    def find_jobs_by_comment(self, substring: str) -> list:
+        return []
+
+
+@pytest.mark.parametrize("refuse, schema", [(False, "slurm-job-submitted"), (True, "slurm-job-submission-failed")])
+def test_the_triggers_events_match_their_schemas(aws, refuse: bool, schema: str) -> None:
+    """The trigger's own events (its real code, a stub Slurm) against the schemas."""
+    from chalicelib.eventbus import EventBus
+    from chalicelib.idempotency import DynamoDBIdempotencyStore, create_table
+    from chalicelib.pipelines import load
+    from chalicelib.s3events import ObjectRef
+    from chalicelib.trigger import Trigger
+
+    class Keep:
+        def __init__(self) -> None:
+            self.entries: list = []
+
+        def put_events(self, Entries):  # noqa: ANN001, ANN201, N803
+            self.entries.extend(Entries)
+            return {"FailedEntryCount": 0, "Entries": [{"EventId": "x"} for _ in Entries]}
+
+    db = boto3.client("dynamodb", region_name="us-east-1")
+    create_table(db, "idem")
+    events = Keep()
+    trigger = Trigger(
+        pipelines=load(REPO / "pipelines"), client=_Slurm(refuse), store=DynamoDBIdempotencyStore(db, "idem"),
+        bus=EventBus(events, "default", "slurm-trigger"), cluster="pc1",
+    )
+    trigger.handle(ObjectRef("runs-bucket", "reads/s1.fastq.gz", size=10, etag="e1", version_id="v1"))
+    assert len(events.entries) == 1
+    entry = events.entries[0]
+    event = {"source": entry["Source"], "detail-type": entry["DetailType"], "resources": entry.get("Resources", []),
+             "detail": json.loads(entry["Detail"])}
+    contract = json.loads((REPO / "schemas" / f"{schema}.schema.json").read_text())
+    jsonschema.validate(event, contract, cls=jsonschema.Draft202012Validator)
