@@ -33,7 +33,7 @@ from chalicelib.provenance import Source
 from chalicelib.s3events import ObjectRef
 from chalicelib.settings import Settings
 from chalicelib.slurm import build_client
-from chalicelib.slurm.errors import SlurmError
+from chalicelib.slurm.errors import SlurmAuthError, SlurmError
 from chalicelib.slurm.models import JobSubmission
 from chalicelib.templating import TemplateError, object_variables, render
 
@@ -209,10 +209,16 @@ class Trigger:
             # it as the object's job so no second one is made, and report the errors.
             self.store.complete(claim.key, exc.job_id)
             return self._failed(source, exc, job_id=exc.job_id)
-        if exc.maybe_submitted or claim.taken_over:
-            self.store.expire(claim.key)
-        else:
+        # Slurm certainly has no job when it refused the request itself (a rejection,
+        # the token) or it was never reached. A 5xx may come from a proxy that did
+        # forward the POST: like a timeout, the next attempt asks Slurm first.
+        never_accepted = not exc.transient or isinstance(exc, SlurmAuthError) or (
+            exc.status is None and not exc.maybe_submitted
+        )
+        if never_accepted and not claim.taken_over:
             self.store.release(claim.key)
+        else:
+            self.store.expire(claim.key)
         if exc.transient:
             raise exc
         return self._failed(source, exc)
