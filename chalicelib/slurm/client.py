@@ -15,6 +15,8 @@ from urllib3.exceptions import ConnectTimeoutError
 from chalicelib.settings import Settings
 from chalicelib.slurm.auth import StaticToken, Token, TokenProvider
 from chalicelib.slurm.dialects import (
+    ALREADY_DONE,
+    BEFORE_NEGOTIATION,
     DIALECTS,
     Dialect,
     error_codes,
@@ -34,8 +36,6 @@ from chalicelib.slurm.errors import (
 from chalicelib.slurm.models import Job, JobsPage, JobSubmission, SubmitResult
 
 log = logging.getLogger(__name__)
-
-_ALREADY_DONE = 2021  # cancelling a job that already ended is not an error
 
 
 class SlurmClient:
@@ -189,7 +189,7 @@ class SlurmClient:
             _, body = self._call("DELETE", path)
             self.dialect.check_cancel(body, int(job_id))
         except SlurmRejectedError as exc:
-            if set(error_codes(exc.errors)) != {_ALREADY_DONE}:
+            if set(error_codes(exc.errors)) != {ALREADY_DONE}:
                 raise
 
     def find_jobs_by_comment(self, substring: str) -> list[Job]:
@@ -247,8 +247,7 @@ class SlurmClient:
 
     def _classify(self, status: int, body: dict[str, Any] | None) -> type[SlurmError] | None:
         errors = list((body or {}).get("errors") or ())
-        # Before negotiation (GET /openapi/v3) the oldest rules apply: they know every form.
-        return (self._dialect or DIALECTS["v0.0.38"]).classify(status, errors)
+        return (self._dialect or BEFORE_NEGOTIATION).classify(status, errors)
 
 
 def _json(resp: requests.Response) -> dict[str, Any] | None:

@@ -418,6 +418,10 @@ DIALECTS: dict[str, Dialect] = {
     "v0.0.43": Dialect42("v0.0.43"),
 }
 
+# Classifies answers before the version is known (GET /openapi/v3): the v0.0.38 rules
+# recognise every version's auth failure (401, 511, 1007, and 22.05's 500 forms).
+BEFORE_NEGOTIATION = DIALECTS["v0.0.38"]
+
 
 def version_key(version: str) -> tuple[int, ...]:
     """``"v0.0.42"`` → ``(0, 0, 42)`` for ordering."""
