@@ -9,6 +9,8 @@ patch resources ``chalice package`` really generates.
 from __future__ import annotations
 
 import functools
+import importlib.machinery
+import importlib.util
 import json
 import os
 import re
@@ -245,6 +247,24 @@ def test_deploy_walkthrough_names_every_stage_setting() -> None:
 def test_policy_files_are_rendered_from_config() -> None:
     done = subprocess.run([sys.executable, str(RENDER), "--check"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_render_policies_for_another_account_and_region() -> None:
+    loader = importlib.machinery.SourceFileLoader("render_policies", str(RENDER))
+    spec = importlib.util.spec_from_file_location(loader.name, RENDER, loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    docs = module.render("prod", "111122223333", "eu-west-1", "aws")
+    assert set(docs) == {f"policy-prod-{f}.json" for f in CONFIG["stages"]["prod"]["lambda_functions"]}
+    for doc in docs.values():
+        for st in doc["Statement"]:
+            for arn in st["Resource"]:
+                if arn == "*":
+                    assert set(st["Action"]) <= UNSCOPED_ACTIONS
+                elif not arn.startswith("arn:aws:s3:::"):
+                    assert ":eu-west-1:111122223333:" in arn, arn
+            if st["Action"] == ["ec2:DescribeInstances"]:
+                assert st["Condition"] == {"StringEquals": {"aws:RequestedRegion": "eu-west-1"}}
 
 
 @pytest.mark.parametrize("stage", STAGES)
