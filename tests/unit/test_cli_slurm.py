@@ -11,7 +11,7 @@ import pytest
 
 from chalicelib.cli import main
 from chalicelib.cli.slurm_commands import job_to_dict
-from test_client_http import GOOD, FakeSlurm, recorded, replay  # noqa: E402  (sibling test module)
+from test_client_http import GOOD, FakeSlurm, recorded, replay, reply_from  # sibling test module
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "job.json"
 COMMANDS = ("ping", "diag", "versions", "submit-job", "list-jobs", "describe-job", "cancel-job")
@@ -128,8 +128,7 @@ def test_cancel(server: tuple[FakeSlurm, str], capsys: pytest.CaptureFixture) ->
 def test_auth_error_exit_code_without_token(capsys: pytest.CaptureFixture) -> None:
     fake = FakeSlurm()
     try:
-        fake.add("GET", "/slurm/v0.0.42/ping", *[lambda s: __import__("test_client_http").reply_from(
-            "v0.0.42", "error-bad-token-ping.json")])
+        fake.add("GET", "/slurm/v0.0.42/ping", reply_from("v0.0.42", "error-bad-token-ping.json"))
         code, _, err = run(fake, capsys, "ping", "--api-version", "v0.0.42")
     finally:
         fake.close()

@@ -136,15 +136,6 @@ def reply_from(version: str, name: str) -> Reply:
     return Reply(meta["status"], body, meta.get("content_type") or "application/json")
 
 
-def good_token_or(bad: Reply) -> Callable[[Seen], Reply]:
-    """Serve like slurmrestd: the version's auth failure unless the token is GOOD."""
-
-    def choose(seen: Seen) -> Reply:
-        return None if seen.headers.get("X-SLURM-USER-TOKEN") == GOOD else bad  # type: ignore[return-value]
-
-    return choose
-
-
 def replay(fake: FakeSlurm, version: str, names: tuple[str, ...] | None = None) -> None:
     """Route every recorded request of ``version`` (or ``names``) to its recorded answer,
     and /openapi/v3 to the recorded list of paths."""
