@@ -161,7 +161,7 @@ def main() -> int:
         for i in range(5):
             ref = ObjectRef("b", f"bench/{run}/warm-{i}", version_id=f"w{i}")
             submitted.append(trigger.handle_event(notification(ref))[0].job_id)
-            submitted.append(post(trigger.client.submit_body(render_job(ref, trigger.pipelines[0])[1])))
+            submitted.append(post(trigger.client.submit_body(render_job(ref, trigger.pipelines[0]))))
 
         # 1. per object
         handler, aws, slurm, bare_times = [], [], [], []
@@ -173,7 +173,7 @@ def main() -> int:
             aws.append(meter.seconds - a0)
             slurm.append(trigger.client.seconds - s0)
             submitted.append(out.job_id)
-            body = trigger.client.submit_body(render_job(ref, trigger.pipelines[0])[1])
+            body = trigger.client.submit_body(render_job(ref, trigger.pipelines[0]))
             t0 = time.perf_counter()
             submitted.append(post(body))
             bare_times.append(time.perf_counter() - t0)
@@ -207,7 +207,7 @@ def main() -> int:
             burst_s = time.perf_counter() - t0
             aws_calls = meter.calls - calls0
             bodies = [trigger.client.submit_body(render_job(
-                ObjectRef("b", f"bench/{run}/bare-{i}", version_id=f"x{i}"), trigger.pipelines[0])[1])
+                ObjectRef("b", f"bench/{run}/bare-{i}", version_id=f"x{i}"), trigger.pipelines[0]))
                 for i in range(args.burst)]
             t0 = time.perf_counter()
             for body in bodies:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
@@ -40,6 +40,7 @@ from chalicelib.templating import TemplateError, object_variables, render
 SUBMITTED = "Slurm Job Submitted"
 FAILED = "Slurm Job Submission Failed"
 MAX_COMMENT = 1024  # slurmctld refuses longer comments ("Pathname ... too long")
+T = TypeVar("T")
 
 
 def _comment(source: Source, template_comment: str | None) -> str:
@@ -58,15 +59,37 @@ def _comment(source: Source, template_comment: str | None) -> str:
     return text
 
 
+def _source(ref: ObjectRef, pipeline: Pipeline) -> Source:
+    key = idempotency_key(pipeline.name, ref)
+    return Source(ref.bucket, ref.key, pipeline.name, ref.version_id, ref.etag, idempotency_key=key)
+
+
 def render_job(
-    ref: ObjectRef, pipeline: Pipeline, metadata: Mapping[str, str] | None = None
-) -> tuple[Source, JobSubmission]:
+    ref: ObjectRef,
+    pipeline: Pipeline,
+    metadata: Mapping[str, str] | None = None,
+    source: Source | None = None,
+) -> JobSubmission:
     """The job ``pipeline`` makes of ``ref``, its provenance stamped in the comment.
     Raises ``TemplateError`` (permanent) for values it must refuse."""
-    key = idempotency_key(pipeline.name, ref)
-    source = Source(ref.bucket, ref.key, pipeline.name, ref.version_id, ref.etag, idempotency_key=key)
-    job = render(pipeline.template, object_variables(ref, pipeline.name, key, metadata))
-    return source, dataclasses.replace(job, comment=_comment(source, job.comment))
+    source = source or _source(ref, pipeline)
+    job = render(pipeline.template, object_variables(ref, pipeline.name, source.idempotency_key or "", metadata))
+    return dataclasses.replace(job, comment=_comment(source, job.comment))
+
+
+def _each(items: Iterable[T], work: Callable[[T], list[Outcome]]) -> list[Outcome]:
+    """``work`` on every item; the first exception is raised only after all the items
+    were tried, since retrying the ones that succeeded is harmless."""
+    outcomes: list[Outcome] = []
+    first: Exception | None = None
+    for item in items:
+        try:
+            outcomes.extend(work(item))
+        except Exception as exc:  # noqa: BLE001 - raised below
+            first = first or exc
+    if first is not None:
+        raise first
+    return outcomes
 
 
 @dataclass(frozen=True)
@@ -126,18 +149,8 @@ class Trigger:
 
     # --- the core
     def handle_objects(self, refs: Iterable[ObjectRef]) -> list[Outcome]:
-        """Every object, every matching pipeline; the first transient error is raised
-        only after all the rest were done (retrying them is harmless)."""
-        outcomes: list[Outcome] = []
-        pending: Exception | None = None
-        for ref in refs:
-            try:
-                outcomes.extend(self.handle(ref))
-            except Exception as exc:  # noqa: BLE001 - re-raised below
-                pending = pending or exc
-        if pending is not None:
-            raise pending
-        return outcomes
+        """Every object, every matching pipeline."""
+        return _each(refs, self.handle)
 
     def handle(self, ref: ObjectRef) -> list[Outcome]:
         """One object: one job per matching pipeline."""
@@ -147,28 +160,26 @@ class Trigger:
             self.metrics.add_metric(name="UnmatchedObjects", unit=MetricUnit.Count, value=1)
             return [Outcome("unmatched", ref.bucket, ref.key)]
         metadata = self._metadata(ref) if any(p.metadata for p in matched) else None
-        outcomes: list[Outcome] = []
-        pending: Exception | None = None
-        for pipeline in matched:
+
+        def one(pipeline: Pipeline) -> list[Outcome]:
             try:
-                outcomes.append(self.submit(ref, pipeline, metadata if pipeline.metadata else None))
-            except Exception as exc:  # noqa: BLE001 - re-raised below
+                return [self.submit(ref, pipeline, metadata if pipeline.metadata else None)]
+            except Exception as exc:
                 logger.warning(
                     "submission will be retried",
                     extra={"bucket": ref.bucket, "key": ref.key, "pipeline": pipeline.name, "error": str(exc)},
                 )
-                pending = pending or exc
-        if pending is not None:
-            raise pending
-        return outcomes
+                raise
+
+        return _each(matched, one)
 
     def submit(self, ref: ObjectRef, pipeline: Pipeline, metadata: Mapping[str, str] | None = None) -> Outcome:
         """At most one job for (pipeline, object version), however often called."""
-        key = idempotency_key(pipeline.name, ref)
+        source = _source(ref, pipeline)
+        key = source.idempotency_key
         try:
-            source, job = render_job(ref, pipeline, metadata)
+            job = render_job(ref, pipeline, metadata, source)
         except TemplateError as exc:
-            source = Source(ref.bucket, ref.key, pipeline.name, ref.version_id, ref.etag, idempotency_key=key)
             return self._failed(source, exc)
         claim = self.store.claim(key)
         if claim.completed:
@@ -207,8 +218,9 @@ class Trigger:
         if exc.job_id:
             # Slurm made the job but reported errors (e.g. 22.05's 200 + errors): keep
             # it as the object's job so no second one is made, and report the errors.
+            outcome = self._failed(source, exc, job_id=exc.job_id)
             self.store.complete(claim.key, exc.job_id)
-            return self._failed(source, exc, job_id=exc.job_id)
+            return outcome
         # Slurm certainly has no job when it refused the request itself (a rejection,
         # the token) or it was never reached. A 5xx may come from a proxy that did
         # forward the POST: like a timeout, the next attempt asks Slurm first.

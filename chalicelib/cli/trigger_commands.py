@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import boto3
 
 from chalicelib.cli import emit, settings_from_args
+from chalicelib.idempotency import idempotency_key
 from chalicelib.pipelines import load, load_all, matching
 from chalicelib.s3events import ObjectRef, clean_etag
 from chalicelib.slurm import build_client
@@ -104,8 +105,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         version, body_of = client.version, client.submit_body
     out = []
     for pipeline in matched:
-        source, job = render_job(ref, pipeline, metadata if pipeline.metadata else None)
-        out.append({"pipeline": pipeline.name, "idempotency_key": source.idempotency_key,
+        job = render_job(ref, pipeline, metadata if pipeline.metadata else None)
+        out.append({"pipeline": pipeline.name, "idempotency_key": idempotency_key(pipeline.name, ref),
                     "api_version": version, "body": body_of(job)})
     emit(out, args.format, ["pipeline", "idempotency_key", "api_version"])
     return 0

@@ -305,7 +305,7 @@ def test_expired_claim_adopts_the_job_slurm_already_has(world):
     """A crash after Slurm accepted the job and before the record was saved."""
     ref = obj("many/crash")
     key = idempotency_key("trivial", ref)
-    _, job = render_job(ref, world.trigger.pipelines[1])
+    job = render_job(ref, world.trigger.pipelines[1])
     world.trigger.store.claim(key)
     job_id = world.trigger.client.submit(job).job_id  # ...and the Lambda dies here
     world.trigger.store.expire(key)  # what the in-progress expiry does with time
