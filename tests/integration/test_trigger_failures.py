@@ -31,6 +31,7 @@ class FakeSlurm:
 
     def submit(self, sub: Any) -> SubmitResult:
         self.last_comment = sub.comment
+        self.last = sub
         fail, self.fail = self.fail, None
         job_id = 100 + len(self.jobs)
         if fail is None:
@@ -172,3 +173,21 @@ def test_one_transient_pipeline_does_not_stop_the_others(setup, tmp_path):
         trigger.handle(REF)
     assert [o.status for o in trigger.handle(REF)] == ["submitted", "duplicate"]
     assert len(slurm.jobs) == 2
+
+
+def test_metadata_opt_in_reads_the_version_it_was_told(setup, tmp_path):
+    trigger, slurm, _, _ = setup
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="bkt")
+    s3.put_bucket_versioning(Bucket="bkt", VersioningConfiguration={"Status": "Enabled"})
+    first = s3.put_object(Bucket="bkt", Key="in/m", Body=b"1", Metadata={"run-id": "r7"})["VersionId"]
+    s3.put_object(Bucket="bkt", Key="in/m", Body=b"2", Metadata={"run-id": "r8"})
+    job = {**PIPELINE["job"], "environment": {"RUN": "${metadata_run_id}"}}
+    trigger.pipelines = [parse({**PIPELINE, "metadata": True, "job": job}, tmp_path / "m.yaml")]
+    trigger.s3 = s3
+    assert trigger.handle(ObjectRef("bkt", "in/m", version_id=first))[0].status == "submitted"
+    assert slurm.last.environment["RUN"] == "r7"
+    # an object without that metadata: reported, not retried
+    s3.put_object(Bucket="bkt", Key="in/bare", Body=b"3")
+    [outcome] = trigger.handle(ObjectRef("bkt", "in/bare"))
+    assert outcome.status == "failed" and "${metadata_run_id}" in outcome.reason
