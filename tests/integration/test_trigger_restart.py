@@ -13,7 +13,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 
 from chalicelib.idempotency import idempotency_key
 from test_trigger import TRUE_PIPELINE, make_world, notification, obj  # noqa: I001 - same folder
