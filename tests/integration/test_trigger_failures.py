@@ -191,3 +191,19 @@ def test_metadata_opt_in_reads_the_version_it_was_told(setup, tmp_path):
     s3.put_object(Bucket="bkt", Key="in/bare", Body=b"3")
     [outcome] = trigger.handle(ObjectRef("bkt", "in/bare"))
     assert outcome.status == "failed" and "${metadata_run_id}" in outcome.reason
+
+
+def test_metrics(setup):
+    trigger, _, _, _ = setup
+    counted: list[str] = []
+
+    class Recorder:
+        def add_metric(self, name: str, **_: Any) -> None:
+            counted.append(name)
+
+    trigger.metrics = Recorder()
+    trigger.handle(ObjectRef("b", "elsewhere/x"))
+    trigger.handle(REF)
+    trigger.handle(REF)
+    trigger.handle(ObjectRef("b", "in/bad\nkey"))
+    assert counted == ["UnmatchedObjects", "JobsSubmitted", "DuplicateObjectsSkipped", "SubmissionFailures"]
