@@ -95,7 +95,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     metadata = dict(item.split("=", 1) for item in args.metadata if "=" in item)
     matched = matching(load(settings.pipelines_path), ref)
     if not matched:
-        emit([], args.format, ["pipeline"])
+        emit([], "json")
         print(f"slurm-trigger: {ref.s3_uri} matches no pipeline: it would be skipped", file=sys.stderr)
         return 1
     if settings.api_version:  # pinned: the body is known without asking a cluster
@@ -108,7 +108,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         job = render_job(ref, pipeline, metadata if pipeline.metadata else None)
         out.append({"pipeline": pipeline.name, "idempotency_key": idempotency_key(pipeline.name, ref),
                     "api_version": version, "body": body_of(job)})
-    emit(out, args.format, ["pipeline", "idempotency_key", "api_version"])
+    emit(out, "json")  # always: the body is nested JSON, no table can show it
     return 0
 
 
