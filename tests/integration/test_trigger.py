@@ -56,19 +56,25 @@ class World:
     def jobs_with(self, key: str) -> list[Any]:
         return self.trigger.client.find_jobs_by_comment(key)
 
-    def wait_final(self, job_id: int, limit: float = 180) -> Any:
-        deadline = time.monotonic() + limit
-        while True:
-            job = self.trigger.client.get_job(job_id)
-            if job.is_final or time.monotonic() > deadline:
-                return job
-            time.sleep(0.5)
+    def wait_final(self, job_id: int) -> Any:
+        return wait_final(self.trigger.client, job_id)
 
     def read(self, name: str) -> str:
         return self.target.host_path(f"{self.outdir}/{name}").read_text(encoding="utf-8")
 
     def exists(self, name: str) -> bool:
         return self.target.host_path(f"{self.outdir}/{name}").exists()
+
+
+def wait_final(client: Any, job_id: int, limit: float = 180) -> Any:
+    """The job once it ended (or as it is after ``limit`` seconds: the test then fails
+    on its state, not on time)."""
+    deadline = time.monotonic() + limit
+    while True:
+        job = client.get_job(job_id)
+        if job.is_final or time.monotonic() > deadline:
+            return job
+        time.sleep(0.5)
 
 
 def _clients() -> dict[str, Any]:

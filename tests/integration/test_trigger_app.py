@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from chalice.test import Client
 
 from chalicelib.idempotency import create_table
+from test_trigger import wait_final  # noqa: I001 - same folder
 
 REPO = Path(__file__).resolve().parents[2]
 EVENTS = REPO / "events"
@@ -65,22 +65,12 @@ def deployed(aws, slurm_target, tmp_path, monkeypatch):
         yield client, slurm_target, module
 
 
-def wait_final(module: Any, job_id: int, limit: float = 120) -> Any:
-    client = module._trigger().client
-    deadline = time.monotonic() + limit
-    while True:
-        job = client.get_job(job_id)
-        if job.is_final or time.monotonic() > deadline:
-            return job
-        time.sleep(0.5)
-
-
 def test_direct_notification_runs_the_align_example(deployed):
     client, target, module = deployed
     [out] = client.lambda_.invoke("on_object_created", sample("s3-put-versioned.json")).payload
     assert out["status"] == "submitted" and out["pipeline"] == "align-reads"
     assert out["key"] == "reads/run 42/sample+1_R1.fastq.gz"  # URL-decoded
-    job = wait_final(module, out["job_id"])
+    job = wait_final(module._trigger().client, out["job_id"])
     assert job.state == "COMPLETED", job
     log = target.host_path(f"/tmp/slurm-trigger-jobs/align-sample_1_R1-{out['job_id']}.out").read_text()
     assert "aligning s3://sequencer-runs/reads/run 42/sample+1_R1.fastq.gz and " in log
@@ -94,7 +84,7 @@ def test_eventbridge_event_runs_the_forecast_example(deployed):
     client, target, module = deployed
     [out] = client.lambda_.invoke("on_object_event", sample("eventbridge-object-created.json")).payload
     assert out["pipeline"] == "forecast-tile" and out["key"] == "tiles/2026/11/25/T33 UVP+north.tif"
-    assert wait_final(module, out["job_id"]).state == "COMPLETED"
+    assert wait_final(module._trigger().client, out["job_id"]).state == "COMPLETED"
     log = target.host_path(f"/tmp/slurm-trigger-jobs/forecast-T33_UVP_north-{out['job_id']}.out").read_text()
     assert "forecast written for s3://satellite-tiles/tiles/2026/11/25/T33 UVP+north.tif" in log
 
