@@ -43,8 +43,8 @@ def poll_jobs(event):
 # --- trigger (docs/trigger.md) -------------------------------------------------------------
 
 # Which subscriptions this stage has and on what: read at import because `chalice deploy`
-# and `chalice package` turn the decorators below into resources. The deploy shell must
-# export the stage's environment_variables (the Lambda gets them from the stage itself).
+# and `chalice package` turn the decorators below into resources. Both import app.py with
+# the stage's environment_variables already set, as the Lambda runtime does.
 SUBSCRIPTIONS = {s.strip() for s in (os.environ.get("SUBSCRIPTIONS") or "").split(",") if s.strip()}
 INPUT_BUCKET = os.environ.get("INPUT_BUCKET") or ""
 INPUT_QUEUE = os.environ.get("INPUT_QUEUE") or ""
