@@ -10,7 +10,7 @@ import boto3
 import pytest
 
 from chalicelib.eventbus import EventBus, EventBusError
-from chalicelib.idempotency import ClaimInProgressError, DynamoDBIdempotencyStore, create_table
+from chalicelib.idempotency import ClaimInProgressError, DynamoDBIdempotencyStore, create_table, idempotency_key
 from chalicelib.pipelines import parse
 from chalicelib.s3events import ObjectRef
 from chalicelib.slurm.errors import SlurmRejectedError, SlurmUnavailableError
@@ -153,8 +153,6 @@ def test_eventbridge_refusing_after_submit_publishes_on_retry(setup):
 
 def test_claim_in_progress_is_transient(setup):
     trigger, _, _, _ = setup
-    from chalicelib.idempotency import idempotency_key
-
     trigger.store.claim(idempotency_key("p", REF))  # another container, right now
     with pytest.raises(ClaimInProgressError) as info:
         trigger.handle(REF)
@@ -207,3 +205,18 @@ def test_metrics(setup):
     trigger.handle(REF)
     trigger.handle(ObjectRef("b", "in/bad\nkey"))
     assert counted == ["UnmatchedObjects", "JobsSubmitted", "DuplicateObjectsSkipped", "SubmissionFailures"]
+
+
+@pytest.mark.parametrize("key", ["in/" + "k" * 1021, "in/" + "\u2603" * 340, "in/" + "\U0001f600" * 255])
+def test_long_keys_fit_slurms_comment(tmp_path, key):
+    from chalicelib.provenance import decode
+    from chalicelib.trigger import MAX_COMMENT, render_job
+
+    assert len(key.encode()) <= 1024
+    pipeline = parse({**PIPELINE, "job": {**PIPELINE["job"], "comment": "a template comment"}}, tmp_path / "p.yaml")
+    job = render_job(ObjectRef("b", key, version_id="v"), pipeline)
+    assert len(job.comment.encode()) <= MAX_COMMENT
+    source = decode(job.comment)
+    assert source.idempotency_key == idempotency_key("p", ObjectRef("b", key, version_id="v"))
+    assert source.key.endswith("...") and key.startswith(source.key[:-3])
+    assert job.environment["SLURM_TRIGGER_KEY"] == key
