@@ -187,10 +187,13 @@ def check_template(sub: JobSubmission, *, metadata: bool) -> None:
 
 
 def _substitute(text: str, values: Mapping[str, str], quote: Callable[[str], str]) -> str:
-    missing = [v for v in identifiers(text) if v not in values]
+    used = identifiers(text)
+    if not used:
+        return text
+    missing = [v for v in used if v not in values]
     if missing:
         raise TemplateError(f"no value for template variable ${{{missing[0]}}} (object metadata missing?)")
-    return _Template(text).substitute({k: quote(v) for k, v in values.items()})
+    return _Template(text).substitute({k: quote(values[k]) for k in used})
 
 
 def render(template: JobSubmission, values: Mapping[str, str]) -> JobSubmission:
