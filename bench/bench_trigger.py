@@ -134,7 +134,8 @@ def main() -> int:
     info = cluster_info(args.cluster)
     version = info["versions"][-1]
     run = uuid.uuid4().hex[:8]
-    folder = Path(tempfile.mkdtemp(prefix="bench-pipelines-"))
+    tmp = tempfile.TemporaryDirectory(prefix="bench-pipelines-")  # removed when main returns
+    folder = Path(tmp.name)
     (folder / "bench.yaml").write_text(PIPELINE)
     settings = Settings(cluster_name="bench", slurm_url=info["url"], slurm_user=info["user"], api_version=version,
                         slurm_scheme="http", pipelines_path=str(folder), idempotency_table="bench-idem")
