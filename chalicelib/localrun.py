@@ -305,6 +305,8 @@ class Pass:
         self.last_notification: dict[str, Any] | None = None
         self.redelivered = False
         self.polls = 0
+        self.slurm_seen: dict[str, dict[int, dict[str, Any]]] = {}  # uri -> job id -> last view
+        self.slurm_error = ""
 
     # -- handlers, exactly as Lambda would call them
     def handler(self, name: str) -> Callable[..., Any]:
@@ -400,7 +402,15 @@ class Pass:
 
     def poll(self) -> None:
         self.polls += 1
-        self.invoke(POLL_HANDLER, scheduled_event(f"slurm-trigger-local-{POLL_HANDLER}"))
+        began = time.monotonic()
+        ok, out = self.invoke(POLL_HANDLER, scheduled_event(f"slurm-trigger-local-{POLL_HANDLER}"))
+        took = time.monotonic() - began
+        if ok and isinstance(out, dict) and (out.get("transitions") or out.get("skipped") or took > 5):
+            moved = out.get("transitions") or []
+            n = len(moved) if isinstance(moved, (list, tuple)) else moved
+            what = "skipped (lease held)" if out.get("skipped") else f"{n} transition(s) published"
+            say(f"tracker: {POLL_HANDLER} -> {what} in {took:.1f}s")
+        self.snapshot()
 
     def read_events(self) -> None:
         while True:
@@ -476,6 +486,16 @@ class Pass:
             time.sleep(0.5)
         return False
 
+    def snapshot(self) -> None:
+        """Remember what Slurm says now: finished jobs leave /jobs after MinJobAge."""
+        try:
+            for uri, jobs in self.slurm_view().items():
+                known = self.slurm_seen.setdefault(uri, {})
+                for j in jobs:
+                    known[j["job_id"]] = j
+        except Exception as exc:  # reported in the summary if it never works
+            self.slurm_error = f"{type(exc).__name__}: {exc}"
+
     def slurm_view(self) -> dict[str, list[dict[str, Any]]]:
         """Ask Slurm itself (not our events or tables): the jobs whose comment names an
         object of this run, by S3 URI, with their state and the last line of their output."""
@@ -509,11 +529,10 @@ class Pass:
     def summary(self, closed: bool, elapsed: float) -> dict[str, Any]:
         rows = []
         problems = []
-        try:
-            slurm = self.slurm_view()
-        except Exception as exc:  # reported, not fatal
-            slurm = {}
-            problems.append(f"could not list jobs from Slurm: {exc}")
+        self.snapshot()
+        slurm = {uri: sorted(jobs.values(), key=lambda j: j["job_id"]) for uri, jobs in self.slurm_seen.items()}
+        if not self.slurm_seen and self.slurm_error:
+            problems.append(f"could not list jobs from Slurm: {self.slurm_error}")
         for s in self.samples:
             uri = f"s3://{self.n.bucket}/{s.key}"
             jobs = sorted(self.t.jobs_by_uri.get(uri, set()))
@@ -556,7 +575,7 @@ def _isolate_stdout(log_path: Path) -> None:
     """The app's logs and EMF metrics go to stdout: send fd 1 to the pass log, keep the UI."""
     global UI
     UI = os.fdopen(os.dup(1), "w", buffering=1)
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     sys.stdout.flush()
     os.dup2(fd, 1)
     os.close(fd)
