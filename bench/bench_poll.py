@@ -154,7 +154,7 @@ def measure(version: str, n: int, preparsed: bool, trace: bool) -> list[dict[str
     rows = []
     for label, text in (("first", first), ("1% moved", second)):
         slurm = ReplayedSlurm(version, text, preparsed)
-        tracker = Tracker(slurm, store, EventBus(events, "default", "slurm-trigger"), "bench")
+        tracker = Tracker(slurm, store, EventBus(events, "default", "slurm-trigger"), "bench", max_changes=0)
         store.reset()
         calls_before = events.calls
         gc.collect()

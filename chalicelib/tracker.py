@@ -58,6 +58,7 @@ class PollResult:
     published: int = 0
     conflicts: int = 0
     lost: int = 0
+    deferred: int = 0
     pending: int = 0
     running: int = 0
     duration_ms: float = 0.0
@@ -83,7 +84,9 @@ class Tracker:
     ``margin``: seconds subtracted from our own clock for the next ``update_time``
     (clock skew with the head node, second granularity). ``sweep_seconds``: how often
     a poll lists every job and looks up vanished ones. ``lease_seconds``: longer than
-    any poll (the Lambda timeout).
+    any poll (the Lambda timeout). ``max_changes``: jobs diffed against the store per
+    poll at most (0: no limit), so a first poll over a busy cluster fits in one
+    invocation; the others wait for the next poll.
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class Tracker:
         margin: int = 10,
         sweep_seconds: float = 600,
         lease_seconds: float = 300,
+        max_changes: int = 2000,
         owner: str | None = None,
         clock: Any = time.time,
     ) -> None:
@@ -108,6 +112,7 @@ class Tracker:
         self.margin = margin
         self.sweep_seconds = sweep_seconds
         self.lease_seconds = lease_seconds
+        self.max_changes = max_changes
         self.owner = owner or uuid.uuid4().hex
         self._clock = clock
 
@@ -162,6 +167,11 @@ class Tracker:
                 else:
                     vanished.append(job_id)
 
+        if self.max_changes and len(moved) > self.max_changes:
+            # Bounded work per invocation: the rest stay unsaved and the cursor does not
+            # advance, so the next poll lists them again and takes the next share.
+            result.deferred = len(moved) - self.max_changes
+            moved = moved[: self.max_changes]
         stored = self.store.get_jobs(self.cluster, [j.job_id for j, _, _ in moved] + vanished) if (moved or vanished) else {}
         changes: list[_Change] = []
         updated_at = iso(now)
@@ -199,7 +209,7 @@ class Tracker:
             else:
                 cursor.known[change.new.job_id] = change.fingerprint
 
-        if error is None and page.changed:
+        if error is None and page.changed and not result.deferred:
             cursor.update_time = max(page.last_update or 0, int(now) - self.margin)
         if sweep and error is None:
             cursor.last_sweep = now

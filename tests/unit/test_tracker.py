@@ -312,3 +312,18 @@ def test_record_metrics_counts_a_skipped_poll(capsys) -> None:
 def _emf(line: str) -> dict[str, Any]:
     """One EMF record with single-element value lists flattened."""
     return {k: (v[0] if isinstance(v, list) and len(v) == 1 else v) for k, v in json.loads(line).items()}
+
+
+def test_a_big_first_poll_is_spread_over_polls(env) -> None:
+    slurm, events, store, tracker, clock = env
+    for i in range(25):
+        slurm.set(i, "RUNNING")
+    first = tracker(max_changes=10).poll()
+    assert (len(first.transitions), first.deferred) == (10, 15)
+    assert store.load_cursor(CLUSTER).update_time is None  # not advanced: the rest come next
+    clock[0] += 60
+    tracker(max_changes=10).poll()
+    third = tracker(max_changes=10).poll()
+    assert third.deferred == 0
+    assert sorted(j for j, _, _ in events.transitions()) == list(range(25))
+    assert tracker(max_changes=10).poll().transitions == []
