@@ -20,6 +20,7 @@ from chalicelib.tracker import build_tracker, tracked_from_job
 
 STATUS_COLUMNS = ("job_id", "state", "previous_state", "pipeline", "s3_uri", "submitted_at", "started_at", "ended_at", "exit_code")
 MIN_WATCH, MAX_WATCH = 1.0, 3600.0
+MAX_URI = 72  # characters of s3_uri in the table
 
 
 def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -60,6 +61,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         store = DynamoDBJobStore(boto3.client("dynamodb"), settings.jobs_table)
         fetch = lambda: [_row(j) for j in store.list_jobs(settings.cluster_name)]  # noqa: E731
+    if args.format == "table":
+        unshortened = fetch
+        fetch = lambda: [_for_table(r) for r in unshortened()]  # noqa: E731
     if args.watch is None:
         emit(fetch(), args.format, STATUS_COLUMNS)
         return 0
@@ -106,6 +110,15 @@ def cmd_dashboard_show(args: argparse.Namespace) -> int:
 def _row(job: TrackedJob) -> dict[str, Any]:
     row = job.to_dict()
     row["s3_uri"] = job.s3_uri
+    return row
+
+
+def _for_table(row: dict[str, Any], width: int = MAX_URI) -> dict[str, Any]:
+    """Long object keys would push every other column off the screen (JSON keeps them)."""
+    uri = row.get("s3_uri")
+    if uri and len(uri) > width:
+        half = (width - 1) // 2
+        row = {**row, "s3_uri": f"{uri[:half]}…{uri[-half:]}"}
     return row
 
 

@@ -64,3 +64,13 @@ def test_watch_stops_cleanly_on_ctrl_c(table, capsys, monkeypatch) -> None:
     assert run_cli(["status", "--watch"]) == 0
     out = capsys.readouterr().out
     assert "every 5s" in out and "Traceback" not in out
+
+
+def test_long_keys_are_shortened_in_the_table_only(table, capsys) -> None:
+    key = "deep/" * 60 + "x.csv"
+    table.save_job(TrackedJob("pc1", 13, "PENDING", bucket="in", key=key), None)
+    run_cli(["status"])
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert "…" in line and line.split()[-1] == "-" and len(line) < 250
+    run_cli(["status", "--format", "json"])
+    assert json.loads(capsys.readouterr().out)[-1]["s3_uri"] == f"s3://in/{key}"
