@@ -444,5 +444,6 @@ def test_packaged_functions_follow_the_stage(packaged: dict[Any, Any], stage: st
         assert props["Tracing"] == "Active"
         assert props["VpcConfig"] == {"SecurityGroupIds": cfg["security_group_ids"], "SubnetIds": cfg["subnet_ids"]}
         assert props["ReservedConcurrentExecutions"] == cfg["lambda_functions"][name]["reserved_concurrency"]
+        assert props["MemorySize"] == cfg["lambda_functions"][name].get("lambda_memory_size", cfg["lambda_memory_size"])
         role = resources[props["Role"]["Fn::GetAtt"][0]]["Properties"]["Policies"][0]["PolicyDocument"]
         assert role == policy(stage, name)
