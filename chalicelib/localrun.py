@@ -266,23 +266,12 @@ class Tracking:
 
 
 def _uri(detail: dict[str, Any]) -> str | None:
-    src = detail.get("source") if isinstance(detail.get("source"), dict) else None
-    for d in (src or {}, detail):
-        if d.get("s3Uri"):
-            return d["s3Uri"]
-        if d.get("bucket") and d.get("key") is not None:
-            return f"s3://{d['bucket']}/{d['key']}"
-    return None
+    """Every slurm-trigger event carries its object under ``detail.source``."""
+    return (detail.get("source") or {}).get("s3Uri")
 
 
 def _job_id(detail: dict[str, Any]) -> int | None:
-    for k in ("jobId", "job_id"):
-        if detail.get(k) is not None:
-            try:
-                return int(detail[k])
-            except (TypeError, ValueError):
-                return None
-    return None
+    return detail.get("jobId")
 
 
 class Pass:

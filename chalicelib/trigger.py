@@ -238,7 +238,7 @@ class Trigger:
     def _failed(self, source: Source, exc: Exception, job_id: int | None = None) -> Outcome:
         """Report a permanent failure; the caller returns normally (no retry)."""
         reason = str(exc)
-        detail: dict[str, Any] = {**source.to_detail(), "cluster": self.cluster, "reason": reason}
+        detail: dict[str, Any] = {"source": source.to_detail(), "cluster": self.cluster, "reason": reason}
         if isinstance(exc, SlurmError):
             detail["error"] = exc.to_dict()
         if job_id is not None:
@@ -253,7 +253,7 @@ class Trigger:
 
     def _publish_submitted(self, source: Source, job_id: int, adopted: bool) -> None:
         detail = {
-            **source.to_detail(),
+            "source": source.to_detail(),
             "jobId": job_id,
             "cluster": self.cluster,
             "apiVersion": self.client.version,

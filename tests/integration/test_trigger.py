@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from atomic_dynamodb import AtomicDynamoDB  # sibling helper module
 import pytest
 
 from chalicelib.idempotency import create_table, idempotency_key
@@ -79,7 +80,7 @@ def wait_final(client: Any, job_id: int, limit: float = 180) -> Any:
 
 def _clients() -> dict[str, Any]:
     return {
-        "dynamodb_client": boto3.client("dynamodb"),
+        "dynamodb_client": AtomicDynamoDB(boto3.client("dynamodb")),
         "events_client": boto3.client("events"),
         "s3_client": boto3.client("s3"),
         "secrets_client": boto3.client("secretsmanager"),
@@ -195,7 +196,7 @@ def test_redelivered_five_times_in_a_row_makes_one_job(world):
     detail = submitted[0]["detail"]
     assert detail["jobId"] == outcomes[0].job_id and detail["eventId"] == key
     assert detail["cluster"] == CLUSTER and detail["apiVersion"] == world.target.version
-    assert detail["key"] == "many/a.txt" and detail["versionId"] == ref.version_id and detail["pipeline"] == "trivial"
+    assert detail["source"]["key"] == "many/a.txt" and detail["source"]["versionId"] == ref.version_id and detail["source"]["pipeline"] == "trivial"
 
 
 def test_delivered_five_times_concurrently_makes_one_job(world):
@@ -270,7 +271,7 @@ def test_control_characters_are_a_reported_permanent_failure(world, key):
     assert world.jobs_with(outcome.idempotency_key) == []
     [event] = world.events()
     assert event["detail-type"] == "Slurm Job Submission Failed"
-    assert event["detail"]["key"] == key and "control character" in event["detail"]["reason"]
+    assert event["detail"]["source"]["key"] == key and "control character" in event["detail"]["reason"]
 
 
 def test_rejected_body_is_reported_and_released(world):
@@ -281,7 +282,7 @@ def test_rejected_body_is_reported_and_released(world):
     assert outcome.status == "failed" and "reject" in outcome.reason.lower()
     [event] = world.events()
     assert event["detail-type"] == "Slurm Job Submission Failed"
-    assert event["detail"]["error"]["type"] == "SlurmRejectedError" and event["detail"]["key"] == ref.key
+    assert event["detail"]["error"]["type"] == "SlurmRejectedError" and event["detail"]["source"]["key"] == ref.key
     # released, not kept: once the pipeline is fixed a redelivery submits
     world.trigger.pipelines = [trivial]
     assert world.trigger.handle(ref)[0].status == "submitted"
