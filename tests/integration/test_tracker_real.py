@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import boto3
+from atomic_dynamodb import AtomicDynamoDB  # sibling helper module
 import pytest
 
 from chalicelib import provenance
@@ -141,7 +142,7 @@ def world(slurm_target, aws) -> World:
         token=slurm_target.token(),
         read_timeout=15,
     )
-    db = boto3.client("dynamodb")
+    db = AtomicDynamoDB(boto3.client("dynamodb"))
     create_table(db, TABLE)
     sqs = boto3.client("sqs")
     queue = sqs.create_queue(QueueName="job-events")["QueueUrl"]
