@@ -3,7 +3,8 @@
 For N in 100, 1,000 and 10,000 (or ``--sizes``), a recorded ``GET /jobs`` answer
 (tests/fixtures/recorded/<version>/jobs.json) is replicated to N jobs with distinct ids,
 each carrying a provenance comment (so every job is tracked), and replayed through the
-same code as production: ``json.loads`` + the version's dialect parser, then
+same code as production: the client's ``decode`` of the body's bytes + the
+version's dialect parser, then
 ``Tracker.poll`` with its diffing, ``EventBus`` batching and the store protocol.
 
 Two polls per N: the first sees every job (N transitions), the second sees the same
@@ -35,6 +36,7 @@ from chalicelib import provenance  # noqa: E402
 from chalicelib.eventbus import EventBus  # noqa: E402
 from chalicelib.jobstore import Cursor, JobStore, TrackedJob  # noqa: E402
 from chalicelib.provenance import Source  # noqa: E402
+from chalicelib.slurm.client import decode  # noqa: E402
 from chalicelib.slurm.dialects import DIALECTS  # noqa: E402
 from chalicelib.slurm.models import JobsPage  # noqa: E402
 from chalicelib.tracker import Tracker  # noqa: E402
@@ -111,16 +113,16 @@ class CountingEvents:
 
 
 class ReplayedSlurm:
-    """Answers ``list_jobs`` with a recorded body: JSON text decoded and parsed by the
+    """Answers ``list_jobs`` with a recorded body: its bytes decoded and parsed by the
     version's dialect on every call (as the real client does), or a pre-parsed page."""
 
-    def __init__(self, version: str, text: str, preparsed: bool) -> None:
+    def __init__(self, version: str, content: bytes, preparsed: bool) -> None:
         self.dialect = DIALECTS[version]
-        self.text = text
+        self.content = content
         self.page: JobsPage | None = self._parse() if preparsed else None
 
     def _parse(self) -> JobsPage:
-        return self.dialect.parse_jobs(200, json.loads(self.text))
+        return self.dialect.parse_jobs(200, decode(self.content))
 
     def list_jobs(self, update_time: int | None = None) -> JobsPage:
         return self.page or self._parse()
@@ -129,7 +131,7 @@ class ReplayedSlurm:
         raise AssertionError("no job vanishes in this benchmark")
 
 
-def replicate(version: str, n: int, moved: int = 0) -> str:
+def replicate(version: str, n: int, moved: int = 0) -> bytes:
     """The recorded answer with ``n`` jobs (distinct ids, our comment); the first
     ``moved`` jobs get another state than in the ``moved=0`` answer."""
     body = json.loads((ROOT / "tests" / "fixtures" / "recorded" / version / "jobs.json").read_text())
@@ -144,7 +146,7 @@ def replicate(version: str, n: int, moved: int = 0) -> str:
         raw["comment"] = provenance.encode(src)
         jobs.append(raw)
     body["jobs"] = jobs
-    return json.dumps(body)
+    return json.dumps(body).encode()
 
 
 def measure(version: str, n: int, preparsed: bool, trace: bool) -> list[dict[str, Any]]:
@@ -152,8 +154,8 @@ def measure(version: str, n: int, preparsed: bool, trace: bool) -> list[dict[str
     store, events = MemoryJobStore(), CountingEvents()
     first, second = replicate(version, n), replicate(version, n, moved=max(1, n // 100))
     rows = []
-    for label, text in (("first", first), ("1% moved", second)):
-        slurm = ReplayedSlurm(version, text, preparsed)
+    for label, content in (("first", first), ("1% moved", second)):
+        slurm = ReplayedSlurm(version, content, preparsed)
         tracker = Tracker(slurm, store, EventBus(events, "default", "slurm-trigger"), "bench", max_changes=0)
         store.reset()
         calls_before = events.calls
@@ -210,7 +212,7 @@ def main() -> int:
     def fmt(column: str, value: Any) -> str:
         return f"{value:.3f}" if column.endswith("_s") else f"{value:.1f}" if column.endswith("_mb") else str(value)
 
-    print(f"one poll, {args.version} answers replicated; cpu_s and peak_mb include json.loads + dialect parsing, *_tracker_* do not")
+    print(f"one poll, {args.version} answers replicated; cpu_s and peak_mb include decoding + dialect parsing, *_tracker_* do not")
     print(table(rows, ["poll", "jobs", "transitions", "cpu_s", "cpu_tracker_s", "peak_mb", "peak_tracker_mb", "put_events", "expected_put_events",
                        "store_read_calls", "store_write_calls", "items_read", "items_written"], fmt))
     firsts = {r["jobs"]: r for r in rows if r["poll"] == "first"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
+import msgspec
 import requests
 from urllib3.exceptions import ConnectTimeoutError
 
@@ -251,11 +252,21 @@ class SlurmClient:
 
 
 def _json(resp: requests.Response) -> dict[str, Any] | None:
-    if not resp.content:
+    return decode(resp.content)
+
+
+def decode(content: bytes) -> dict[str, Any] | None:
+    """A slurmrestd answer's JSON object, or None when it is empty or not one.
+
+    msgspec, not ``json``: a ``GET /jobs`` over 10,000 jobs is ~55 MB of JSON and
+    decoding it was most of a tracker poll. msgspec reads the UTF-8 bytes without a
+    ``str`` copy: 0.27 s and +208 MB peak RSS where ``json`` takes 0.47 s and +243 MB
+    (orjson: 0.33 s but +356 MB, its parser's buffer is ~15x the input)."""
+    if not content:
         return None
     try:
-        data = resp.json()
-    except ValueError:
+        data = msgspec.json.decode(content)
+    except msgspec.DecodeError:
         return None
     return data if isinstance(data, dict) else None
 
