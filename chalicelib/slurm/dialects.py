@@ -39,7 +39,15 @@ from chalicelib.slurm.errors import (
     SlurmRejectedError,
     SlurmUnavailableError,
 )
-from chalicelib.slurm.models import FINAL_STATES, Job, JobsPage, JobSubmission, SubmitResult
+from chalicelib.slurm.models import (
+    FINAL_STATES,
+    Job,
+    JobKey,
+    JobsPage,
+    JobSubmission,
+    LazyJobs,
+    SubmitResult,
+)
 
 # Slurm needs a non-empty environment (22.05: "environment must be set"; 24.11 fails
 # with 2019 without one); a job file that sets none gets this.
@@ -96,12 +104,16 @@ def number(value: Any) -> int | None:
     return int(value)
 
 
+def epoch(value: Any) -> int | None:
+    """An epoch (plain or struct) in seconds; 0, negative and unset → None."""
+    seconds = number(value)
+    return seconds if seconds and seconds > 0 else None
+
+
 def timestamp(value: Any) -> datetime | None:
     """An epoch (plain or struct) as an aware UTC datetime; 0 and unset → None."""
-    seconds = number(value)
-    if not seconds or seconds < 0:
-        return None
-    return datetime.fromtimestamp(seconds, tz=timezone.utc)
+    seconds = epoch(value)
+    return None if seconds is None else datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
 def _text(value: Any) -> str | None:
@@ -221,14 +233,19 @@ class Dialect:
         """22.05 answers 304 without a body when nothing changed since update_time."""
         if status == 304 or body is None:
             return JobsPage(jobs=(), changed=False, last_update=None)
-        jobs = tuple(self.parse_job(j) for j in body.get("jobs") or ())
-        unchanged = not jobs and any(
+        raws = body.get("jobs") or ()
+        unchanged = not raws and any(
             _NO_CHANGE.search(w) for w in warning_texts(body.get("warnings") or ())
         )
+        jobs = LazyJobs(raws, self.parse_job, self.job_key) if raws else ()
         return JobsPage(jobs=jobs, changed=not unchanged, last_update=self._last_update(body))
 
     def _last_update(self, body: Mapping[str, Any]) -> int | None:
         return number(body.get("last_update")) or None
+
+    def job_key(self, raw: Mapping[str, Any]) -> JobKey:
+        """The ``JobKey`` that ``parse_job(raw)`` would give, reading three fields."""
+        return JobKey(int(raw["job_id"]), self._state(raw.get("job_state"))[0], epoch(raw.get("submit_time")))
 
     def parse_job(self, raw: Mapping[str, Any]) -> Job:
         state, flags = self._state(raw.get("job_state"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence, overload
 
 # Base states after which a job never changes again.
 FINAL_STATES = frozenset(
@@ -124,14 +124,83 @@ class SubmitResult:
 
 
 @dataclass(frozen=True)
+class JobKey:
+    """What identifies a job's state cheaply: its id, base state and submit time
+    (epoch seconds, None when unset), read without parsing the rest of the job."""
+
+    job_id: int
+    state: str
+    submitted: int | None
+
+
+class LazyJobs(Sequence[Job]):
+    """A listing's raw jobs, each parsed into a ``Job`` only when asked for.
+
+    A tracker poll over 10,000 jobs needs the full ``Job`` of the few that changed;
+    ``keyed()`` gives every job's ``JobKey`` (the dialect's ``key``) with a way to
+    parse that one job. Jobs are parsed again on each access, not cached.
+    """
+
+    def __init__(
+        self,
+        raws: Sequence[Mapping[str, Any]],
+        parse: Callable[[Mapping[str, Any]], Job],
+        key: Callable[[Mapping[str, Any]], JobKey],
+    ) -> None:
+        self._raws, self._parse, self._key = raws, parse, key
+
+    def __len__(self) -> int:
+        return len(self._raws)
+
+    @overload
+    def __getitem__(self, index: int) -> Job: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Job, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> Job | tuple[Job, ...]:
+        if isinstance(index, slice):
+            return tuple(self._parse(r) for r in self._raws[index])
+        return self._parse(self._raws[index])
+
+    def __iter__(self) -> Iterator[Job]:
+        return map(self._parse, self._raws)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    def __repr__(self) -> str:
+        return f"LazyJobs({len(self)} jobs)"
+
+    def keyed(self) -> Iterator[tuple[JobKey, Callable[[], Job]]]:
+        parse = self._parse
+        for raw in self._raws:
+            yield self._key(raw), lambda raw=raw: parse(raw)
+
+
+@dataclass(frozen=True)
 class JobsPage:
     """One answer of ``GET /jobs``.
 
     ``changed`` is False when Slurm said nothing changed since ``update_time``
     (22.05's 304, or 24.11's 200 with no jobs and a warning); ``last_update`` is the
     epoch to pass next time, or ``None`` when the version does not report it.
+    ``jobs`` is a tuple or ``LazyJobs`` (what the dialects return).
     """
 
-    jobs: tuple[Job, ...]
+    jobs: Sequence[Job]
     changed: bool = True
     last_update: int | None = None
+
+    def keyed(self) -> Iterator[tuple[JobKey, Callable[[], Job]]]:
+        """Each job's ``JobKey`` and a way to get its full ``Job``; parses nothing
+        up front when ``jobs`` is lazy."""
+        if isinstance(self.jobs, LazyJobs):
+            return self.jobs.keyed()
+        return ((job_key(j), lambda j=j: j) for j in self.jobs)
+
+
+def job_key(job: Job) -> JobKey:
+    """The ``JobKey`` of a parsed job."""
+    submitted = int(job.submit_time.timestamp()) if job.submit_time else None
+    return JobKey(job.job_id, job.state, submitted)
