@@ -148,24 +148,9 @@ class Tracker:
             sweep = cursor.update_time is None or cursor.last_sweep is None or now - cursor.last_sweep >= self.sweep_seconds
         result.sweep = sweep
         page = self.client.list_jobs(None if sweep else cursor.update_time)
-        result.changed = page.changed
-        result.jobs_seen = len(page.jobs)
-
-        # Compare each job's key first; only a job whose key differs from ``known`` is
-        # parsed in full (a lazy page parses nothing else): a steady poll parses ~1%.
-        moved: list[tuple[Job, Source | None, str]] = []
-        listed: set[int] = set()
-        for key, parse in page.keyed():
-            listed.add(key.job_id)
-            fp = _fingerprint(key)
-            if cursor.known.get(key.job_id) == fp:  # tracked and unchanged: the common case
-                result.tracked_seen += 1
-                continue
-            job = parse()
-            src = provenance.decode(job.comment)
-            if src is not None or self.track_all:
-                result.tracked_seen += 1
-                moved.append((job, src, fp))
+        result.changed, last_update = page.changed, page.last_update
+        moved, listed = self._scan(page, cursor, result)
+        del page  # the decoded answer (~200 MB at 10,000 jobs) goes before the events are built
         vanished: list[int] = []
         if sweep:
             for job_id in [i for i in cursor.known if i not in listed]:
@@ -216,8 +201,8 @@ class Tracker:
             else:
                 cursor.known[change.new.job_id] = change.fingerprint
 
-        if error is None and page.changed and not result.deferred:
-            cursor.update_time = max(page.last_update or 0, int(now) - self.margin)
+        if error is None and result.changed and not result.deferred:
+            cursor.update_time = max(last_update or 0, int(now) - self.margin)
         if sweep and error is None:
             cursor.last_sweep = now
         states = Counter(_state_of(v) for v in cursor.known.values())
@@ -226,6 +211,26 @@ class Tracker:
             logger.warning("cursor saved by someone else meanwhile; keeping theirs", extra={"cluster": self.cluster})
         if error is not None:
             raise error
+
+    def _scan(self, page: JobsPage, cursor: Cursor, result: PollResult) -> tuple[list[tuple[Job, Source | None, str]], set[int]]:
+        """The tracked jobs whose key differs from ``known`` (parsed, with their source
+        and new fingerprint), and the ids of all listed jobs. Only those jobs are parsed
+        in full (a lazy page parses nothing else): a steady poll parses ~1% of them."""
+        result.jobs_seen = len(page.jobs)
+        moved: list[tuple[Job, Source | None, str]] = []
+        listed: set[int] = set()
+        for key, parse in page.keyed():
+            listed.add(key.job_id)
+            fp = _fingerprint(key)
+            if cursor.known.get(key.job_id) == fp:  # tracked and unchanged: the common case
+                result.tracked_seen += 1
+                continue
+            job = parse()
+            src = provenance.decode(job.comment)
+            if src is not None or self.track_all:
+                result.tracked_seen += 1
+                moved.append((job, src, fp))
+        return moved, listed
 
     def _diff(self, job: Job, src: Source | None, old: TrackedJob | None, updated_at: str | None) -> _Change | None:
         previous = old.state if old is not None else None

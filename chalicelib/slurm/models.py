@@ -50,7 +50,6 @@ class Job:
     comment: str | None = None
     working_directory: str | None = None
     standard_output: str | None = None
-    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def is_final(self) -> bool:
