@@ -125,7 +125,7 @@ class ReplayedSlurm:
         self.page: JobsPage | None = replace(page, jobs=tuple(page.jobs)) if page else None
 
     def _parse(self) -> JobsPage:
-        return self.dialect.parse_jobs(200, decode(self.content))
+        return self.dialect.parse_jobs(200, decode(self.content, self.dialect.decode_jobs))
 
     def list_jobs(self, update_time: int | None = None) -> JobsPage:
         return self.page or self._parse()

@@ -7,7 +7,7 @@ the transport's session, and turns every answer that is not a success into a typ
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import msgspec
 import requests
@@ -166,7 +166,8 @@ class SlurmClient:
         since ``update_time`` (epoch seconds)."""
         dialect = self.dialect
         status, body = self._call(
-            "GET", dialect.path("jobs"), params=dialect.jobs_params(update_time)
+            "GET", dialect.path("jobs"), params=dialect.jobs_params(update_time),
+            decoder=dialect.decode_jobs,
         )
         return dialect.parse_jobs(status, body)
 
@@ -209,16 +210,19 @@ class SlurmClient:
         *,
         params: Mapping[str, str] | None = None,
         json: Any = None,
-    ) -> tuple[int, dict[str, Any] | None]:
-        """One request (two if the token had to be fetched again): (status, JSON body)."""
+        decoder: Callable[[bytes], Any] | None = None,
+    ) -> tuple[int, Any]:
+        """One request (two if the token had to be fetched again): (status, JSON body).
+        ``decoder`` decodes the body to the fields the caller reads (falling back to
+        ``decode`` when the body does not have that shape)."""
         token = self._auth.token()
-        status, body, text = self._send(method, path, token, params, json)
+        status, body, text = self._send(method, path, token, params, json, decoder)
         kind = self._classify(status, body)
         if kind is SlurmAuthError:
             fresh = self._auth.refresh()
             if fresh != token:
                 log.info("slurmrestd refused the token; fetched it again and retrying once")
-                status, body, text = self._send(method, path, fresh, params, json)
+                status, body, text = self._send(method, path, fresh, params, json, decoder)
                 kind = self._classify(status, body)
         if kind is None:
             return status, body
@@ -233,8 +237,14 @@ class SlurmClient:
         )
 
     def _send(
-        self, method: str, path: str, token: Token, params: Mapping[str, str] | None, json: Any
-    ) -> tuple[int, dict[str, Any] | None, str]:
+        self,
+        method: str,
+        path: str,
+        token: Token,
+        params: Mapping[str, str] | None,
+        json: Any,
+        decoder: Callable[[bytes], Any] | None = None,
+    ) -> tuple[int, Any, str]:
         """(status, JSON body or None, text of a non-JSON body)."""
         url = self.base_url + path
         headers = {"X-SLURM-USER-NAME": self._user(), "X-SLURM-USER-TOKEN": token.reveal()}
@@ -242,7 +252,7 @@ class SlurmClient:
             resp = self._session.request(method, url, params=params, json=json, headers=headers)
         except requests.RequestException as exc:
             raise _unavailable(method, url, exc) from None
-        body = _json(resp)
+        body = decode(resp.content, decoder)
         text = resp.text.strip()[:300] if body is None and resp.content else ""
         return resp.status_code, body, text
 
@@ -251,12 +261,9 @@ class SlurmClient:
         return (self._dialect or BEFORE_NEGOTIATION).classify(status, errors)
 
 
-def _json(resp: requests.Response) -> dict[str, Any] | None:
-    return decode(resp.content)
-
-
-def decode(content: bytes) -> dict[str, Any] | None:
-    """A slurmrestd answer's JSON object, or None when it is empty or not one.
+def decode(content: bytes, decoder: Callable[[bytes], Any] | None = None) -> Any:
+    """A slurmrestd answer decoded by ``decoder`` (a dialect's, which keeps only the
+    fields it reads), else as a plain JSON object; None when empty or not an object.
 
     msgspec, not ``json``: a ``GET /jobs`` over 10,000 jobs is ~55 MB of JSON and
     decoding it was most of a tracker poll. msgspec reads the UTF-8 bytes without a
@@ -264,6 +271,11 @@ def decode(content: bytes) -> dict[str, Any] | None:
     (orjson: 0.33 s but +356 MB, its parser's buffer is ~15x the input)."""
     if not content:
         return None
+    if decoder is not None:
+        try:
+            return decoder(content)
+        except msgspec.DecodeError:
+            pass  # not the expected shape (an error page): decode it plainly
     try:
         data = msgspec.json.decode(content)
     except msgspec.DecodeError:

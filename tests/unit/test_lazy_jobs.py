@@ -29,6 +29,25 @@ def test_job_key_agrees_with_full_parse(path: Path) -> None:
     assert [parse() for _, parse in pairs] == list(page.jobs)
 
 
+@pytest.mark.parametrize("path", LISTINGS, ids=lambda p: f"{p.parent.parent.name}/{p.parent.name}/{p.name}")
+def test_decoding_only_the_fields_read_parses_the_same_jobs(path: Path) -> None:
+    dialect = DIALECTS[path.parent.name]
+    content = path.read_bytes()
+    typed = dialect.parse_jobs(200, decode(content, dialect.decode_jobs))
+    plain = dialect.parse_jobs(200, decode(content))
+    assert list(typed.jobs) == list(plain.jobs)
+    assert (typed.changed, typed.last_update) == (plain.changed, plain.last_update)
+
+
+def test_an_answer_of_another_shape_is_decoded_plainly() -> None:
+    dialect = DIALECTS["v0.0.42"]
+    assert decode(b'{"jobs": "nope", "errors": [{"error_number": 9000}]}', dialect.decode_jobs) == {
+        "jobs": "nope", "errors": [{"error_number": 9000}]
+    }
+    answer = decode(b'{"errors": [{"error_number": 1007}], "warnings": []}', dialect.decode_jobs)
+    assert answer.get("errors") == [{"error_number": 1007}] and answer.get("last_update") is None
+
+
 def test_lazy_jobs_parse_on_access_only() -> None:
     parsed: list[int] = []
 
