@@ -29,7 +29,7 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from chalicelib import provenance
 from chalicelib.eventbus import Event, EventBus, EventBusError
 from chalicelib.jobstore import LOST, TRACKER_FINAL_STATES, Cursor, DynamoDBJobStore, JobStore, TrackedJob
-from chalicelib.observability import SERVICE, logger
+from chalicelib.observability import SERVICE, logger, tracer
 from chalicelib.provenance import Source
 from chalicelib.slurm.errors import SlurmError, SlurmNotFoundError
 from chalicelib.slurm.models import Job, JobKey, JobsPage, job_key
@@ -118,6 +118,7 @@ class Tracker:
         self.owner = owner or uuid.uuid4().hex
         self._clock = clock
 
+    @tracer.capture_method
     def poll(self, *, sweep: bool | None = None, lease_seconds: float | None = None) -> PollResult:
         """Run one poll; ``sweep`` forces (True) or forbids (False) the full listing;
         ``lease_seconds`` overrides the lease (the handler passes the Lambda's time left).

@@ -27,7 +27,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from chalicelib import provenance, s3events
 from chalicelib.eventbus import Event, EventBus
 from chalicelib.idempotency import Claim, DynamoDBIdempotencyStore, IdempotencyStore, idempotency_key
-from chalicelib.observability import logger, metrics as default_metrics
+from chalicelib.observability import logger, metrics as default_metrics, tracer
 from chalicelib.pipelines import Pipeline, load, matching
 from chalicelib.provenance import Source
 from chalicelib.s3events import ObjectRef
@@ -152,6 +152,7 @@ class Trigger:
         """Every object, every matching pipeline."""
         return _each(refs, self.handle)
 
+    @tracer.capture_method
     def handle(self, ref: ObjectRef) -> list[Outcome]:
         """One object: one job per matching pipeline."""
         matched = matching(self.pipelines, ref)
