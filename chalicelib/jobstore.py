@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable, Mapping
 
+from chalicelib.provenance import Source
 from chalicelib.slurm.models import FINAL_STATES
 
 # The tracker's own final state for a job Slurm forgot before we saw it end.
@@ -60,8 +61,15 @@ class TrackedJob:
         return self.state in TRACKER_FINAL_STATES
 
     @property
+    def source(self) -> Source | None:
+        """The object behind the job, for jobs slurm-trigger submitted."""
+        if not self.bucket or self.key is None:
+            return None
+        return Source(self.bucket, self.key, self.pipeline or "", self.version_id)
+
+    @property
     def s3_uri(self) -> str | None:
-        return f"s3://{self.bucket}/{self.key}" if self.bucket and self.key is not None else None
+        return self.source.s3_uri if self.source else None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -28,6 +28,11 @@ class Source:
     def s3_uri(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
 
+    @property
+    def object_arn(self) -> str:
+        """The object's ARN, for an event's ``resources``."""
+        return f"arn:aws:s3:::{self.bucket}/{self.key}"
+
     def to_detail(self) -> dict[str, Any]:
         """The camelCase form used in EventBridge events."""
         return {

@@ -333,15 +333,15 @@ def event_id(cluster: str, job_id: int, previous: str | None, state: str, submit
 
 
 def resources(job: TrackedJob) -> tuple[str, ...]:
-    out = [f"slurm:{job.cluster}:job/{job.job_id}"]
-    if job.bucket and job.key is not None:
-        out.append(f"arn:aws:s3:::{job.bucket}/{job.key}")
-    return tuple(out)
+    source = job.source
+    job_resource = f"slurm:{job.cluster}:job/{job.job_id}"
+    return (job_resource, source.object_arn) if source else (job_resource,)
 
 
 def state_change_detail(job: TrackedJob, flags: tuple[str, ...] = (), signal: int | None = None) -> dict[str, Any]:
     """The ``detail`` of "Slurm Job State Change" (schemas/slurm-job-state-change.schema.json)."""
-    detail: dict[str, Any] = {
+    source = job.source
+    return {
         "cluster": job.cluster,
         "jobId": job.job_id,
         "jobName": job.name,
@@ -356,17 +356,8 @@ def state_change_detail(job: TrackedJob, flags: tuple[str, ...] = (), signal: in
         "submittedAt": job.submitted_at,
         "startedAt": job.started_at,
         "endedAt": job.ended_at,
-        "source": None,
+        "source": source.to_detail() if source else None,
     }
-    if job.bucket and job.key is not None:
-        detail["source"] = {
-            "bucket": job.bucket,
-            "key": job.key,
-            "versionId": job.version_id,
-            "s3Uri": job.s3_uri,
-            "pipeline": job.pipeline,
-        }
-    return detail
 
 
 def record_metrics(result: PollResult, metrics: Any) -> None:

@@ -249,7 +249,7 @@ class Trigger:
             extra={"bucket": source.bucket, "key": source.key, "pipeline": source.pipeline, "reason": reason},
         )
         self.metrics.add_metric(name="SubmissionFailures", unit=MetricUnit.Count, value=1)
-        self.bus.put([Event(FAILED, detail, (f"arn:aws:s3:::{source.bucket}",), f"{source.idempotency_key}:failed")])
+        self.bus.put([Event(FAILED, detail, (source.object_arn,), f"{source.idempotency_key}:failed")])
         return Outcome("failed", source.bucket, source.key, source.pipeline, job_id, source.idempotency_key, reason)
 
     def _publish_submitted(self, source: Source, job_id: int, adopted: bool) -> None:
@@ -261,7 +261,7 @@ class Trigger:
             "idempotencyKey": source.idempotency_key,
             "adopted": adopted,
         }
-        self.bus.put([Event(SUBMITTED, detail, (f"arn:aws:s3:::{source.bucket}",), source.idempotency_key)])
+        self.bus.put([Event(SUBMITTED, detail, (source.object_arn,), source.idempotency_key)])
 
     def _metadata(self, ref: ObjectRef) -> dict[str, str]:
         """User metadata of exactly this version (one HeadObject per object)."""
