@@ -1,16 +1,48 @@
 """Where the JWT comes from: a static value, or Secrets Manager with a cache.
 
 The token is held in ``Token``, whose repr/str are redacted, so it cannot leak into
-a log line, a traceback or an event by accident; only ``headers()`` reveals it, and
-only to the HTTP layer. ParallelCluster rotates the secret every 20 minutes, so a
-cached token can go stale: the client calls ``refresh()`` once on an auth failure.
+a log line, a traceback or an event by accident; only ``reveal()`` shows it, and
+only to the HTTP layer. A value with any character outside the JWT alphabet
+(base64url and ``.``) is refused when it is loaded: a CR/LF in a header value would
+make requests raise ``InvalidHeader`` with the value in its message, and a header
+carrying a line break could smuggle a second header. ParallelCluster rotates the
+secret every 20 minutes, so a cached token can go stale: the client calls
+``refresh()`` once on an auth failure.
 """
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Protocol
 
+from chalicelib.slurm.errors import SlurmAuthError
+
 REDACTED = "***"
+# A JWS in compact form: base64url segments joined by dots (RFC 7515 section 7.1).
+_NOT_JWT = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def refuse_bad_characters(value: str, source: str) -> None:
+    """``SlurmAuthError`` when ``value`` holds a character no JWT has. The message
+    says what kind of character and where, never the value itself."""
+    bad = _NOT_JWT.search(value)
+    if bad is None:
+        return
+    char = bad.group()
+    if char in "\r\n":
+        kind = "a line break (CR/LF)"
+    elif char.isspace():
+        kind = "whitespace"
+    elif not char.isprintable():
+        kind = "a control character"
+    elif not char.isascii():
+        kind = "a non-ASCII character"
+    else:
+        kind = "punctuation"
+    raise SlurmAuthError(
+        f"{source} is not a JWT: it has {kind} at character {bad.start() + 1} of "
+        f"{len(value)} (a JWT has only A-Z a-z 0-9 - _ and dots); refused, not sent"
+    )
 
 
 class Token:
@@ -18,8 +50,10 @@ class Token:
 
     __slots__ = ("_value",)
 
-    def __init__(self, value: str) -> None:
-        self._value = value.strip()
+    def __init__(self, value: str, source: str = "the Slurm token") -> None:
+        value = value.strip()  # a trailing newline from `scontrol token` or echo is common
+        refuse_bad_characters(value, source)
+        self._value = value
 
     def reveal(self) -> str:
         return self._value
@@ -53,7 +87,7 @@ class StaticToken:
     """A token given directly (CLI ``--token``, ``SLURM_TOKEN``); refresh cannot help."""
 
     def __init__(self, value: str, user: str | None = None) -> None:
-        self._token = Token(value)
+        self._token = Token(value, "the token given directly (--token / SLURM_TOKEN)")
         self._user = user
 
     def token(self) -> Token:
@@ -98,15 +132,16 @@ class SecretsManagerToken:
     def _fetch(self, *, force: bool) -> Token:
         from aws_lambda_powertools.utilities.parameters import GetParameterError
 
-        from chalicelib.slurm.errors import SlurmAuthError
-
+        failure = None
         try:
             value = self._provider.get(self.secret_id, max_age=self.max_age, force_fetch=force)
         except GetParameterError as exc:
-            raise SlurmAuthError(
-                f"cannot read the Slurm token from secret {self.secret_id!r}: {exc}"
-            ) from None
-        token, self._user = parse_secret(value if isinstance(value, str) else "")
+            failure = f"cannot read the Slurm token from secret {self.secret_id!r}: {exc}"
+        if failure:  # raised outside the except: no __context__ chained to it
+            raise SlurmAuthError(failure)
+        token, self._user = parse_secret(
+            value if isinstance(value, str) else "", f"the token in secret {self.secret_id!r}"
+        )
         if not token:
             raise SlurmAuthError(f"secret {self.secret_id!r} holds no token")
         return token
@@ -115,7 +150,7 @@ class SecretsManagerToken:
         return f"SecretsManagerToken(secret_id={self.secret_id!r}, max_age={self.max_age})"
 
 
-def parse_secret(value: str) -> tuple[Token, str | None]:
+def parse_secret(value: str, source: str = "the secret") -> tuple[Token, str | None]:
     """A raw JWT, or JSON with ``token`` (and optionally ``user``)."""
     text = value.strip()
     if text.startswith("{"):
@@ -125,5 +160,6 @@ def parse_secret(value: str) -> tuple[Token, str | None]:
             data = None
         if isinstance(data, dict):
             user = data.get("user") or data.get("username")
-            return Token(str(data.get("token") or "")), str(user) if user else None
-    return Token(text), None
+            return Token(str(data.get("token") or ""), source), str(user) if user else None
+        raise SlurmAuthError(f"{source} starts with '{{' but is not a JSON object; refused")
+    return Token(text, source), None

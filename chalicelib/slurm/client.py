@@ -7,14 +7,14 @@ the transport's session, and turns every answer that is not a success into a typ
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping
+from typing import Any, AnyStr, Callable, Mapping
 
 import msgspec
 import requests
 from urllib3.exceptions import ConnectTimeoutError
 
 from chalicelib.settings import Settings
-from chalicelib.slurm.auth import StaticToken, Token, TokenProvider
+from chalicelib.slurm.auth import REDACTED, StaticToken, Token, TokenProvider
 from chalicelib.slurm.dialects import (
     ALREADY_DONE,
     BEFORE_NEGOTIATION,
@@ -37,6 +37,8 @@ from chalicelib.slurm.errors import (
 from chalicelib.slurm.models import Job, JobsPage, JobSubmission, SubmitResult
 
 log = logging.getLogger(__name__)
+# The shortest HS256 JWS: a 20-character header, a payload, a 43-character signature.
+MIN_JWT_LENGTH = 16
 
 
 class SlurmClient:
@@ -248,12 +250,26 @@ class SlurmClient:
         """(status, JSON body or None, text of a non-JSON body)."""
         url = self.base_url + path
         headers = {"X-SLURM-USER-NAME": self._user(), "X-SLURM-USER-TOKEN": token.reveal()}
+        failure = None
         try:
-            resp = self._session.request(method, url, params=params, json=json, headers=headers)
+            # No redirects: requests would carry the X-SLURM-* headers to wherever a
+            # Location points (it drops only Authorization on a change of host).
+            resp = self._session.request(
+                method, url, params=params, json=json, headers=headers, allow_redirects=False
+            )
         except requests.RequestException as exc:
-            raise _unavailable(method, url, exc) from None
-        body = decode(resp.content, decoder)
-        text = resp.text.strip()[:300] if body is None and resp.content else ""
+            failure = _unavailable(method, url, exc, token)
+        if failure is not None:  # raised outside the except: no __context__ holds the request
+            raise failure
+        if resp.is_redirect:
+            raise SlurmUnavailableError(
+                f"{method} {url} answered {resp.status_code}, a redirect, which is not followed "
+                "(it would take the token along): set SLURM_URL to where slurmrestd answers",
+                status=resp.status_code, url=url,
+            )
+        content = redact(resp.content, token)  # a proxy or debug page may echo the headers
+        body = decode(content, decoder)
+        text = content.decode(resp.encoding or "utf-8", "replace").strip()[:300] if body is None else ""
         return resp.status_code, body, text
 
     def _classify(self, status: int, body: dict[str, Any] | None) -> type[SlurmError] | None:
@@ -299,10 +315,19 @@ def _message(
     return f"Slurm rejected {call}" + (f": {text}" if text else "")
 
 
-def _unavailable(method: str, url: str, exc: requests.RequestException) -> SlurmUnavailableError:
+def _unavailable(
+    method: str, url: str, exc: requests.RequestException, token: Token
+) -> SlurmError:
     """A typed error without the request (whose headers hold the token)."""
-    maybe = method == "POST" and _maybe_sent(exc)
     what = type(exc).__name__
+    if isinstance(exc, requests.exceptions.InvalidHeader):
+        # Its message quotes the header value. Tokens are checked when loaded, so this
+        # is another header (the user name): say so, and quote nothing.
+        return SlurmRejectedError(
+            f"a request header has characters HTTP does not allow ({method} {url}: {what}); "
+            "check the Slurm user name (SLURM_USER)", url=url
+        )
+    maybe = method == "POST" and _maybe_sent(exc)
     if isinstance(exc, requests.exceptions.SSLError):
         hint = "TLS verification failed; set ca_bundle, ca_secret or ca_parameter"
     elif maybe:
@@ -310,8 +335,20 @@ def _unavailable(method: str, url: str, exc: requests.RequestException) -> Slurm
     else:
         hint = "could not reach slurmrestd"
     return SlurmUnavailableError(
-        f"{hint} ({method} {url}: {what}: {exc})", url=url, maybe_submitted=maybe
+        redact(f"{hint} ({method} {url}: {what}: {exc})", token), url=url, maybe_submitted=maybe
     )
+
+
+def redact(data: AnyStr, token: Token) -> AnyStr:
+    """``data`` with every occurrence of the token replaced. A value shorter than any
+    signed JWT (a test's stand-in) is left alone: replacing it would mangle the text
+    and hide nothing."""
+    secret = token.reveal()
+    if len(secret) < MIN_JWT_LENGTH:
+        return data
+    if isinstance(data, bytes):
+        return data.replace(secret.encode(), REDACTED.encode())
+    return data.replace(secret, REDACTED)
 
 
 def _maybe_sent(exc: requests.RequestException) -> bool:

@@ -7,14 +7,11 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
-import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
+from fakeslurm import FakeSlurm, Reply
 
 from chalicelib.settings import Settings
 from chalicelib.slurm.auth import SecretsManagerToken, StaticToken
@@ -34,89 +31,6 @@ RECORDED = Path(__file__).resolve().parent.parent / "fixtures" / "recorded"
 VERSIONS = ("v0.0.38", "v0.0.40", "v0.0.41", "v0.0.42")
 GOOD = "good-token-value-0123456789"
 STALE = "stale-token-value-9876543210"
-
-
-@dataclass
-class Reply:
-    status: int
-    body: bytes = b""
-    content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-
-    @classmethod
-    def json(cls, status: int, data: Any, **kw: Any) -> "Reply":
-        return cls(status, json.dumps(data).encode(), **kw)
-
-
-@dataclass
-class Seen:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
-
-
-class FakeSlurm:
-    """Routes (method, path[?query]) to replies; a route may be a list (consumed in
-    order, the last repeats) or a function of the request. Records every request."""
-
-    def __init__(self) -> None:
-        self.routes: dict[tuple[str, str], Any] = {}
-        self.seen: list[Seen] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                try:
-                    body = json.loads(raw) if raw else None
-                except ValueError:
-                    body = raw.decode()
-                seen = Seen(self.command, self.path, dict(self.headers), body)
-                fake.seen.append(seen)
-                reply = fake.reply_for(seen)
-                if reply.delay:
-                    time.sleep(reply.delay)
-                self.send_response(reply.status)
-                if reply.status != 304:
-                    self.send_header("Content-Type", reply.content_type)
-                    self.send_header("Content-Length", str(len(reply.body)))
-                for k, v in reply.headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                if reply.status != 304:
-                    self.wfile.write(reply.body)
-
-            do_GET = do_POST = do_DELETE = _serve
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
-        self.thread.start()
-
-    def add(self, method: str, path: str, *replies: Reply | Callable[[Seen], Reply]) -> None:
-        self.routes[(method, path)] = list(replies)
-
-    def reply_for(self, seen: Seen) -> Reply:
-        route = self.routes.get((seen.method, seen.path)) or self.routes.get(
-            (seen.method, seen.path.split("?")[0])
-        )
-        if not route:
-            return Reply(404, b"Not Found", "text/plain")
-        item = route.pop(0) if len(route) > 1 else route[0]
-        return item(seen) if callable(item) else item
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

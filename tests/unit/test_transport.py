@@ -2,8 +2,6 @@
 HTTPS server with a self-signed certificate stands in for the head node)."""
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import logging
 import ssl
@@ -14,6 +12,7 @@ from typing import Any, Iterator
 
 import pytest
 import requests
+from fakeslurm import self_signed
 
 from chalicelib.settings import Settings
 from chalicelib.slurm import transport
@@ -21,35 +20,6 @@ from chalicelib.slurm.auth import StaticToken
 from chalicelib.slurm.client import SlurmClient
 from chalicelib.slurm.errors import SlurmUnavailableError
 from chalicelib.slurm.transport import TimeoutAdapter, build_session, retry_policy
-
-
-def self_signed(tmp: Path) -> tuple[str, str]:
-    """A certificate for 127.0.0.1 and its key, as PEM files."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "head-node")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    key_file = tmp / "key.pem"
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    cert_file = tmp / "cert.pem"
-    cert_file.write_text(cert_pem)
-    return str(cert_file), str(key_file)
 
 
 class Ping(BaseHTTPRequestHandler):
