@@ -24,6 +24,10 @@ def _int(value: str | None, default: int) -> int:
     return int(value) if value not in (None, "") else default
 
 
+def _optional_int(value: str | None) -> int | None:
+    return int(value) if value not in (None, "") else None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob of slurm-trigger. ``from_env`` is the one constructor used in code."""
@@ -36,6 +40,13 @@ class Settings:
     token: str | None = field(default=None, repr=False)  # direct token (CLI, local)
     token_secret: str | None = None  # default slurm_token_<cluster>
     token_cache_seconds: int = 300  # < the 20-minute rotation of the seed
+    auth_header: str = "x-slurm"  # "x-slurm": X-SLURM-USER-NAME/-TOKEN; "bearer": Authorization
+    jwt_key_secret: str | None = None  # mint tokens from this signing key (Secrets Manager)
+    jwt_key_file: str | None = None  # ... or from this key file (CLI, head node)
+    jwt_key_encoding: str = "base64"  # how a SecretString holds the key: base64 | raw
+    jwt_lifetime: int = 900  # seconds a minted token lives
+    slurm_uid: int | None = None  # uid/gid/id claims of minted tokens (PCS needs them)
+    slurm_gid: int | None = None
     use_public_ip: bool = False
     slurm_port: int | None = None  # port on the discovered head node
     slurm_scheme: str = "https"
@@ -67,6 +78,11 @@ class Settings:
     def secret_id(self) -> str:
         return self.token_secret or f"slurm_token_{self.cluster_name}"
 
+    @property
+    def mints_tokens(self) -> bool:
+        """Tokens are signed here (from a key) instead of read ready-made."""
+        return not self.token and bool(self.jwt_key_secret or self.jwt_key_file)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         e = os.environ if env is None else env
@@ -79,6 +95,13 @@ class Settings:
             token=g("SLURM_TOKEN") or None,
             token_secret=g("SLURM_TOKEN_SECRET") or None,
             token_cache_seconds=_int(g("SLURM_TOKEN_CACHE_SECONDS"), 300),
+            auth_header=(g("SLURM_AUTH_HEADER") or "x-slurm").strip().lower(),
+            jwt_key_secret=g("SLURM_JWT_KEY_SECRET") or None,
+            jwt_key_file=g("SLURM_JWT_KEY_FILE") or None,
+            jwt_key_encoding=(g("SLURM_JWT_KEY_ENCODING") or "base64").strip().lower(),
+            jwt_lifetime=_int(g("SLURM_JWT_LIFETIME"), 900),
+            slurm_uid=_optional_int(g("SLURM_UID")),
+            slurm_gid=_optional_int(g("SLURM_GID")),
             use_public_ip=_bool(g("SLURM_USE_PUBLIC_IP")),
             slurm_port=_int(g("SLURM_PORT"), 0) or None,
             slurm_scheme=g("SLURM_SCHEME", "https"),

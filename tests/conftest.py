@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,14 @@ class SlurmTarget:
     def api(self, path: str = "") -> str:
         """``api("/ping")`` -> ``http://127.0.0.1:6830/slurm/v0.0.42/ping``."""
         return f"{self.url}/slurm/{self.version}{path}"
+
+    def jwt_key_path(self) -> Path:
+        """The cluster's HS256 signing key, as its slurm.conf names it (AuthAltParameters
+        jwt_key=...), seen from the host: what a minted token is signed with."""
+        conf = self.host_path("/etc/slurm/slurm.conf").read_text()
+        found = re.search(r"^AuthAltParameters=.*?\bjwt_key=([^,\s]+)", conf, re.MULTILINE)
+        assert found, f"no jwt_key in {self.name}'s slurm.conf"
+        return self.host_path(found.group(1))
 
     def host_path(self, path: str) -> Path:
         """A path as the job sees it -> the same file on the host filesystem."""

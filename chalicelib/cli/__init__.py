@@ -28,6 +28,9 @@ def common_options() -> argparse.ArgumentParser:
     g.add_argument("--url", help="slurmrestd base URL, e.g. https://10.0.0.5:8082 (env SLURM_URL); default: find the head node through EC2")
     g.add_argument("--token", help="JWT to use instead of the Secrets Manager secret (env SLURM_TOKEN)")
     g.add_argument("--token-secret", help="Secrets Manager id of the token (env SLURM_TOKEN_SECRET; default slurm_token_<cluster>)")
+    g.add_argument("--jwt-key-file", help="mint tokens from this HS256 key file, e.g. a copy of jwt_hs256.key (env SLURM_JWT_KEY_FILE)")
+    g.add_argument("--jwt-key-secret", help="mint tokens from the key in this Secrets Manager secret (env SLURM_JWT_KEY_SECRET)")
+    g.add_argument("--auth-header", choices=("x-slurm", "bearer"), help="send the token as X-SLURM-USER-TOKEN (default) or Authorization: Bearer (env SLURM_AUTH_HEADER)")
     g.add_argument("--api-version", help="pin the REST version, e.g. v0.0.40 (env SLURM_API_VERSION); default: newest both sides know")
     g.add_argument("--ca-bundle", help="PEM file that signs or is the head node's certificate (env SLURM_CA_BUNDLE)")
     g.add_argument("--public-ip", action="store_true", default=None, help="use the head node's public IP (env SLURM_USE_PUBLIC_IP)")
@@ -42,6 +45,9 @@ _FLAG_TO_SETTING = {
     "url": "slurm_url",
     "token": "token",
     "token_secret": "token_secret",
+    "jwt_key_file": "jwt_key_file",
+    "jwt_key_secret": "jwt_key_secret",
+    "auth_header": "auth_header",
     "api_version": "api_version",
     "ca_bundle": "ca_bundle",
     "public_ip": "use_public_ip",

@@ -37,6 +37,9 @@ from chalicelib.slurm.errors import (
 from chalicelib.slurm.models import Job, JobsPage, JobSubmission, SubmitResult
 
 log = logging.getLogger(__name__)
+# How the token travels: slurmrestd's own headers, or a standard bearer token (Slurm
+# 23.02+; the only form AWS PCS takes, with no user-name header).
+AUTH_HEADERS = ("x-slurm", "bearer")
 # The shortest HS256 JWS: a 20-character header, a payload, a 43-character signature.
 MIN_JWT_LENGTH = 16
 
@@ -66,7 +69,10 @@ class SlurmClient:
         user: str,
         session: requests.Session | None = None,
         api_version: str | None = None,
+        auth_header: str = "x-slurm",
     ) -> None:
+        if auth_header not in AUTH_HEADERS:
+            raise ValueError(f"auth header {auth_header!r}: use one of {', '.join(AUTH_HEADERS)}")
         if api_version is not None and api_version not in DIALECTS:
             raise SlurmVersionError(
                 f"API version {api_version!r} is not one this client speaks "
@@ -74,6 +80,7 @@ class SlurmClient:
             )
         self.base_url = base_url.rstrip("/")
         self.user = user
+        self.auth_header = auth_header
         self._auth = auth
         if session is None:
             from chalicelib.slurm.transport import build_session
@@ -249,7 +256,10 @@ class SlurmClient:
     ) -> tuple[int, Any, str]:
         """(status, JSON body or None, text of a non-JSON body)."""
         url = self.base_url + path
-        headers = {"X-SLURM-USER-NAME": self._user(), "X-SLURM-USER-TOKEN": token.reveal()}
+        if self.auth_header == "bearer":  # the user is the token's own (sun); PCS allows no other
+            headers = {"Authorization": f"Bearer {token.reveal()}"}
+        else:
+            headers = {"X-SLURM-USER-NAME": self._user(), "X-SLURM-USER-TOKEN": token.reveal()}
         failure = None
         try:
             # No redirects: requests would carry the X-SLURM-* headers to wherever a
@@ -388,20 +398,42 @@ def build_client(
             scheme=settings.slurm_scheme,
             port=settings.slurm_port,
         )
-    auth: TokenProvider
-    if settings.token:
-        auth = StaticToken(settings.token)
-    else:
-        from chalicelib.slurm.auth import SecretsManagerToken
-
-        auth = SecretsManagerToken(secrets(), settings.secret_id, settings.token_cache_seconds)
+    auth = token_provider(settings, secrets)
     if session is None:
         session = build_session(
             settings, secrets_client=secrets, ssm_client=lambda: ssm_client or _boto("ssm")
         )
     return SlurmClient(
-        url, auth, user=settings.slurm_user, session=session, api_version=settings.api_version
+        url, auth, user=settings.slurm_user, session=session, api_version=settings.api_version,
+        auth_header=settings.auth_header,
     )
+
+
+def token_provider(settings: Settings, secrets: Callable[[], Any]) -> TokenProvider:
+    """A token given directly, minted from a signing key, or read from the token secret
+    (in that order); ``secrets`` makes the Secrets Manager client when one is needed."""
+    if settings.token:
+        return StaticToken(settings.token)
+    if settings.mints_tokens:
+        from chalicelib.slurm.minting import Identity, MintedToken, SigningKey
+
+        if settings.jwt_key_file:
+            key = SigningKey.from_file(settings.jwt_key_file)
+        else:
+            assert settings.jwt_key_secret
+            key = SigningKey.from_secret(
+                secrets(), settings.jwt_key_secret, encoding=settings.jwt_key_encoding,
+                max_age=settings.token_cache_seconds,
+            )
+        identity = None
+        if settings.slurm_uid is not None:
+            if settings.slurm_gid is None:
+                raise ValueError("SLURM_UID is set without SLURM_GID: minted tokens need both")
+            identity = Identity(settings.slurm_uid, settings.slurm_gid)
+        return MintedToken(key, settings.slurm_user, settings.jwt_lifetime, identity)
+    from chalicelib.slurm.auth import SecretsManagerToken
+
+    return SecretsManagerToken(secrets(), settings.secret_id, settings.token_cache_seconds)
 
 
 def _boto(service: str) -> Any:
