@@ -47,6 +47,7 @@ class Settings:
     jwt_lifetime: int = 900  # seconds a minted token lives
     slurm_uid: int | None = None  # uid/gid/id claims of minted tokens (PCS needs them)
     slurm_gid: int | None = None
+    pcs_cluster: str | None = None  # an AWS PCS cluster (id or name): endpoint and key from GetCluster
     use_public_ip: bool = False
     slurm_port: int | None = None  # port on the discovered head node
     slurm_scheme: str = "https"
@@ -54,6 +55,7 @@ class Settings:
     ca_secret: str | None = None  # Secrets Manager id holding the head node's PEM
     ca_parameter: str | None = None  # SSM parameter holding the head node's PEM
     insecure: bool = False  # turn TLS verification off (logs a warning)
+    allow_http: bool = False  # plain HTTP to a non-loopback address (logs a warning); PCS implies it
     connect_timeout: float = 3.05
     read_timeout: float = 30.0
     retries: int = 3
@@ -102,6 +104,7 @@ class Settings:
             jwt_lifetime=_int(g("SLURM_JWT_LIFETIME"), 900),
             slurm_uid=_optional_int(g("SLURM_UID")),
             slurm_gid=_optional_int(g("SLURM_GID")),
+            pcs_cluster=g("SLURM_PCS_CLUSTER") or None,
             use_public_ip=_bool(g("SLURM_USE_PUBLIC_IP")),
             slurm_port=_int(g("SLURM_PORT"), 0) or None,
             slurm_scheme=g("SLURM_SCHEME", "https"),
@@ -109,6 +112,7 @@ class Settings:
             ca_secret=g("SLURM_CA_SECRET") or None,
             ca_parameter=g("SLURM_CA_PARAMETER") or None,
             insecure=_bool(g("SLURM_INSECURE")),
+            allow_http=_bool(g("SLURM_ALLOW_HTTP")),
             connect_timeout=float(g("SLURM_CONNECT_TIMEOUT") or 3.05),
             read_timeout=float(g("SLURM_READ_TIMEOUT") or 30.0),
             retries=_int(g("SLURM_RETRIES"), 3),

@@ -28,6 +28,7 @@ def common_options() -> argparse.ArgumentParser:
     g.add_argument("--url", help="slurmrestd base URL, e.g. https://10.0.0.5:8082 (env SLURM_URL); default: find the head node through EC2")
     g.add_argument("--token", help="JWT to use instead of the Secrets Manager secret (env SLURM_TOKEN)")
     g.add_argument("--token-secret", help="Secrets Manager id of the token (env SLURM_TOKEN_SECRET; default slurm_token_<cluster>)")
+    g.add_argument("--pcs-cluster", help="an AWS PCS cluster (id or name): endpoint and signing key from GetCluster, Bearer tokens minted here (env SLURM_PCS_CLUSTER; needs SLURM_UID/SLURM_GID)")
     g.add_argument("--jwt-key-file", help="mint tokens from this HS256 key file, e.g. a copy of jwt_hs256.key (env SLURM_JWT_KEY_FILE)")
     g.add_argument("--jwt-key-secret", help="mint tokens from the key in this Secrets Manager secret (env SLURM_JWT_KEY_SECRET)")
     g.add_argument("--auth-header", choices=("x-slurm", "bearer"), help="send the token as X-SLURM-USER-TOKEN (default) or Authorization: Bearer (env SLURM_AUTH_HEADER)")
@@ -45,6 +46,7 @@ _FLAG_TO_SETTING = {
     "url": "slurm_url",
     "token": "token",
     "token_secret": "token_secret",
+    "pcs_cluster": "pcs_cluster",
     "jwt_key_file": "jwt_key_file",
     "jwt_key_secret": "jwt_key_secret",
     "auth_header": "auth_header",

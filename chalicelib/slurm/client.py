@@ -7,7 +7,7 @@ the transport's session, and turns every answer that is not a success into a typ
 from __future__ import annotations
 
 import logging
-from typing import Any, AnyStr, Callable, Mapping
+from typing import TYPE_CHECKING, Any, AnyStr, Callable, Mapping
 
 import msgspec
 import requests
@@ -35,6 +35,9 @@ from chalicelib.slurm.errors import (
     SlurmVersionError,
 )
 from chalicelib.slurm.models import Job, JobsPage, JobSubmission, SubmitResult
+
+if TYPE_CHECKING:
+    from chalicelib.slurm.pcs import PcsCluster
 
 log = logging.getLogger(__name__)
 # How the token travels: slurmrestd's own headers, or a standard bearer token (Slurm
@@ -377,17 +380,26 @@ def build_client(
     secrets_client: Any = None,
     ec2_client: Any = None,
     ssm_client: Any = None,
+    pcs_client: Any = None,
     session: requests.Session | None = None,
 ) -> SlurmClient:
     """A client for ``settings``; AWS clients are made only when something needs them
-    (no EC2 when ``slurm_url`` is set, no Secrets Manager when ``token`` is given)."""
-    from chalicelib.slurm.transport import build_session
+    (no EC2 when ``slurm_url`` is set, no Secrets Manager when ``token`` is given, PCS
+    only for a PCS target)."""
+    from chalicelib.slurm.transport import build_session, check_plain_http
 
     def secrets() -> Any:
         return secrets_client or _boto("secretsmanager")
 
+    cluster = None
+    if settings.pcs_cluster:
+        from chalicelib.slurm.pcs import describe
+
+        cluster = describe(pcs_client or _boto("pcs"), settings.pcs_cluster, use_public_ip=settings.use_public_ip)
     if settings.slurm_url:
         url = settings.slurm_url
+    elif cluster is not None:
+        url = cluster.rest_url
     else:
         from chalicelib.slurm.discovery import head_node_url
 
@@ -398,42 +410,71 @@ def build_client(
             scheme=settings.slurm_scheme,
             port=settings.slurm_port,
         )
-    auth = token_provider(settings, secrets)
+    # PCS serves slurmrestd over plain HTTP only: naming a PCS cluster is the explicit choice.
+    check_plain_http(url, allowed=settings.allow_http or cluster is not None,
+                     why=f"PCS cluster {cluster.name}" if cluster else "SLURM_ALLOW_HTTP=true")
+    auth = token_provider(settings, secrets, cluster)
     if session is None:
         session = build_session(
             settings, secrets_client=secrets, ssm_client=lambda: ssm_client or _boto("ssm")
         )
     return SlurmClient(
         url, auth, user=settings.slurm_user, session=session, api_version=settings.api_version,
-        auth_header=settings.auth_header,
+        auth_header="bearer" if cluster is not None else settings.auth_header,
     )
 
 
-def token_provider(settings: Settings, secrets: Callable[[], Any]) -> TokenProvider:
-    """A token given directly, minted from a signing key, or read from the token secret
-    (in that order); ``secrets`` makes the Secrets Manager client when one is needed."""
+def token_provider(
+    settings: Settings, secrets: Callable[[], Any], cluster: "PcsCluster | None" = None
+) -> TokenProvider:
+    """A token given directly, minted from a signing key (a PCS cluster's own, a key file,
+    a key secret), or read from the token secret; ``secrets`` makes the Secrets Manager
+    client when one is needed."""
     if settings.token:
         return StaticToken(settings.token)
-    if settings.mints_tokens:
-        from chalicelib.slurm.minting import Identity, MintedToken, SigningKey
+    if not settings.mints_tokens and cluster is None:
+        from chalicelib.slurm.auth import SecretsManagerToken
 
-        if settings.jwt_key_file:
-            key = SigningKey.from_file(settings.jwt_key_file)
-        else:
-            assert settings.jwt_key_secret
-            key = SigningKey.from_secret(
-                secrets(), settings.jwt_key_secret, encoding=settings.jwt_key_encoding,
-                max_age=settings.token_cache_seconds,
+        return SecretsManagerToken(secrets(), settings.secret_id, settings.token_cache_seconds)
+    from chalicelib.slurm.minting import Identity, MintedToken, SigningKey
+
+    if settings.jwt_key_file:
+        key = SigningKey.from_file(settings.jwt_key_file)
+    elif cluster is not None:
+        if settings.jwt_key_secret and not same_secret(settings.jwt_key_secret, cluster.jwt_key_secret):
+            raise ValueError(
+                f"SLURM_JWT_KEY_SECRET is {settings.jwt_key_secret!r} but PCS cluster {cluster.name!r} "
+                f"signs with {cluster.jwt_key_secret!r}: set it to that ARN and re-render the policies"
             )
-        identity = None
-        if settings.slurm_uid is not None:
-            if settings.slurm_gid is None:
-                raise ValueError("SLURM_UID is set without SLURM_GID: minted tokens need both")
-            identity = Identity(settings.slurm_uid, settings.slurm_gid)
-        return MintedToken(key, settings.slurm_user, settings.jwt_lifetime, identity)
-    from chalicelib.slurm.auth import SecretsManagerToken
+        key = SigningKey.from_secret(
+            secrets(), cluster.jwt_key_secret, version_id=cluster.jwt_key_version,
+            encoding=settings.jwt_key_encoding, max_age=settings.token_cache_seconds,
+        )
+    else:
+        assert settings.jwt_key_secret
+        key = SigningKey.from_secret(
+            secrets(), settings.jwt_key_secret, encoding=settings.jwt_key_encoding,
+            max_age=settings.token_cache_seconds,
+        )
+    identity = None
+    if settings.slurm_uid is not None or settings.slurm_gid is not None:
+        if settings.slurm_uid is None or settings.slurm_gid is None:
+            raise ValueError("minted tokens need both SLURM_UID and SLURM_GID, or neither")
+        identity = Identity(settings.slurm_uid, settings.slurm_gid)
+    elif cluster is not None:
+        raise ValueError(
+            f"PCS cluster {cluster.name!r} takes the user's identity from the token: set SLURM_UID "
+            f"and SLURM_GID to {settings.slurm_user!r}'s uid and gid on the cluster's nodes"
+        )
+    return MintedToken(key, settings.slurm_user, settings.jwt_lifetime, identity)
 
-    return SecretsManagerToken(secrets(), settings.secret_id, settings.token_cache_seconds)
+
+def same_secret(setting: str, arn: str) -> bool:
+    """``setting`` (a secret's name or full ARN) names the secret of ``arn``."""
+    if setting.startswith("arn:"):
+        return setting == arn
+    name = arn.split(":secret:", 1)[-1]
+    return name == setting or name.rsplit("-", 1)[0] == setting
 
 
 def _boto(service: str) -> Any:

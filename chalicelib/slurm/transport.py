@@ -9,10 +9,12 @@ configured timeouts from the adapter, so no call site can forget them.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import os
 import tempfile
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -112,6 +114,32 @@ def tls_verify(
         pem = SSMProvider(boto3_client=client).get(settings.ca_parameter, decrypt=True)
         return pem_file(str(pem))
     return True
+
+
+def check_plain_http(url: str, *, allowed: bool, why: str = "SLURM_ALLOW_HTTP=true") -> None:
+    """Plain HTTP carries the token in the clear. Loopback (a local cluster, an SSH
+    tunnel) is fine; any other address needs an explicit ``allowed`` (``why`` says
+    which setting gave it) and gets a warning (once per client built: per cold start)."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or _loopback(parts.hostname or ""):
+        return
+    if not allowed:
+        raise ValueError(
+            f"{url} is plain HTTP to another host: the token would cross the network in the clear. "
+            "Use https (nginx in front of slurmrestd, docs/deploy.md step 4), or allow it "
+            "explicitly with SLURM_ALLOW_HTTP=true"
+        )
+    log.warning(
+        "plain HTTP to slurmrestd at %s (%s): tokens cross the VPC unencrypted; keep them "
+        "short-lived and the security group tight", url, why,
+    )
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def pem_file(pem: str) -> str:

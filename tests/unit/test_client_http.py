@@ -4,6 +4,7 @@ status and body), so error mapping, negotiation, token refetch and retries run t
 requests/urllib3 exactly as in production."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import socket
@@ -404,7 +405,7 @@ def test_build_client_uses_no_aws_when_url_and_token_given(fake: FakeSlurm) -> N
     assert fake.seen[-1].headers["X-SLURM-USER-NAME"] == "carol"
 
 
-def test_build_client_discovers_and_reads_secret(aws: Any, fake: FakeSlurm) -> None:
+def test_build_client_discovers_and_reads_secret(aws: Any, fake: FakeSlurm, caplog: pytest.LogCaptureFixture) -> None:
     import boto3
 
     from chalicelib.slurm import discovery
@@ -419,6 +420,11 @@ def test_build_client_discovers_and_reads_secret(aws: Any, fake: FakeSlurm) -> N
     sm = boto3.client("secretsmanager")
     sm.create_secret(Name="slurm_token_demo", SecretString=GOOD)
     settings = Settings(cluster_name="demo", slurm_scheme="http", slurm_port=6820, api_version="v0.0.42")
-    client = build_client(settings, secrets_client=sm, ec2_client=ec2)
+    with pytest.raises(ValueError, match="plain HTTP to another host") as exc:
+        build_client(settings, secrets_client=sm, ec2_client=ec2)
+    assert "SLURM_ALLOW_HTTP=true" in str(exc.value)
+    caplog.set_level(logging.WARNING, logger="chalicelib")
+    client = build_client(dataclasses.replace(settings, allow_http=True), secrets_client=sm, ec2_client=ec2)
     assert client.base_url == f"http://{ip}:6820"
+    assert "plain HTTP to slurmrestd" in caplog.text and GOOD not in caplog.text
     discovery.clear_cache()

@@ -250,11 +250,7 @@ def test_policy_files_are_rendered_from_config() -> None:
 
 
 def test_render_policies_for_another_account_and_region() -> None:
-    loader = importlib.machinery.SourceFileLoader("render_policies", str(RENDER))
-    spec = importlib.util.spec_from_file_location(loader.name, RENDER, loader=loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    docs = module.render("prod", "111122223333", "eu-west-1", "aws")
+    docs = render_module().render("prod", "111122223333", "eu-west-1", "aws")
     assert set(docs) == {f"policy-prod-{f}.json" for f in CONFIG["stages"]["prod"]["lambda_functions"]}
     for doc in docs.values():
         for st in doc["Statement"]:
@@ -265,6 +261,50 @@ def test_render_policies_for_another_account_and_region() -> None:
                     assert ":eu-west-1:111122223333:" in arn, arn
             if st["Action"] == ["ec2:DescribeInstances"]:
                 assert st["Condition"] == {"StringEquals": {"aws:RequestedRegion": "eu-west-1"}}
+
+
+def render_module() -> Any:
+    loader = importlib.machinery.SourceFileLoader("render_policies", str(RENDER))
+    spec = importlib.util.spec_from_file_location(loader.name, RENDER, loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def rendered_with(tmp_path: Path, **env: str) -> dict[str, dict[str, Any]]:
+    """The dev stage's policies with ``env`` added to its variables."""
+    config = json.loads(json.dumps(CONFIG))
+    config["stages"]["dev"]["environment_variables"].update(env)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return render_module().render("dev", "111122223333", "eu-west-1", "aws", config_path=path)
+
+
+def slurm_statements(docs: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    doc = docs["policy-dev-poll_jobs.json"]
+    return {st["Sid"]: st["Resource"] for st in doc["Statement"]
+            if st["Sid"] in ("ReadSlurmToken", "FindHeadNode", "DescribePcsCluster")}
+
+
+def test_minted_tokens_read_the_key_secret_not_the_token(tmp_path: Path) -> None:
+    found = slurm_statements(rendered_with(tmp_path, SLURM_JWT_KEY_SECRET="slurm_jwt_key_dev-cluster"))
+    assert found["ReadSlurmToken"] == ["arn:aws:secretsmanager:eu-west-1:111122223333:secret:slurm_jwt_key_dev-cluster-??????"]
+
+
+def test_a_pcs_target_names_its_cluster_and_key_secret(tmp_path: Path) -> None:
+    arn = "arn:aws:secretsmanager:eu-west-1:111122223333:secret:pcs!slurm-jwt-key-lab-AbCdEf"
+    found = slurm_statements(rendered_with(tmp_path, SLURM_PCS_CLUSTER="pcs_4ahbm6fbzy", SLURM_JWT_KEY_SECRET=arn))
+    assert found == {"ReadSlurmToken": [arn],
+                     "DescribePcsCluster": ["arn:aws:pcs:eu-west-1:111122223333:cluster/pcs_4ahbm6fbzy"]}
+
+
+@pytest.mark.parametrize("env,match", [
+    ({"SLURM_PCS_CLUSTER": "pcs_4ahbm6fbzy"}, "jwtKey.secretArn"),
+    ({"SLURM_PCS_CLUSTER": "lab-pcs", "SLURM_JWT_KEY_SECRET": "arn:aws:secretsmanager:x"}, "--query cluster.id"),
+])
+def test_a_pcs_stage_must_say_what_the_policy_names(tmp_path: Path, env: dict[str, str], match: str) -> None:
+    with pytest.raises(SystemExit, match=match):
+        rendered_with(tmp_path, **env)
 
 
 @pytest.mark.parametrize("stage", STAGES)

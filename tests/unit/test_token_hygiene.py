@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from event_queue import events_to_queue
 from fakeslurm import FakeSlurm, Reply, Seen, self_signed
 
 from chalicelib.cli import main
@@ -326,12 +327,9 @@ def test_trigger_events_and_logs_never_show_the_token(name: str, aws: Any, fake:
     (tmp_path / "pipelines").mkdir()
     (tmp_path / "pipelines" / "p.yaml").write_text(
         "name: p\nmatch: {prefix: in/}\njob:\n  script: |\n    #!/bin/bash\n    true\n")
-    ddb, events, sqs = boto3.client("dynamodb"), boto3.client("events"), boto3.client("sqs")
+    ddb, events = boto3.client("dynamodb"), boto3.client("events")
     create_table(ddb, "idem")
-    queue = sqs.create_queue(QueueName="events")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    events.put_rule(Name="all", EventPattern=json.dumps({"source": ["slurm-trigger"]}))
-    events.put_targets(Rule="all", Targets=[{"Id": "q", "Arn": arn}])
+    read_events = events_to_queue()
     settings = Settings(slurm_url=url, token=jwt, slurm_user="alice", api_version=VERSION, retries=0,
                         read_timeout=0.3, pipelines_path=str(tmp_path / "pipelines"), idempotency_table="idem")
     trigger = build_trigger(settings, dynamodb_client=ddb, events_client=events)
@@ -344,7 +342,7 @@ def test_trigger_events_and_logs_never_show_the_token(name: str, aws: Any, fake:
         texts += exception_texts(exc)
     finally:
         logger.registered_handler.setStream(stream)
-    published = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+    published = read_events()
     out = capsys.readouterr()
     texts += [json.dumps(published), out.out, out.err, logs.text, lines.getvalue()]
     assert '"submission' in lines.getvalue()  # the log line was written
