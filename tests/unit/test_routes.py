@@ -17,6 +17,7 @@ from chalicelib.localrun import sqs_lambda_event
 from chalicelib.s3events import EventShapeError, ObjectRef
 from chalicelib.settings import Settings
 from chalicelib.trigger import BatchNotDone, Outcome, Trigger
+from lambda_semantics import destination_record  # noqa: I001 - tests/
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 ARN = "arn:aws:sqs:us-east-1:123456789012:input"
@@ -24,23 +25,6 @@ ARN = "arn:aws:sqs:us-east-1:123456789012:input"
 
 def sample(name: str) -> dict[str, Any]:
     return json.loads((EVENTS / name).read_text())
-
-
-def destination_record(payload: Any) -> dict[str, Any]:
-    """What Lambda sends to an on-failure destination after the last retry."""
-    return {
-        "version": "1.0",
-        "timestamp": "2026-12-01T10:00:00.000Z",
-        "requestContext": {
-            "requestId": "e4b46cbf-b738-4b1d-8880-a18cdf61200e",
-            "functionArn": "arn:aws:lambda:us-east-1:123456789012:function:slurm-trigger-dev-on_object_event:$LATEST",
-            "condition": "RetriesExhausted",
-            "approximateInvokeCount": 3,
-        },
-        "requestPayload": payload,
-        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
-        "responsePayload": {"errorMessage": "slurmrestd unreachable", "errorType": "SlurmUnavailableError"},
-    }
 
 
 class Metrics:
