@@ -442,6 +442,7 @@ def test_sqs_mapping_reports_batch_item_failures(packaged: dict[Any, Any], stage
     fn, props = sqs_function(packaged, stage, "sqs")
     assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert fn["Environment"]["Variables"]["SQS_REPORT_BATCH_ITEM_FAILURES"] == "true"
+    assert fn["Environment"]["Variables"].items() >= stage_env(stage).items()  # merged, not replaced
     assert props["Queue"]["Fn::Sub"].endswith(":" + stage_env(stage)["INPUT_QUEUE"])
     assert resolve_sub(fn["FunctionName"], stage) == f"{CONFIG['app_name']}-{stage}-on_queue_message"
 
