@@ -20,24 +20,34 @@ POLL_RATE_MINUTES = int(os.environ.get("POLL_RATE_MINUTES") or 1)
 
 
 @lru_cache(maxsize=1)
-def _tracker() -> Tracker:
-    """One per container: the token cache and the HTTP connections survive warm starts."""
-    settings = Settings.from_env()
-    return build_tracker(settings, build_client(settings), boto3.client("dynamodb"), boto3.client("events"))
+def _trackers() -> tuple[Tracker, ...]:
+    """One per target and container: token caches and HTTP connections survive warm starts."""
+    ddb, events = boto3.client("dynamodb"), boto3.client("events")
+    return tuple(build_tracker(s, build_client(s), ddb, events) for s in Settings.from_env().targets().values())
 
 
 @app.schedule(Rate(POLL_RATE_MINUTES, unit=Rate.MINUTES))
 def poll_jobs(event):
-    """Publish every state change of the tracked jobs. The lease lasts as long as this
-    invocation may, so a poll that dies frees the cluster for the next one."""
+    """Publish every state change of the tracked jobs, each target under its own lease
+    and cursor. A lease lasts as long as this invocation may, so a poll that dies frees
+    the cluster for the next one."""
     context = getattr(event, "context", None)
-    lease = context.get_remaining_time_in_millis() / 1000 + 5 if context else None
+    out, failed = {}, []
     try:
-        result = _tracker().poll(lease_seconds=lease)
-        record_metrics(result, metrics)
+        for tracker in _trackers():  # one unreachable cluster does not stop the others' polls
+            lease = context.get_remaining_time_in_millis() / 1000 + 5 if context else None
+            try:
+                result = tracker.poll(lease_seconds=lease)
+            except Exception as exc:
+                failed.append(exc)
+                continue
+            record_metrics(result, metrics)
+            out[tracker.cluster] = {"skipped": result.skipped, "transitions": result.transitions, "lost": result.lost}
     finally:
         metrics.flush_metrics()
-    return {"skipped": result.skipped, "transitions": result.transitions, "lost": result.lost}
+    if failed:
+        raise failed[0]
+    return out if len(out) > 1 else next(iter(out.values()))
 
 
 # --- trigger (docs/trigger.md) -------------------------------------------------------------

@@ -6,8 +6,9 @@ README's configuration reference; this module is the only place that reads them.
 """
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -22,6 +23,50 @@ def _bool(value: str | None, default: bool = False) -> bool:
 
 def _int(value: str | None, default: int) -> int:
     return int(value) if value not in (None, "") else default
+
+
+# What a target (SLURM_TARGETS) may set: the variables of "the cluster and its Slurm
+# REST API", and the Settings fields they fill (tests/unit/test_targets.py keeps the
+# two in step with from_env).
+CLUSTER_VARIABLES = {
+    "SLURM_CLUSTER_NAME": "cluster_name", "SLURM_URL": "slurm_url", "SLURM_USER": "slurm_user",
+    "SLURM_API_VERSION": "api_version", "SLURM_TOKEN": "token", "SLURM_TOKEN_SECRET": "token_secret",
+    "SLURM_TOKEN_CACHE_SECONDS": "token_cache_seconds", "SLURM_AUTH_HEADER": "auth_header",
+    "SLURM_JWT_KEY_SECRET": "jwt_key_secret", "SLURM_JWT_KEY_FILE": "jwt_key_file",
+    "SLURM_JWT_KEY_ENCODING": "jwt_key_encoding", "SLURM_JWT_LIFETIME": "jwt_lifetime",
+    "SLURM_UID": "slurm_uid", "SLURM_GID": "slurm_gid", "SLURM_PCS_CLUSTER": "pcs_cluster",
+    "SLURM_USE_PUBLIC_IP": "use_public_ip", "SLURM_PORT": "slurm_port", "SLURM_SCHEME": "slurm_scheme",
+    "SLURM_CA_BUNDLE": "ca_bundle", "SLURM_CA_SECRET": "ca_secret", "SLURM_CA_PARAMETER": "ca_parameter",
+    "SLURM_INSECURE": "insecure", "SLURM_ALLOW_HTTP": "allow_http", "SLURM_CONNECT_TIMEOUT": "connect_timeout",
+    "SLURM_READ_TIMEOUT": "read_timeout", "SLURM_RETRIES": "retries",
+}
+CLUSTER_FIELDS = tuple(CLUSTER_VARIABLES.values())
+TARGET_INHERITS = {"connect_timeout": "SLURM_CONNECT_TIMEOUT", "read_timeout": "SLURM_READ_TIMEOUT",
+                   "retries": "SLURM_RETRIES", "token_cache_seconds": "SLURM_TOKEN_CACHE_SECONDS"}
+
+
+def _parse_targets(text: str | None) -> dict[str, dict[str, str]]:
+    """``SLURM_TARGETS``: a JSON object of target name -> its cluster variables."""
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"SLURM_TARGETS is not JSON: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ValueError('SLURM_TARGETS must be a JSON object: {"<name>": {"SLURM_URL": "...", ...}, ...}')
+    out = {}
+    for name, variables in data.items():
+        unknown = sorted(set(variables) - set(CLUSTER_VARIABLES))
+        if unknown or not name:
+            raise ValueError(
+                f"SLURM_TARGETS target {name!r}: {', '.join(unknown) or 'an empty name'} "
+                f"cannot be set per target (these can: {', '.join(sorted(CLUSTER_VARIABLES))})"
+            )
+        if "SLURM_CLUSTER_NAME" in variables:
+            raise ValueError(f"SLURM_TARGETS target {name!r}: its name is its cluster name; drop SLURM_CLUSTER_NAME")
+        out[str(name)] = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in variables.items()}
+    return out
 
 
 def _optional_int(value: str | None) -> int | None:
@@ -59,6 +104,8 @@ class Settings:
     connect_timeout: float = 3.05
     read_timeout: float = 30.0
     retries: int = 3
+    # More clusters, by name: JSON {"<name>": {"SLURM_...": "...", ...}} (see targets())
+    targets_json: str | None = None
 
     # --- the trigger
     pipelines_path: str = str(PROJECT_ROOT / "pipelines")
@@ -87,6 +134,33 @@ class Settings:
     def mints_tokens(self) -> bool:
         """Tokens are signed here (from a key) instead of read ready-made."""
         return not self.token and bool(self.jwt_key_secret or self.jwt_key_file)
+
+    def targets(self) -> dict[str, "Settings"]:
+        """Every cluster this deployment talks to, by name: first the default one (the
+        plain ``SLURM_*`` variables, named ``cluster_name``), then each of
+        ``SLURM_TARGETS``. An extra target starts from the defaults, not from the default
+        target's variables (a URL or secret inherited by mistake would send jobs to the
+        wrong cluster); only the HTTP timeouts, retries and cache age carry over."""
+        out = {self.cluster_name: self}
+        for name, overrides in _parse_targets(self.targets_json).items():
+            if name in out:
+                raise ValueError(f"SLURM_TARGETS: target {name!r} is already the default target's name")
+            parsed = Settings.from_env({"SLURM_CLUSTER_NAME": name, **overrides})
+            fields = {f: getattr(parsed, f) for f in CLUSTER_FIELDS}
+            for f, var in TARGET_INHERITS.items():
+                if var not in overrides:
+                    fields[f] = getattr(self, f)
+            out[name] = replace(self, **fields)
+        return out
+
+    def target(self, name: str | None) -> "Settings":
+        """One of ``targets()``; None is the default target."""
+        if name is None:
+            return self
+        found = self.targets()
+        if name not in found:
+            raise ValueError(f"no target {name!r}: the targets are {', '.join(found)}")
+        return found[name]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -119,6 +193,7 @@ class Settings:
             connect_timeout=float(g("SLURM_CONNECT_TIMEOUT") or 3.05),
             read_timeout=float(g("SLURM_READ_TIMEOUT") or 30.0),
             retries=_int(g("SLURM_RETRIES"), 3),
+            targets_json=g("SLURM_TARGETS") or None,
             pipelines_path=g("PIPELINES_PATH") or str(PROJECT_ROOT / "pipelines"),
             idempotency_table=g("IDEMPOTENCY_TABLE", "slurm-trigger-idempotency"),
             idempotency_ttl_days=_int(g("IDEMPOTENCY_TTL_DAYS"), 30),

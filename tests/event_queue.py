@@ -17,7 +17,10 @@ def events_to_queue(name: str = "events", source: str = "slurm-trigger") -> Call
     events.put_targets(Rule=f"{name}-all", Targets=[{"Id": "q", "Arn": arn}])
 
     def published() -> list[dict[str, Any]]:
+        """Up to 10 events not read before (read ones are deleted)."""
         got = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+        for m in got:
+            sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
         return [json.loads(m["Body"]) for m in got]
 
     return published

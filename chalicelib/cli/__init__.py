@@ -24,6 +24,7 @@ def common_options() -> argparse.ArgumentParser:
     """Options every subcommand takes; flags win over environment variables."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("cluster")
+    g.add_argument("-t", "--target", help="one of the deployment's clusters by name (env SLURM_TARGETS); default: the default one, SLURM_CLUSTER_NAME")
     g.add_argument("-n", "--cluster-name", help="ParallelCluster name (env SLURM_CLUSTER_NAME)")
     g.add_argument("-u", "--cluster-user", help="Slurm user, X-SLURM-USER-NAME (env SLURM_USER)")
     g.add_argument("--url", help="slurmrestd base URL, e.g. https://10.0.0.5:8082 (env SLURM_URL); default: find the head node through EC2")
@@ -59,13 +60,13 @@ _FLAG_TO_SETTING = {
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Environment first, then any flag the user gave."""
+    """Environment first (the target ``--target`` names), then any flag the user gave."""
     overrides = {
         setting: getattr(args, flag)
         for flag, setting in _FLAG_TO_SETTING.items()
         if getattr(args, flag, None) is not None
     }
-    return dataclasses.replace(Settings.from_env(), **overrides)
+    return dataclasses.replace(Settings.from_env().target(getattr(args, "target", None)), **overrides)
 
 
 def emit(data: Any, fmt: str, columns: Sequence[str] | None = None) -> None:

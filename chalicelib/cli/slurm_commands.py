@@ -13,8 +13,10 @@ from datetime import datetime
 from typing import Any
 
 from chalicelib.cli import emit, settings_from_args
+from chalicelib.settings import Settings
 from chalicelib.slurm import SlurmClient, build_client
 from chalicelib.slurm.dialects import DIALECTS
+from chalicelib.slurm.errors import SlurmError
 from chalicelib.slurm.models import Job, JobSubmission
 
 JOB_COLUMNS = ("job_id", "name", "state", "reason", "exit_code", "user", "partition", "submit_time")
@@ -98,25 +100,35 @@ def cmd_diag(args: argparse.Namespace) -> int:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
+    """Served, known and negotiated per target: every target of the deployment, or the
+    one ``--target`` names. A target that cannot be reached gets its error, not a stop."""
     settings = settings_from_args(args)
-    client = build_client(settings)
-    data = {
-        "url": client.base_url,
-        "served": client.served_versions(),
-        "known": list(DIALECTS),
-        "pinned": settings.api_version,
-        "negotiated": client.version,
-    }
+    targets = {settings.cluster_name: settings} if args.target else dict(settings.targets())
+    data = [_versions(name, target) for name, target in targets.items()]
     if args.format == "table":
         rows = [
-            {"version": v, "served": v in data["served"], "known": v in DIALECTS,
-             "used": v == data["negotiated"]}
-            for v in sorted(set(data["served"]) | set(DIALECTS))
+            {"target": t["target"], "version": v, "served": v in t["served"], "known": v in DIALECTS,
+             "used": v == t["negotiated"]}
+            for t in data for v in sorted(set(t["served"]) | set(DIALECTS))
         ]
-        emit(rows, "table", ("version", "served", "known", "used"))
+        rows += [{"target": t["target"], "version": "-", "error": t["error"]} for t in data if "error" in t]
+        emit(rows, "table", ("target", "version", "served", "known", "used", "error"))
     else:
         emit(data, "json")
-    return 0
+    return 1 if any("error" in t for t in data) else 0
+
+
+def _versions(name: str, settings: Settings) -> dict[str, Any]:
+    out: dict[str, Any] = {"target": name, "served": [], "known": list(DIALECTS),
+                           "pinned": settings.api_version, "negotiated": None}
+    try:
+        client = build_client(settings)
+        out["url"] = client.base_url
+        out["served"] = client.served_versions()
+        out["negotiated"] = client.version
+    except (SlurmError, ValueError, OSError) as exc:
+        out["error"] = str(exc)
+    return out
 
 
 def _read_submission(path: str) -> JobSubmission:

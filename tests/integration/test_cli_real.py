@@ -52,6 +52,7 @@ def test_ping_diag_versions(slurm_target: Any, capsys: pytest.CaptureFixture) ->
     code, data, _ = cli(slurm_target, capsys, "diag")
     assert code == 0 and "statistics" in data
     code, data, _ = cli(slurm_target, capsys, "versions")
+    [data] = data
     assert code == 0 and data["negotiated"] == slurm_target.version and slurm_target.version in data["served"]
 
 

@@ -118,8 +118,8 @@ def test_cli_through_the_pcs_path(world: PcsWorld, capsys: pytest.CaptureFixture
     assert main(["ping"]) == 0
     assert json.loads(capsys.readouterr().out)["pings"]
     assert main(["versions"]) == 0
-    versions = json.loads(capsys.readouterr().out)
-    assert versions["negotiated"] in versions["served"]
+    [versions] = json.loads(capsys.readouterr().out)
+    assert versions["target"] == "lab-pcs" and versions["negotiated"] in versions["served"]
     tag = uuid.uuid4().hex[:10]
     spec = tmp_path / "job.json"
     spec.write_text(json.dumps({"name": f"pcs-cli-{tag}", "script": "#!/bin/bash\ntrue\n",

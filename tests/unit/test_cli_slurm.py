@@ -50,9 +50,9 @@ def test_help(command: str, capsys: pytest.CaptureFixture) -> None:
 def test_versions_and_ping(server: tuple[FakeSlurm, str], capsys: pytest.CaptureFixture) -> None:
     fake, version = server
     code, out, _ = run(fake, capsys, "versions")
-    data = json.loads(out)
+    [data] = json.loads(out)
     assert code == 0 and data["negotiated"] == version and version in data["served"]
-    assert "v0.0.43" in data["known"]
+    assert "v0.0.43" in data["known"] and data["target"] == "local"
     code, out, _ = run(fake, capsys, "ping")
     assert code == 0 and json.loads(out)["pings"][0]["status"] == "UP"
     code, out, _ = run(fake, capsys, "ping", "--format", "table")

@@ -313,6 +313,19 @@ def test_a_pcs_target_names_its_cluster_and_key_secret(tmp_path: Path) -> None:
                      "DescribePcsCluster": ["arn:aws:pcs:eu-west-1:111122223333:cluster/pcs_4ahbm6fbzy"]}
 
 
+def test_every_target_gets_its_secret_and_lookup(tmp_path: Path) -> None:
+    arn = "arn:aws:secretsmanager:eu-west-1:111122223333:secret:pcs!slurm-jwt-key-lab-AbCdEf"
+    targets = {"lab-pcs": {"SLURM_PCS_CLUSTER": "pcs_4ahbm6fbzy", "SLURM_JWT_KEY_SECRET": arn},
+               "gpu": {"SLURM_URL": "https://10.0.9.9:8082", "SLURM_JWT_KEY_SECRET": "slurm_jwt_key_gpu"}}
+    found = slurm_statements(rendered_with(tmp_path, SLURM_TARGETS=json.dumps(targets)))
+    env = stage_env("dev")
+    assert found["ReadSlurmToken"] == [
+        f"arn:aws:secretsmanager:eu-west-1:111122223333:secret:{env['SLURM_TOKEN_SECRET']}-??????", arn,
+        "arn:aws:secretsmanager:eu-west-1:111122223333:secret:slurm_jwt_key_gpu-??????"]
+    assert found["DescribePcsCluster"] == ["arn:aws:pcs:eu-west-1:111122223333:cluster/pcs_4ahbm6fbzy"]
+    assert "FindHeadNode" in found  # the default target is found through EC2
+
+
 @pytest.mark.parametrize("env,match", [
     ({"SLURM_PCS_CLUSTER": "pcs_4ahbm6fbzy"}, "jwtKey.secretArn"),
     ({"SLURM_PCS_CLUSTER": "lab-pcs", "SLURM_JWT_KEY_SECRET": "arn:aws:secretsmanager:x"}, "--query cluster.id"),

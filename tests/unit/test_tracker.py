@@ -284,7 +284,7 @@ def test_scheduled_handler_polls_and_emits_metrics(env, monkeypatch, capsys) -> 
     slurm, events, store, tracker, _ = env
     slurm.set(1, "RUNNING")
     slurm.set(2, "FAILED", exit_code=3)
-    monkeypatch.setattr(chalice_app, "_tracker", lambda: tracker())
+    monkeypatch.setattr(chalice_app, "_trackers", lambda: (tracker(),))
     with Client(chalice_app.app) as client:
         event = client.events.generate_cw_event(source="aws.events", detail_type="Scheduled Event", detail={}, resources=[])
         answer = client.lambda_.invoke("poll_jobs", event).payload
