@@ -53,6 +53,8 @@ _SHELLS = POSIX_SHELLS | {"fish", "csh", "tcsh"}
 _PYTHON = re.compile(r"(python|pypy)[0-9.]*")
 _C_OPTION = re.compile(r"-[A-Za-z]*c[A-Za-z]*")
 _EMPTY_PARENS = re.compile(r"\(\s*\)")
+_LONG_ATTACHED = re.compile(r"(--[A-Za-z0-9][A-Za-z0-9-]*)=")
+_SHORT_ATTACHED = re.compile(r"-([A-Za-z])[^-]")
 _ESAC = re.compile(r"esac(?=[\s;&|)]|\Z)")
 # Commands that run the command after them: a program is judged after these too.
 _WRAPPERS = frozenset({"sudo", "env", "nohup", "timeout", "nice", "exec", "command", "builtin", "time", "srun",
@@ -740,8 +742,15 @@ def _options(words: list[_Word], code: str, value: str, code_long: Iterable[str]
                 return
             k += 1
             continue
-        if w.lit is None:
-            yield k, "dynamic"
+        if w.lit is None:  # built by the shell: its literal start may still name the option
+            long = _LONG_ATTACHED.match(w.raw)
+            short = _SHORT_ATTACHED.match(w.raw)
+            if long:
+                yield k, "code" if long.group(1) in code_long else "value"
+            elif short and short.group(1) in code + value:
+                yield k, "code" if short.group(1) in code else "value"
+            else:
+                yield k, "dynamic"
             k += 1
             continue
         raw = w.lit
@@ -917,11 +926,11 @@ _BUILTINS: dict[str, Callable[[_Scanner, str, list[_Word], _Command], None]] = {
 # they appear in a command (after sudo, env, srun, timeout, xargs, find -exec ...).
 _PROGRAMS: dict[str, Callable[[_Scanner, str, list[_Word], _Command], None]] = {
     **{sh: _shell for sh in _SHELLS},
-    "perl": lambda sc, n, a, c: _interpreter(sc, n, a, c, "eE", "IMmx"),
-    "ruby": lambda sc, n, a, c: _interpreter(sc, n, a, c, "e", "ICFrE"),
-    "node": lambda sc, n, a, c: _interpreter(sc, n, a, c, "ep", "r", code_long=("--eval", "--print"),
-                                             value_long=("--require", "--input-type")),
-    "nodejs": lambda sc, n, a, c: _interpreter(sc, n, a, c, "ep", "r", code_long=("--eval", "--print")),
+    # code: -e and the modules they load (-M, -r, --require); value: options with a plain value
+    "perl": lambda sc, n, a, c: _interpreter(sc, n, a, c, "eEMm", "Ix"),
+    "ruby": lambda sc, n, a, c: _interpreter(sc, n, a, c, "er", "ICFE"),
+    **{node: (lambda sc, n, a, c: _interpreter(sc, n, a, c, "epr", "", code_long=("--eval", "--print", "--require"),
+                                               value_long=("--input-type",))) for node in ("node", "nodejs")},
     **{awk: (lambda sc, n, a, c: _interpreter(
         sc, n, a, c, "e", "Fvf" if not any(w.lit and w.lit.startswith("-f") for w in a) else "Fv",
         code_long=("--source",), value_long=("--field-separator", "--assign", "--file"),

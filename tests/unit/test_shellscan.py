@@ -282,3 +282,33 @@ def test_rendered_script_is_the_same_for_every_object():
     a = render(sub, object_variables(ObjectRef("b", "x y"), "p", "st-1")).script
     b = render(sub, object_variables(ObjectRef("b", "$(id)"), "p", "st-2")).script
     assert a == b == '#!/bin/bash\necho "${SLURM_TRIGGER_KEY}"\n'
+
+
+@pytest.mark.parametrize("body", [
+    "python3 tool.py --input ${key}",
+    "python3 -u -m pkg.cli ${key}",
+    "srun -n 1 python train.py ${key}",
+    "conda run -n env python script.py ${key}",
+    "awk -v k=\"${key}\" '$1 == k' list.txt",
+    "grep -F -- \"${key}\" list.txt",
+    "jq --arg k \"${key}\" '.[$k]' f.json",
+    "read -r A B <<< \"${key}\"",
+    "printf -v OUT '%s/%s' \"$DIR\" \"${basename}\"",
+    "local -r name=${stem}; local -i n=${size}",
+    "echo \"${key}\" | python3 -c 'import sys; print(sys.stdin.read())'",
+    "echo ${key} | sed 's/a/b/'",
+    "exec > >(tee \"${basename}.log\")",
+    "sbatch --export=ALL,INPUT=${key} -p debug job.sh",
+    "perl script.pl ${key}",
+    "node app.js ${key}",
+    "eval \"$(conda shell.bash hook)\"; conda activate x; tool ${key}",
+    "mpirun -np 4 ./solver \"${key}\"",
+])
+def test_ordinary_job_scripts_load(body):
+    check_template(JobSubmission(script=f"#!/bin/bash\n{body}\n"), metadata=False)
+
+
+@pytest.mark.parametrize("body", ["node -r ${key} app.js", "perl -M${key} -e 1", "ruby -r ${key} x.rb"])
+def test_modules_are_code(body):
+    with pytest.raises(TemplateError):
+        check_template(JobSubmission(script=body), metadata=False)
