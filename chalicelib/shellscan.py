@@ -118,7 +118,14 @@ def scan(text: str) -> Scan:
     """Every template variable of ``text`` with its context (see ``Placement``)."""
     scanner = _Scanner(text)
     scanner.run()
-    return Scan(scanner.places, scanner.escapes, scanner.problems)
+    seen = {p.start for p in scanner.places}
+    for start in scanner.templates.keys() - seen:  # never reached: refuse rather than guess
+        end, name = scanner.templates[start]
+        scanner.places.append(Placement(name, start, end, scanner.line(start), "a place this check cannot read",
+                                        False, "so it cannot tell what the shell does with it"))
+    scanner.places.sort(key=lambda p: p.start)
+    # "$${name}" is an escape wherever it stands, as in every other field
+    return Scan(scanner.places, sorted(scanner.escaped), scanner.problems)
 
 
 class _Scanner:
@@ -126,7 +133,6 @@ class _Scanner:
         self.s = text
         self.n = len(text)
         self.places: list[Placement] = []
-        self.escapes: list[int] = []
         self.problems: list[str] = []
         self.pending: list[_Heredoc] = []
         self.templates: dict[int, tuple[int, str]] = {}  # start -> (end, name)
@@ -145,7 +151,6 @@ class _Scanner:
     def template(self, pos: int, context: str, quote: bool, refused: str = "") -> int | None:
         """The end of the template or escape at ``pos`` (recorded), None if none is there."""
         if pos in self.escaped:
-            self.escapes.append(pos)
             return self.escaped[pos]
         if pos not in self.templates:
             return None
@@ -652,7 +657,11 @@ class _Scanner:
                 pos += len(op)
                 continue
             regex = bool(tokens) and tokens[-1][0] == "=~"
+            start = pos
             pos, word = self.word(pos, ends=frozenset(" \t\n") if regex else frozenset(" \t\n&|<>()"))
+            if pos == start:  # ";" or "&" alone: not an expression bash takes
+                self.problems.append(f"line {self.line(pos)}: unexpected {self.s[pos]!r} in [[ ]]")
+                pos += 1
             tokens.append((word.lit, word))
         for k, (_, word) in enumerate(tokens):
             if word is None:

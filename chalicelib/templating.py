@@ -172,9 +172,12 @@ def compile_script(text: str) -> Script:
     double quotes or an unquoted here-document. Raises ``TemplateError`` naming every
     variable that stands where the shell would not expand it or would read it as code.
     The result depends on the script alone, so it is computed once per script."""
-    found = shellscan.scan(text)
-    if not found.placements:
+    if not identifiers(text):  # nothing to place: the author's script, only $${name} escapes undone
         return Script(_Template(text).substitute({}), ())
+    try:
+        found = shellscan.scan(text)
+    except RecursionError:
+        raise TemplateError("in 'script': nested too deeply to check where its template variables land") from None
     errors = [
         f"${{{p.name}}} on line {p.line} is in {p.context}, {p.refused}: {_HINT.format(env=env_name(p.name))}"
         for p in found.placements
