@@ -177,9 +177,10 @@ def compile_script(text: str) -> Script:
     try:
         found = shellscan.scan(text)
     except RecursionError:
-        raise TemplateError("in 'script': nested too deeply to check where its template variables land") from None
+        raise TemplateError("nested too deeply to check where its template variables land") from None
     errors = [
-        f"${{{p.name}}} on line {p.line} is in {p.context}, {p.refused}: {_HINT.format(env=env_name(p.name))}"
+        f"${{{p.name}}} on line {p.line} of the script is in {p.context}, {p.refused}: "
+        + _HINT.format(env=env_name(p.name))
         for p in found.placements
         if p.refused and not (p.numeric_ok and p.name in NUMERIC)
     ]
@@ -187,7 +188,7 @@ def compile_script(text: str) -> Script:
         errors.append(f"the script cannot be read as shell ({'; '.join(found.problems)}), "
                       "so its template variables cannot be placed safely")
     if errors:
-        raise TemplateError("in 'script': " + "\n  ".join(errors))
+        raise TemplateError("\n  ".join(errors))
     edits = sorted([(p.start, p.end, f'"${{{env_name(p.name)}}}"' if p.quote else f"${{{env_name(p.name)}}}")
                     for p in found.placements] + [(e, e + 1, "") for e in found.escapes])
     out, last = [], 0
@@ -209,10 +210,10 @@ _FIELDS: dict[str, Callable[[str], str]] = {
 _VERBATIM_FIELDS = ("partition", "array")
 
 
-def check_template(sub: JobSubmission, *, metadata: bool) -> None:
+def check_template(sub: JobSubmission, *, metadata: bool, script_name: str = "'script'") -> None:
     """Every variable used is known, and variables appear only where they are
     referenced safely or sanitized. Run when pipelines load, so errors surface before
-    any object."""
+    any object. ``script_name`` names the script in errors (its ``script_file``)."""
     texts: list[tuple[str, str]] = [(f, getattr(sub, f)) for f in ("script", *_FIELDS) if getattr(sub, f)]
     texts += [(f"environment.{k}", v) for k, v in sub.environment.items()]
     for name in sub.environment:
@@ -231,7 +232,10 @@ def check_template(sub: JobSubmission, *, metadata: bool) -> None:
             hint = " (set 'metadata: true' to use object metadata)" if var.startswith(METADATA_PREFIX) else ""
             raise TemplateError(f"unknown template variable ${{{var}}} in {field!r}{hint}")
     if sub.script:
-        compile_script(sub.script)
+        try:
+            compile_script(sub.script)
+        except TemplateError as exc:
+            raise TemplateError(f"in {script_name}: {exc}") from None
 
 
 def _require(used: tuple[str, ...] | list[str], values: Mapping[str, str]) -> None:

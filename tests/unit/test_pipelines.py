@@ -154,5 +154,17 @@ def test_validate_shows_unsafe_placements(tmp_path):
     assert run.returncode == 1
     err = run.stderr
     assert f"{tmp_path / 'bad.yaml'}: pipeline 'bad'" in err
-    assert "${stem} on line 2 is in single quotes" in err and 'ENVIRON["SLURM_TRIGGER_STEM"]' in err
-    assert "${key} on line 3 is in double quotes, in the arguments of eval" in err and "SLURM_TRIGGER_KEY" in err
+    assert "${stem} on line 2 of the script is in single quotes" in err and 'ENVIRON["SLURM_TRIGGER_STEM"]' in err
+    assert "${key} on line 3 of the script is in double quotes, in the arguments of eval" in err and "SLURM_TRIGGER_KEY" in err
+
+
+def test_a_script_file_is_named_in_refusals(tmp_path):
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "run.sh").write_text("#!/bin/bash\necho ok\necho '${key}'\n")
+    write(tmp_path, "p.yaml", """
+        name: p
+        match: {prefix: in/}
+        job: {script_file: scripts/run.sh, partition: debug}
+    """)
+    with pytest.raises(PipelineError, match=r"pipeline 'p': in script_file scripts/run.sh: \$\{key\} on line 3 of the script"):
+        pipelines.load(tmp_path)

@@ -224,7 +224,7 @@ def test_error_names_line_context_and_environment_variable():
     with pytest.raises(TemplateError) as err:
         check_template(JobSubmission(script="#!/bin/bash\necho ok\nawk '{print \"${stem}\"}' f\n"), metadata=False)
     message = str(err.value)
-    assert "${stem} on line 3 is in single quotes" in message
+    assert "${stem} on line 3 of the script is in single quotes" in message
     assert 'ENVIRON["SLURM_TRIGGER_STEM"]' in message
 
 
