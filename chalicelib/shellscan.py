@@ -48,6 +48,13 @@ _PATTERN_OPS = frozenset({"##", "#", "%%", "%"})
 _WORD_END = frozenset(" \t\n;&|<>()")
 _RESET_WORDS = frozenset({"if", "then", "else", "elif", "fi", "do", "done", "while", "until", "!", "{", "}", "time", "in"})
 _ARITH_TESTS = frozenset({"-eq", "-ne", "-lt", "-le", "-gt", "-ge"})
+# Variables whose value is code, or says where code is loaded from: a value may not be
+# assigned to them (bash runs PS4 under set -x, sources BASH_ENV, perl obeys PERL5OPT...).
+CODE_VARIABLES = frozenset({
+    "PS1", "PS2", "PS3", "PS4", "PROMPT_COMMAND", "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PATH", "CDPATH",
+    "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PERL5OPT",
+    "PERL5LIB", "PERLLIB", "RUBYOPT", "RUBYLIB", "NODE_OPTIONS", "NODE_PATH", "GIT_SSH_COMMAND", "PAGER", "EDITOR",
+})
 POSIX_SHELLS = frozenset({"sh", "bash", "dash", "ksh", "ksh93", "mksh", "zsh", "ash", "yash"})
 _SHELLS = POSIX_SHELLS | {"fish", "csh", "tcsh"}
 _PYTHON = re.compile(r"(python|pypy)[0-9.]*")
@@ -255,9 +262,10 @@ class _Scanner:
             else:
                 at_start = cmd is None or not cmd.words
                 cmd = cmd or _Command(len(self.places))
-                if at_start and _ASSIGN_START.match(s, pos):
-                    # NAME=value, NAME+=value, NAME[i]=value: still before the command
-                    pos, _ = self.word(pos, assignment=True)
+                name = _ASSIGN_START.match(s, pos) if at_start else None
+                if name:  # NAME=value, NAME+=value, NAME[i]=value: still before the command
+                    pos, word = self.word(pos, assignment=True)
+                    self.code_variable(name.group(), word)
                     continue
                 word_start = pos
                 pos, word = self.word(pos, assignment=not at_start and cmd.words[0].lit in _DECLARATIONS)
@@ -286,6 +294,10 @@ class _Scanner:
                 cmd.words.append(word)
         end_pipeline()
         return pos
+
+    def code_variable(self, name: str, word: _Word) -> None:
+        if name in CODE_VARIABLES:
+            self.refuse(word.first, word.last, f"as the value of {name}, which is code or where code is found")
 
     def blanks(self, pos: int) -> int:
         while pos < self.n and (self.s[pos] in " \t" or self.s.startswith("\\\n", pos)):
@@ -830,7 +842,7 @@ def _shell(sc: _Scanner, name: str, args: list[_Word], cmd: _Command) -> None:
     if k < len(args):
         what = f"the command string of {name} -c" if has_c else f"the script that {name} runs"
         sc.refuse_words(args[: k + 1], f"as {what}")
-    if reads_stdin or (not has_c and k >= len(args)):
+    if reads_stdin or k >= len(args):  # code from stdin, or (-c) from what xargs appends
         cmd.reads_code = cmd.reads_code or name
 
 
@@ -870,6 +882,8 @@ def _declaration(sc: _Scanner, name: str, args: list[_Word], cmd: _Command) -> N
             integer = integer or "i" in word.lit
         elif not _NAME_PREFIX.match(word.raw):
             sc.refuse_words([word], f"as a variable name of {name}", numeric_ok=False)
+        elif (assigned := _ASSIGN_START.match(word.raw)) and assigned.group() in CODE_VARIABLES:
+            sc.code_variable(assigned.group(), word)
         elif integer:
             sc.refuse_words([word], f"as a value of {name} -i (arithmetic)")
 
@@ -915,6 +929,7 @@ _ANYWHERE = _SHELLS | {"perl", "ruby", "node", "nodejs", "awk", "gawk", "mawk", 
 # Shell builtins, judged only where they are the command (or follow builtin/command/exec).
 _BUILTINS: dict[str, Callable[[_Scanner, str, list[_Word], _Command], None]] = {
     "eval": _all_arguments("in the arguments of {name}, which the shell reads again as code"),
+    "alias": _all_arguments("in the arguments of {name}, which the shell reads again as code"),
     "source": _first_operand("as the file that {name} runs"),
     ".": _first_operand("as the file that {name} runs"),
     "trap": _first_operand("as the command of {name}, which the shell reads again as code"),

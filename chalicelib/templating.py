@@ -221,6 +221,9 @@ def check_template(sub: JobSubmission, *, metadata: bool, script_name: str = "'s
             raise TemplateError(f"environment variable name {name!r} is not a valid shell name")
         if name.startswith(ENV_PREFIX):
             raise TemplateError(f"environment variable name {name!r} is reserved: the trigger sets {ENV_PREFIX}*")
+        if name in shellscan.CODE_VARIABLES and identifiers(sub.environment[name]):
+            raise TemplateError(f"template variables are not allowed in 'environment.{name}': its value is code "
+                                "or says where code is found")
     for field in _VERBATIM_FIELDS:
         value = getattr(sub, field)
         if value and identifiers(value):

@@ -157,6 +157,11 @@ REFUSED = {
     "python script file": "#!/usr/bin/env python3\nprint('${key}')",
     "unterminated quote": 'echo "${key}',
     "numeric in single quotes": "echo '${size}'",
+    "PS4": "PS4=${key}; set -x; true",
+    "export BASH_ENV": 'export BASH_ENV="${key}"',
+    "PATH prefix": "PATH=${key}:$PATH tool",
+    "alias": 'alias p="ls ${key}"',
+    "xargs sh -c without code": 'echo "${key}" | xargs sh -c',
 }
 
 
@@ -312,3 +317,9 @@ def test_ordinary_job_scripts_load(body):
 def test_modules_are_code(body):
     with pytest.raises(TemplateError):
         check_template(JobSubmission(script=body), metadata=False)
+
+
+def test_code_variables_in_the_environment_field_are_refused():
+    with pytest.raises(TemplateError, match="environment.BASH_ENV"):
+        check_template(JobSubmission(script="x", environment={"BASH_ENV": "/data/${key}"}), metadata=False)
+    check_template(JobSubmission(script="x", environment={"INPUT": "${key}", "PATH": "/bin"}), metadata=False)
