@@ -323,3 +323,70 @@ def test_code_variables_in_the_environment_field_are_refused():
     with pytest.raises(TemplateError, match="environment.BASH_ENV"):
         check_template(JobSubmission(script="x", environment={"BASH_ENV": "/data/${key}"}), metadata=False)
     check_template(JobSubmission(script="x", environment={"INPUT": "${key}", "PATH": "/bin"}), metadata=False)
+
+
+def _random_word(rng, depth: int) -> str:
+    pick = rng.randrange(9 if depth > 0 else 3)
+    if pick == 0:
+        return "${key}"
+    if pick == 1:
+        return '"' + rng.choice(["${key}", "a ${key} b", "$(printf %s ${key})", "`printf %s ${key}`"]) + '"'
+    if pick == 2:
+        return rng.choice(["x", "'lit'", "-n", "-c"])
+    if pick == 3:
+        return "$(" + _random_command(rng, depth - 1) + ")"
+    if pick == 4:
+        return '"$(' + _random_command(rng, depth - 1) + ')"'
+    if pick == 5:
+        return "${X:-" + _random_word(rng, depth - 1) + "}"
+    if pick == 6:
+        return "'${key}'"
+    if pick == 7:
+        return "pre" + _random_word(rng, depth - 1)
+    return "$(( " + rng.choice(["1", "${key}", "${size}"]) + " ))"
+
+
+def _random_command(rng, depth: int) -> str:
+    w = lambda: _random_word(rng, depth)  # noqa: E731
+    return rng.choice([
+        lambda: "printf '%s\\n' " + w(), lambda: "echo " + w() + " " + w(), lambda: "eval " + w(),
+        lambda: "bash -c " + w() + " _ " + w(), lambda: "K=" + w() + '; printf %s "$K"',
+        lambda: "cat <<EOF\n" + rng.choice(["${key}", "$(printf %s ${key})", "x"]) + "\nEOF",
+        lambda: "cat <<'EOF'\n${key}\nEOF", lambda: "case " + w() + " in " + w() + ") echo m;; esac",
+        lambda: "[[ " + w() + " == " + w() + " ]]", lambda: "[[ " + w() + " -eq 1 ]]",
+        lambda: "A=(" + w() + " " + w() + ")",
+        lambda: "echo " + w() + " | " + rng.choice(["bash", "cat", "sh -s", "python3", "cat | bash", "xargs sh -c"]),
+        lambda: "let x=" + w(), lambda: "declare " + w(), lambda: "read " + w() + " </dev/null",
+        lambda: "trap " + w() + " EXIT", lambda: "(( " + w() + " ))", lambda: "printf -v " + w() + " x",
+        lambda: "test -v " + w(), lambda: "sed " + w() + " /dev/null", lambda: "awk " + w() + " /dev/null",
+        lambda: "python3 -c " + w(), lambda: "bash <<< " + w(), lambda: "a[" + w() + "]=1",
+        lambda: 'echo "${a[' + w() + ']}"', lambda: "f() { local v=" + w() + '; echo "$v"; }; f',
+        lambda: "for i in " + w() + '; do echo "$i"; done', lambda: "PS4=" + w() + "; set -x; :",
+    ])()
+
+
+def test_random_scripts_that_load_never_run_a_key(tmp_path, canary):
+    """Property: whatever a script does with ${key}, if it loads, no key's command runs.
+    Seeded random compositions of the placements above, each run by bash with payloads
+    aimed at the shell, arithmetic, Python, awk and sed."""
+    import random
+
+    rng = random.Random(20261201)
+    payloads = [f"$(touch {canary})", f"`touch {canary}`", f"a[$(touch {canary})]", f";touch {canary};",
+                f"x'$(touch {canary})'", f"__import__('os').system('touch {canary}')",
+                f'BEGIN{{system("touch {canary}")}}', f"1e touch {canary}", f'"; touch {canary}; "']
+    loaded = 0
+    while loaded < 60:
+        script = "#!/bin/bash\n" + "\n".join(_random_command(rng, 2) for _ in range(rng.randint(1, 3))) + "\n"
+        if subprocess.run(["bash", "-n"], input=script.encode(), capture_output=True).returncode:
+            continue
+        try:
+            text = compile_script(script).text
+        except TemplateError:
+            continue
+        loaded += 1
+        for key in payloads:
+            env = {"PATH": os.environ["PATH"], "SLURM_TRIGGER_KEY": key, "SLURM_TRIGGER_SIZE": "3", "HOME": str(tmp_path)}
+            subprocess.run(["bash", "-c", text], env=env, capture_output=True, cwd=tmp_path, timeout=10,
+                           stdin=subprocess.DEVNULL)
+            assert not canary.exists(), (key, script, text)
