@@ -166,8 +166,8 @@ class _Scanner:
         return end
 
     def refuse(self, first: int, last: int, why: str, numeric_ok: bool = False) -> None:
-        for p in self.places[first:last]:
-            if not p.refused:
+        for p in self.places[first:last]:  # the first reason stands, unless it let numbers through
+            if not p.refused or (p.numeric_ok and not numeric_ok):
                 p.refused, p.numeric_ok = why, numeric_ok
 
     def literal_templates(self, start: int, end: int, context: str, why: str = "") -> None:

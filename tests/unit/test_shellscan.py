@@ -157,6 +157,7 @@ REFUSED = {
     "python script file": "#!/usr/bin/env python3\nprint('${key}')",
     "unterminated quote": 'echo "${key}',
     "numeric in single quotes": "echo '${size}'",
+    "numeric in arithmetic in PS4": "PS4=$(( ${size} )); set -x",
     "PS4": "PS4=${key}; set -x; true",
     "export BASH_ENV": 'export BASH_ENV="${key}"',
     "PATH prefix": "PATH=${key}:$PATH tool",

@@ -3,7 +3,6 @@
 The placements of a template variable in a script are in tests/unit/test_shellscan.py."""
 from __future__ import annotations
 
-import subprocess
 
 import pytest
 
