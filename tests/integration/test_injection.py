@@ -60,6 +60,9 @@ PLACEMENTS = {
     "bash-c": ("bash -c 'printf \"%s\" \"$1\"' _ ${key} > \"$O.bash-c\"", "{key}"),
     "arith": ("echo $(( ${size} + 1 )) > \"$O.arith\"", "4\n"),
     "env": ("printf '%s' \"$SLURM_TRIGGER_KEY\" > \"$O.env\"", "{key}"),
+    # unversioned bucket: the version id is empty, and set all the same (the script runs with set -u)
+    "empty": ("printf '[%s]' \"${version_id}\" > \"$O.empty\"", "[]"),
+    "metadata": ("printf '%s' ${metadata_note} > \"$O.metadata\"", "{key}"),  # user metadata, as hostile
 }
 
 # Placements a pipeline author may write that are refused when the pipeline loads.
@@ -75,6 +78,7 @@ REFUSED = {
 
 PIPELINE = """
 name: {name}
+metadata: true
 match: {{prefix: "in/"}}
 job:
   name: inject-${{basename}}
@@ -102,8 +106,8 @@ def _notification(key: str) -> dict[str, Any]:
         "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
         "eventTime": "2026-12-01T10:00:00.000Z", "eventName": "ObjectCreated:Put",
         "s3": {"bucket": {"name": "bkt", "arn": "arn:aws:s3:::bkt"},
-               "object": {"key": quote_plus(key, safe="/"), "size": 3, "eTag": "e1",
-                          "versionId": uuid.uuid4().hex, "sequencer": "00A1"}},
+               "object": {"key": quote_plus(key, safe="/"), "size": 3, "eTag": uuid.uuid4().hex,  # unique: jobs
+                          "sequencer": "00A1"}},  # of earlier runs may still be in Slurm
     }]}
 
 
@@ -137,7 +141,7 @@ def test_every_placement_gets_every_key_byte_for_byte_and_runs_nothing(slurm_tar
     for key in (k.replace("CANARY", canary) for k in KEYS):
         [ref] = from_notification(_notification(key))
         assert ref.key == key
-        job = render_job(ref, loaded[0])
+        job = render_job(ref, loaded[0], metadata={"note": key})
         assert key not in job.script  # the value never becomes script text
         result = client.submit(job)
         jobs[result.job_id] = (key, idempotency_key("inject", ref))
