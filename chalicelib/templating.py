@@ -52,6 +52,7 @@ ENV_PREFIX = "SLURM_TRIGGER_"
 NUMERIC = frozenset({"size"})
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DIGITS = re.compile(r"[0-9]*")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 MAX_JOB_NAME = 128
@@ -130,7 +131,7 @@ def object_variables(
     for name, value in values.items():
         check_value(name, value)
     for name in NUMERIC:  # the promise that lets them stand in arithmetic
-        if not values[name].isdigit() and values[name]:
+        if not _DIGITS.fullmatch(values[name]):
             raise UnsafeValueError(f"{name} must be digits, not {values[name]!r}")
     return values
 
@@ -161,7 +162,7 @@ class Script:
 
 _HINT = (
     "a value cannot stand there safely; read the job's environment variable {env} in that place instead "
-    '(\"${env}\" in a shell, ENVIRON[\"{env}\"] in awk, os.environ[\"{env}\"] in Python)'
+    '("${env}" in a shell, ENVIRON["{env}"] in awk, os.environ["{env}"] in Python)'
 )
 
 
