@@ -19,7 +19,7 @@ from chalicelib.settings import Settings
 from chalicelib.slurm import transport
 from chalicelib.slurm.auth import StaticToken
 from chalicelib.slurm.client import SlurmClient
-from chalicelib.slurm.errors import SlurmUnavailableError
+from chalicelib.slurm.errors import SlurmTLSError, SlurmUnavailableError
 from chalicelib.slurm.transport import TimeoutAdapter, build_session, retry_policy
 
 
@@ -87,9 +87,10 @@ def ping(url: str, session: requests.Session) -> dict:
 
 def test_verifies_tls_by_default(https: tuple[str, str]) -> None:
     url, _ = https
-    with pytest.raises(SlurmUnavailableError, match="TLS verification failed") as exc:
-        ping(url, build_session(Settings(retries=0)))
+    with pytest.raises(SlurmTLSError, match="TLS verification of the head node failed.*self-signed") as exc:
+        ping(url, build_session(Settings()))  # retries=3, but a verify failure is not retried
     assert exc.value.maybe_submitted is False
+    assert isinstance(exc.value, SlurmUnavailableError)
 
 
 def test_ca_bundle_path(https: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
