@@ -331,7 +331,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="slurm_trigger_headnode.py")
-    parser.add_argument("--config", default=os.environ.get("SLURM_TRIGGER_HEADNODE_ENV", "/etc/slurm-trigger/headnode.env"))
+    parser.add_argument("--config", default="/etc/slurm-trigger/headnode.env")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("hook").set_defaults(func=cmd_hook)
     push = sub.add_parser("push")

@@ -199,8 +199,11 @@ def receive_all(sqs: Any, queue: str, wait: float = 0.0) -> list[dict[str, Any]]
 
 def moto_server() -> tuple[Any, str]:
     """moto in server mode on a free loopback port: the kit's processes reach it by HTTP."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
