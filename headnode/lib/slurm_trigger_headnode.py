@@ -15,7 +15,7 @@ Subcommands:
     the head node's role: at most 10 per call, refused ones kept and tried again
     with backoff, entries older than ``--max-age`` dropped (the tracker's poll
     reconciles whatever a push missed; both give a change the same ``eventId``).
-``publish-cert PEM_FILE``, ``put-token``, ``remove``, ``get-parameter``
+``publish-cert PEM_FILE``, ``put-token``, ``secret-exists``, ``remove``
     The kit's AWS calls (SSM parameter of the certificate, Secrets Manager secret
     of the service user's token); boto3 from the kit's Python.
 
@@ -263,16 +263,6 @@ def _client(service: str, conf: dict[str, str]) -> Any:
 TAGS = [{"Key": "slurm-trigger:managed-by", "Value": "headnode-kit"}]
 
 
-def cmd_get_parameter(args: argparse.Namespace) -> int:
-    conf = read_env_file(args.config)
-    ssm = _client("ssm", conf)
-    try:
-        sys.stdout.write(ssm.get_parameter(Name=conf["CA_PARAMETER"])["Parameter"]["Value"])
-    except ssm.exceptions.ParameterNotFound:
-        pass
-    return 0
-
-
 def cmd_publish_cert(args: argparse.Namespace) -> int:
     """Put the PEM (bundle) at the parameter, unless it already holds exactly that."""
     conf = read_env_file(args.config)
@@ -311,6 +301,17 @@ def cmd_put_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_secret_exists(args: argparse.Namespace) -> int:
+    """Exit 0 when the token secret exists (a fresh account, or one cleaned up, has none)."""
+    conf = read_env_file(args.config)
+    sm = _client("secretsmanager", conf)
+    try:
+        sm.describe_secret(SecretId=conf["TOKEN_SECRET"])
+        return 0
+    except sm.exceptions.ResourceNotFoundException:
+        return 1
+
+
 def cmd_remove(args: argparse.Namespace) -> int:
     """Uninstall: the parameter and the secret go (no recovery window, so a new
     cluster of the same name can create them again at once)."""
@@ -341,8 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     publish = sub.add_parser("publish-cert")
     publish.add_argument("pem")
     publish.set_defaults(func=cmd_publish_cert)
-    sub.add_parser("get-parameter").set_defaults(func=cmd_get_parameter)
     sub.add_parser("put-token").set_defaults(func=cmd_put_token)
+    sub.add_parser("secret-exists").set_defaults(func=cmd_secret_exists)
     sub.add_parser("remove").set_defaults(func=cmd_remove)
     args = parser.parse_args(argv)
     return args.func(args)
