@@ -43,6 +43,8 @@ def deployed(aws, slurm_target, tmp_path, monkeypatch):
         "SUBSCRIPTIONS": "s3,sqs,eventbridge",
         "INPUT_BUCKET": "sequencer-runs",
         "INPUT_QUEUE": "input",
+        # as infra/chalice-merge-sqs.yaml sets it (both routes: tests/integration/test_routes.py)
+        "SQS_REPORT_BATCH_ITEM_FAILURES": "true",
         "SLURM_CLUSTER_NAME": CLUSTER,
         "SLURM_URL": slurm_target.url,
         "SLURM_USER": slurm_target.user,
