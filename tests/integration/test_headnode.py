@@ -190,6 +190,22 @@ def test_expired_certificate_fails_then_renew_publishes_before_serving(kit: KitU
             kit.nginx_reload()
 
 
+def test_forced_renewal_publishes_new_and_old_then_serves_new(kit: KitUnderTest) -> None:
+    """A rotation while the old certificate is still good: the parameter holds both
+    (so a client that read it in between trusts whichever nginx serves), then nginx
+    serves the new one; a client warm since before follows by reading it again."""
+    before = (kit.tls / "cert.pem").read_text()
+    warm = client_for(kit)
+    assert warm.ping()["pings"]
+    kit.run("renew-cert", "--force")
+    after = (kit.tls / "cert.pem").read_text()
+    assert after != before
+    published = kit.published_pem()
+    assert after in published and before in published and published.index(after) < published.index(before)
+    assert client_for(kit).ping()["pings"]
+    assert warm.ping()["pings"]
+
+
 # ----------------------------------------------------------------------------- identity
 def test_service_user_cannot_act_as_root(kit: KitUnderTest) -> None:
     client = client_for(kit)
