@@ -38,11 +38,12 @@ CLUSTER_VARIABLES = {
     "SLURM_USE_PUBLIC_IP": "use_public_ip", "SLURM_PORT": "slurm_port", "SLURM_SCHEME": "slurm_scheme",
     "SLURM_CA_BUNDLE": "ca_bundle", "SLURM_CA_SECRET": "ca_secret", "SLURM_CA_PARAMETER": "ca_parameter",
     "SLURM_INSECURE": "insecure", "SLURM_ALLOW_HTTP": "allow_http", "SLURM_CONNECT_TIMEOUT": "connect_timeout",
-    "SLURM_READ_TIMEOUT": "read_timeout", "SLURM_RETRIES": "retries",
+    "SLURM_READ_TIMEOUT": "read_timeout", "SLURM_RETRIES": "retries", "SLURM_MAX_CONNECTIONS": "max_connections",
 }
 CLUSTER_FIELDS = tuple(CLUSTER_VARIABLES.values())
 TARGET_INHERITS = {"connect_timeout": "SLURM_CONNECT_TIMEOUT", "read_timeout": "SLURM_READ_TIMEOUT",
-                   "retries": "SLURM_RETRIES", "token_cache_seconds": "SLURM_TOKEN_CACHE_SECONDS"}
+                   "retries": "SLURM_RETRIES", "token_cache_seconds": "SLURM_TOKEN_CACHE_SECONDS",
+                   "max_connections": "SLURM_MAX_CONNECTIONS"}
 
 
 def _parse_targets(text: str | None) -> dict[str, dict[str, str]]:
@@ -104,6 +105,7 @@ class Settings:
     connect_timeout: float = 3.05
     read_timeout: float = 30.0
     retries: int = 3
+    max_connections: int = 4  # per container; the head node kit caps slurmrestd's side
     # More clusters, by name: JSON {"<name>": {"SLURM_...": "...", ...}} (see targets())
     targets_json: str | None = None
 
@@ -193,6 +195,7 @@ class Settings:
             connect_timeout=float(g("SLURM_CONNECT_TIMEOUT") or 3.05),
             read_timeout=float(g("SLURM_READ_TIMEOUT") or 30.0),
             retries=_int(g("SLURM_RETRIES"), 3),
+            max_connections=_int(g("SLURM_MAX_CONNECTIONS"), 4),
             targets_json=g("SLURM_TARGETS") or None,
             pipelines_path=g("PIPELINES_PATH") or str(PROJECT_ROOT / "pipelines"),
             idempotency_table=g("IDEMPOTENCY_TABLE", "slurm-trigger-idempotency"),

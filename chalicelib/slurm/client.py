@@ -31,10 +31,12 @@ from chalicelib.slurm.errors import (
     SlurmError,
     SlurmNotFoundError,
     SlurmRejectedError,
+    SlurmTLSError,
     SlurmUnavailableError,
     SlurmVersionError,
 )
 from chalicelib.slurm.models import Job, JobsPage, JobSubmission, SubmitResult
+from chalicelib.slurm.transport import verify_failed
 
 if TYPE_CHECKING:
     from chalicelib.slurm.pcs import PcsCluster
@@ -341,6 +343,13 @@ def _unavailable(
             "check the Slurm user name (SLURM_USER)", url=url
         )
     maybe = method == "POST" and _maybe_sent(exc)
+    if isinstance(exc, requests.exceptions.SSLError) and verify_failed(exc):
+        return SlurmTLSError(
+            redact(f"TLS verification of the head node failed: its certificate is not the published "
+                   f"one, has expired, or is not issued for this address; check SLURM_CA_PARAMETER, "
+                   f"SLURM_CA_SECRET or SLURM_CA_BUNDLE ({method} {url}: {_reason(exc)})", token),
+            url=url,
+        )
     if isinstance(exc, requests.exceptions.SSLError):
         hint = "TLS verification failed; set ca_bundle, ca_secret or ca_parameter"
     elif maybe:
@@ -362,6 +371,18 @@ def redact(data: AnyStr, token: Token) -> AnyStr:
     if isinstance(data, bytes):
         return data.replace(secret.encode(), REDACTED.encode())
     return data.replace(secret, REDACTED)
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost SSL message ("... certificate verify failed: certificate has expired")."""
+    import ssl
+
+    err: Any = exc
+    for _ in range(8):  # requests' SSLError > MaxRetryError > urllib3 SSLError > ssl error
+        if isinstance(err, ssl.SSLError):
+            return str(err)
+        err = getattr(err, "reason", None) or (err.args[0] if getattr(err, "args", None) else None)
+    return str(exc)
 
 
 def _maybe_sent(exc: requests.RequestException) -> bool:

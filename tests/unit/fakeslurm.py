@@ -105,7 +105,7 @@ class FakeSlurm:
         self.server.server_close()
 
 
-def self_signed(tmp: Path) -> tuple[str, str]:
+def self_signed(tmp: Path, cn: str = "head-node") -> tuple[str, str]:
     """A certificate for 127.0.0.1 and its key, as PEM files."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -113,7 +113,7 @@ def self_signed(tmp: Path) -> tuple[str, str]:
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "head-node")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
         x509.CertificateBuilder()

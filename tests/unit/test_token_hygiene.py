@@ -236,7 +236,7 @@ ERROR_PATHS: dict[str, tuple[Callable[..., Any], str, str]] = {
     "read timeout (GET)": (_route("GET", "jobs", Reply(200, b"{}", delay=1.0)), "jobs", "SlurmUnavailableError"),
     "read timeout (submit)": (_route("POST", "submit", Reply(200, b"{}", delay=1.0)), "submit", "SlurmUnavailableError"),
     "connection refused": (_refused, "submit", "SlurmUnavailableError"),
-    "TLS verification": (_tls, "jobs", "SlurmUnavailableError"),
+    "TLS verification": (_tls, "jobs", "SlurmTLSError"),
     "bad header characters": (_bad_user_header, "jobs", "SlurmRejectedError"),
     "redirect elsewhere": (_redirect, "jobs", "SlurmUnavailableError"),
 }
@@ -422,7 +422,7 @@ def test_traces_never_show_the_token(tmp_path: Path, jwt: str) -> None:
     segments = [json.loads(s) for s in json.loads(done.stdout.strip().splitlines()[-1])]
     text = json.dumps(segments)
     assert text.count('"exceptions"') >= len(cases)  # every error was traced, with its message
-    for kind in ("SlurmRejectedError", "SlurmUnavailableError", "SlurmAuthError"):
+    for kind in ("SlurmRejectedError", "SlurmUnavailableError", "SlurmAuthError", "SlurmTLSError"):
         assert f'"type": "{kind}"' in text
     assert "/slurm/v0.0.42/" in text  # the HTTP calls were traced (their URLs)
     assert_absent(jwt, text, done.stderr)
