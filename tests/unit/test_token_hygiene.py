@@ -6,7 +6,8 @@ directly, from Secrets Manager, through the CLI). Then every way a call can fail
 request, timeouts, a redirect) is driven through the real client and requests, and
 the token is looked for in the exception (str, repr, traceback, cause chain,
 ``to_dict``), the log records, the CLI's output, the events the trigger publishes
-(EventBridge -> SQS in moto) and the X-Ray segments (in a child process, so the
+(EventBridge -> SQS in moto) and the X-Ray segments, with a minted token and its
+signing key read from Secrets Manager (in a child process, so the
 patched libraries do not leak into other tests).
 """
 from __future__ import annotations
@@ -390,12 +391,24 @@ def one(url, what):
         return client.submit(JobSubmission(script="#!/bin/sh\n"))
     return client.list_jobs()
 
+@tracer.capture_method
+def mint(sm):
+    from chalicelib.slurm.minting import MintedToken, SigningKey
+    return MintedToken(SigningKey.from_secret(sm, "slurm_jwt_key"), "alice").token()
+
 xray_recorder.begin_segment("hygiene")
 for url, what in cases:
     try:
         one(url, what)
     except SlurmError:
         pass
+import os, boto3
+from moto import mock_aws
+os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+with mock_aws():  # the signing key read through the (patched) botocore, as in Lambda
+    sm = boto3.client("secretsmanager")
+    sm.create_secret(Name="slurm_jwt_key", SecretString=sys.argv[3])
+    print(json.dumps({"minted": mint(sm).reveal()}), file=sys.stderr)
 xray_recorder.end_segment()
 print(json.dumps(memory.sent))
 '''
@@ -411,7 +424,8 @@ def test_traces_never_show_the_token(tmp_path: Path, jwt: str) -> None:
         url, _, _ = setup(server, tmp_path)
         cases.append((url, what))
     try:
-        done = subprocess.run([sys.executable, "-c", TRACE_SCRIPT, jwt, json.dumps(cases)], cwd=REPO,
+        key = base64.b64encode(secrets.token_bytes(32)).decode()
+        done = subprocess.run([sys.executable, "-c", TRACE_SCRIPT, jwt, json.dumps(cases), key], cwd=REPO,
                               capture_output=True, text=True, timeout=120,
                               env={"PATH": "/usr/bin:/bin", "POWERTOOLS_TRACE_DISABLED": "false",
                                    "AWS_XRAY_SDK_ENABLED": "true", "PYTHONPATH": str(REPO)})
@@ -425,4 +439,8 @@ def test_traces_never_show_the_token(tmp_path: Path, jwt: str) -> None:
     for kind in ("SlurmRejectedError", "SlurmUnavailableError", "SlurmAuthError", "SlurmTLSError"):
         assert f'"type": "{kind}"' in text
     assert "/slurm/v0.0.42/" in text  # the HTTP calls were traced (their URLs)
+    assert "GetSecretValue" in text  # so was the signing key's read
+    minted = json.loads(done.stderr.strip().splitlines()[-1])["minted"]
     assert_absent(jwt, text, done.stderr)
+    assert_absent(minted, text)
+    assert key not in text and base64.b64decode(key).hex() not in text
