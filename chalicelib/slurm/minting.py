@@ -14,8 +14,9 @@ anything; ``MintedToken`` mints on first use and again shortly before expiry, an
 ``refresh()`` (after an auth failure) reads the key again, in case it was replaced.
 
 Signing is PyJWT's (``jwt.encode``): a well-kept library, 34 KB, pure Python; without
-``cryptography`` (as in Lambda) importing it adds about 4 ms to a cold start that has
-already loaded requests and boto3 (``bench/bench_import.py``).
+``cryptography`` (as in Lambda) importing it costs 1.03x ``import boto3, requests``
+(+6 ms, +0.3 MiB), which a Lambda cold start pays anyway (``bench/bench_import.py``);
+a token takes about 30 µs to sign.
 """
 from __future__ import annotations
 
