@@ -15,6 +15,7 @@ from typing import Any
 from chalicelib.cli import emit, settings_from_args
 from chalicelib.slurm import SlurmClient, build_client
 from chalicelib.slurm.dialects import DIALECTS
+from chalicelib.slurm.errors import SlurmNotFoundError
 from chalicelib.slurm.models import Job, JobSubmission
 
 JOB_COLUMNS = ("job_id", "name", "state", "reason", "exit_code", "user", "partition", "submit_time")
@@ -37,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     p = add("list-jobs", "List the jobs slurmctld holds (ended jobs leave after MinJobAge).", cmd_list)
     p.add_argument("--update-time", type=int, metavar="EPOCH",
                    help="only if something changed since this epoch")
-    p = add("describe-job", "Show one job.", cmd_describe)
+    p = add("describe-job", "Show one job (from accounting when slurmctld no longer knows it).",
+            cmd_describe)
     p.add_argument("-j", "--job-id", required=True, type=int, metavar="ID", help="Slurm job id")
     p = add("cancel-job", "Cancel a job (a job that already ended is left as it is).", cmd_cancel)
     p.add_argument("-j", "--job-id", required=True, type=int, metavar="ID", help="Slurm job id")
@@ -73,7 +75,7 @@ def cmd_ping(args: argparse.Namespace) -> int:
     pings = [
         {
             "hostname": p.get("hostname"),
-            "status": p.get("pinged") or p.get("ping"),
+            "status": client.dialect.ping_status(p),
             "mode": p.get("mode"),
             "latency": p.get("latency"),
         }
@@ -155,7 +157,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    job = job_to_dict(_client(args).get_job(args.job_id))
+    client = _client(args)
+    try:
+        job, source = client.get_job(args.job_id), "slurmctld"
+    except SlurmNotFoundError:
+        # the job left slurmctld (MinJobAge): slurmdbd still knows it when there is accounting
+        found = client.get_accounting_job(args.job_id)
+        if found is None:
+            raise
+        job, source = found, "accounting"
+    job = {**job_to_dict(job), "source": source}
     if args.format == "table":
         emit([{"field": k, "value": v} for k, v in job.items()], "table", ("field", "value"))
     else:
