@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
 
     add("ping", "Ask slurmctld through slurmrestd whether it is up (and the token good).", cmd_ping)
     add("diag", "Print slurmctld's diagnostics (sdiag).", cmd_diag)
-    add("versions", "Show the REST versions the server serves and the one negotiated.", cmd_versions)
+    add("versions", "Show the REST versions the server serves, the one negotiated, and whether "
+        "accounting (slurmdbd) is served.", cmd_versions)
     p = add("submit-job", "Submit a job described by a JobSubmission JSON file.", cmd_submit)
     p.add_argument("-j", "--job", required=True, metavar="FILE",
                    help="JobSubmission JSON (see examples/job.json); '-' reads stdin")
@@ -108,6 +109,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
         "known": list(DIALECTS),
         "pinned": settings.api_version,
         "negotiated": client.version,
+        "accounting": client.accounting,  # slurmdbd's /slurmdb/ served for that version
     }
     if args.format == "table":
         rows = [

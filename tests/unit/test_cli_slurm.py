@@ -52,6 +52,7 @@ def test_versions_and_ping(server: tuple[FakeSlurm, str], capsys: pytest.Capture
     code, out, _ = run(fake, capsys, "versions")
     data = json.loads(out)
     assert code == 0 and data["negotiated"] == version and version in data["served"]
+    assert data["accounting"] is (version == "v0.0.45")  # only that recording has slurmdbd
     assert "v0.0.43" in data["known"]
     code, out, _ = run(fake, capsys, "ping")
     assert code == 0 and json.loads(out)["pings"][0]["status"] == "UP"
