@@ -565,13 +565,34 @@ def _isolate_stdout(log_path: Path) -> None:
     os.close(fd)
 
 
+def local_clusters(state: Path = STATE) -> list[dict[str, Any]]:
+    """The local clusters: ``clusters.json``, plus any cluster whose own ``NAME.cluster.json``
+    it lacks. ``clusters.json`` is rewritten by whichever ``scripts/local-slurm`` ran last, and
+    an older checkout's script (on a shared machine) lists only the clusters it knows."""
+    try:
+        listed = json.loads((state / "clusters.json").read_text())
+    except (OSError, ValueError):
+        listed = []
+    clusters = [c for c in listed if isinstance(c, dict) and c.get("name") and c.get("url")]
+    names = {c["name"] for c in clusters}
+    for f in sorted(state.glob("*.cluster.json")):
+        try:
+            c = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(c, dict) and c.get("url") and c.get("name") not in names:
+            clusters.append(c)
+            names.add(c["name"])
+    return clusters
+
+
 def _token(name: str) -> str:
     return subprocess.run([str(REPO / "scripts" / "local-slurm"), "token", name, "7200"],
                           check=True, capture_output=True, text=True).stdout.strip()
 
 
 def run_pass(a: argparse.Namespace) -> int:
-    clusters = {c["name"]: c for c in json.loads((STATE / "clusters.json").read_text())}
+    clusters = {c["name"]: c for c in local_clusters()}
     cluster = clusters[a.cluster]
     names = Names.for_cluster(cluster["cluster"])
     log = Path(a.log_dir) / f"pass-{a.cluster}.log"
@@ -641,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
         a.cluster = a.cluster[0]
         return run_pass(a)
 
-    available = [c["name"] for c in json.loads((STATE / "clusters.json").read_text())]
+    available = [c["name"] for c in local_clusters()]
     wanted = a.cluster or available
     results = []
     for name in wanted:

@@ -10,7 +10,6 @@ the test is skipped with a hint, or FAILS when ``CI=true`` (CI must never pass b
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -50,12 +49,10 @@ def not_available(reason: str) -> None:
     pytest.skip(hint)
 
 
-def read_clusters(path: Path = CLUSTERS_FILE) -> list[dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return []
-    return [c for c in data if isinstance(c, dict) and c.get("name") and c.get("url")]
+def read_clusters() -> list[dict[str, Any]]:
+    from chalicelib.localrun import local_clusters
+
+    return local_clusters(STATE)
 
 
 # --------------------------------------------------------------------------- slurm targets
