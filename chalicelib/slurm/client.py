@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import msgspec
 import requests
@@ -126,7 +126,7 @@ class SlurmClient:
                 self._served_db = self._probe(lambda d: d.accounting_path("ping"), self._served)
         return self._served
 
-    def _probe(self, path: Callable[[Dialect], str], versions: Any) -> list[str]:
+    def _probe(self, path: Callable[[Dialect], str], versions: Iterable[str]) -> list[str]:
         found = []
         for version in sorted(versions, key=version_key, reverse=True):
             try:
