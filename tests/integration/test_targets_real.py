@@ -9,7 +9,6 @@ import importlib.util
 import json
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import boto3

@@ -34,7 +34,7 @@ from chalicelib.cli import main
 from chalicelib.observability import logger
 from chalicelib.settings import Settings
 from chalicelib.slurm.auth import SecretsManagerToken, StaticToken, Token, parse_secret
-from chalicelib.slurm.client import SlurmClient, build_client
+from chalicelib.slurm.client import SlurmClient
 from chalicelib.slurm.errors import SlurmAuthError, SlurmError
 from chalicelib.slurm.models import JobSubmission
 from chalicelib.slurm.transport import build_session
