@@ -15,6 +15,7 @@ import boto3
 import pytest
 from conftest import REPO, SlurmTarget, not_available, read_clusters
 from event_queue import events_to_queue
+from test_tracker_real import OnlyTheseJobs
 
 from chalicelib import provenance
 from chalicelib.cli import main
@@ -70,7 +71,7 @@ def test_versions_for_each_target(two: dict[str, SlurmTarget], capsys: pytest.Ca
     assert "lab-old" not in table and table.splitlines()[0].split()[:5] == ["TARGET", "VERSION", "SERVED", "KNOWN", "USED"]
 
 
-def test_the_tracker_polls_each_target(two: dict[str, SlurmTarget]) -> None:
+def test_the_tracker_polls_each_target(two: dict[str, SlurmTarget], monkeypatch: pytest.MonkeyPatch) -> None:
     create_table(boto3.client("dynamodb"), "targets-jobs")
     published = events_to_queue("targets-events")
     jobs = {}
@@ -84,6 +85,15 @@ def test_the_tracker_polls_each_target(two: dict[str, SlurmTarget]) -> None:
     spec = importlib.util.spec_from_file_location("app_targets", REPO / "app.py")
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
+
+    def scoped_client(settings: Settings) -> OnlyTheseJobs:
+        """The real client of each target, its listings narrowed to this test's jobs
+        (the clusters are shared: an unscoped first poll diffs thousands)."""
+        scoped = OnlyTheseJobs(build_client(settings))
+        scoped.ids = set(jobs.values())
+        return scoped
+
+    monkeypatch.setattr(app, "build_client", scoped_client)
     finals: dict[str, dict[str, Any]] = {}
     mine: list[dict[str, Any]] = []
     deadline = time.monotonic() + WAIT_SECONDS
