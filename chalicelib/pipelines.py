@@ -21,12 +21,14 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from chalicelib import collect
+from chalicelib.collect import Collect
 from chalicelib.s3events import ObjectRef
 from chalicelib.slurm.models import JobSubmission
 from chalicelib.templating import check_template
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
-_TOP_FIELDS = {"name", "description", "match", "metadata", "job"}
+_TOP_FIELDS = {"name", "description", "match", "metadata", "job", "collect"}
 _MATCH_FIELDS = {"bucket", "prefix", "suffix", "glob", "exclude", "min_size"}
 
 
@@ -46,10 +48,13 @@ class Match:
     exclude: tuple[str, ...] = ()
     min_size: int | None = None
 
+    def in_scope(self, ref: ObjectRef) -> bool:
+        """Bucket and prefix: where a set's marker or manifest may land."""
+        return (not self.buckets or ref.bucket in self.buckets) and ref.key.startswith(self.prefix)
+
     def __call__(self, ref: ObjectRef) -> bool:
         return (
-            (not self.buckets or ref.bucket in self.buckets)
-            and ref.key.startswith(self.prefix)
+            self.in_scope(ref)
             and ref.key.endswith(self.suffix)
             and (self.glob is None or fnmatchcase(ref.key, self.glob))
             and not any(fnmatchcase(ref.key, g) for g in self.exclude)
@@ -65,6 +70,13 @@ class Pipeline:
     metadata: bool = False  # fetch the object's user metadata (one HeadObject per object)
     file: str = ""
     description: str = ""
+    collect: Collect | None = None  # a set of objects makes one job (docs/trigger.md#sets)
+
+    def accepts(self, ref: ObjectRef) -> bool:
+        """A member (``match``), or the marker or manifest of a set."""
+        if self.collect is not None and self.collect.is_control(ref):
+            return self.match.in_scope(ref)
+        return self.match(ref)
 
 
 def _strings(value: Any, what: str) -> tuple[str, ...]:
@@ -125,7 +137,13 @@ def parse(data: Any, file: Path) -> Pipeline:
         if not isinstance(metadata, bool):
             raise ValueError("'metadata' must be true or false")
         template = _template(data.get("job"), file.parent)
-        check_template(template, metadata=metadata)
+        spec = collect.parse(data["collect"], template_array=template.array) if "collect" in data else None
+        if spec is not None and metadata:
+            raise ValueError("'metadata' is per object: a set pipeline cannot use it")
+        if spec is None:
+            check_template(template, metadata=metadata)
+        else:
+            check_template(template, metadata=False, variables=collect.template_variables(spec))
         return Pipeline(
             name=name,
             match=_match(data.get("match")),
@@ -133,6 +151,7 @@ def parse(data: Any, file: Path) -> Pipeline:
             metadata=metadata,
             file=str(file),
             description=str(data.get("description") or ""),
+            collect=spec,
         )
     except (ValueError, OSError) as exc:  # TemplateError is a ValueError
         raise PipelineError(f"{label}: {exc}") from exc
@@ -177,6 +196,6 @@ def load(path: str | Path) -> list[Pipeline]:
 
 
 def matching(pipelines: Iterable[Pipeline], ref: ObjectRef) -> list[Pipeline]:
-    """Every pipeline whose match accepts ``ref``, in file order."""
-    return [p for p in pipelines if p.match(ref)]
+    """Every pipeline that accepts ``ref``, in file order."""
+    return [p for p in pipelines if p.accepts(ref)]
 

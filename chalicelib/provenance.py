@@ -6,11 +6,13 @@ so the two share no table and a job stays traceable from ``squeue`` too.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
 MARKER = "slurm-trigger:"
+MAX_COMMENT = 1024  # slurmctld refuses longer comments ("Pathname ... too long")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,22 @@ def encode(source: Source, comment: str | None = None) -> str:
     )
     prefix = f"{comment.strip()} " if comment and comment.strip() else ""
     return f"{prefix}{MARKER}{payload}"
+
+
+def comment(source: Source, template_comment: str | None) -> str:
+    """The provenance comment, within Slurm's limit. Long keys (up to 1,024 bytes, and
+    JSON escapes non-ASCII six-fold) first lose the template's comment, then the
+    key is shortened, ending in "...". The idempotency key always stays whole, and
+    the job's environment and the trigger's event carry the full object key."""
+    text = encode(source, template_comment)
+    if len(text.encode()) <= MAX_COMMENT:
+        return text
+    key = source.key
+    text = encode(source)
+    while len(text.encode()) > MAX_COMMENT:
+        key = key[: max(0, len(key) - (len(text.encode()) - MAX_COMMENT) - 3)]
+        text = encode(dataclasses.replace(source, key=key + "..."))
+    return text
 
 
 def decode(comment: str | None) -> Source | None:

@@ -53,6 +53,7 @@ class Settings:
     idempotency_ttl_days: int = 30
     idempotency_in_progress_seconds: int = 90  # a little over the Lambda timeout
     include_object_metadata: bool = False
+    sets_table: str = "slurm-trigger-sets"  # membership of sets (pipelines with `collect`)
 
     # --- the tracker
     jobs_table: str = "slurm-trigger-jobs"
@@ -94,6 +95,7 @@ class Settings:
             idempotency_ttl_days=_int(g("IDEMPOTENCY_TTL_DAYS"), 30),
             idempotency_in_progress_seconds=_int(g("IDEMPOTENCY_IN_PROGRESS_SECONDS"), 90),
             include_object_metadata=_bool(g("INCLUDE_OBJECT_METADATA")),
+            sets_table=g("SETS_TABLE", "slurm-trigger-sets"),
             jobs_table=g("JOBS_TABLE", "slurm-trigger-jobs"),
             track_all_jobs=_bool(g("TRACK_ALL_JOBS")),
             event_bus=g("EVENT_BUS_NAME", "default"),

@@ -17,7 +17,7 @@ import posixpath
 import re
 import shlex
 import string
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 from chalicelib.s3events import ObjectRef
 from chalicelib.slurm.models import JobSubmission
@@ -166,9 +166,10 @@ _FIELDS: dict[str, Callable[[str], str]] = {
 _VERBATIM_FIELDS = ("partition", "array")
 
 
-def check_template(sub: JobSubmission, *, metadata: bool) -> None:
-    """Every variable used is known, and variables appear only where they are quoted
-    or sanitized. Run when pipelines load, so errors surface before any object."""
+def check_template(sub: JobSubmission, *, metadata: bool, variables: Collection[str] = VARIABLES) -> None:
+    """Every variable used is known (``variables``: an object's, or a set's), and
+    variables appear only where they are quoted or sanitized. Run when pipelines
+    load, so errors surface before any object."""
     texts: list[tuple[str, str]] = [(f, getattr(sub, f)) for f in _FIELDS if getattr(sub, f)]
     texts += [(f"environment.{k}", v) for k, v in sub.environment.items()]
     for name in sub.environment:
@@ -180,7 +181,7 @@ def check_template(sub: JobSubmission, *, metadata: bool) -> None:
             raise TemplateError(f"template variables are not allowed in {field!r}")
     for field, text in texts:
         for var in identifiers(text):
-            if var in VARIABLES or (metadata and var.startswith(METADATA_PREFIX)):
+            if var in variables or (metadata and var.startswith(METADATA_PREFIX)):
                 continue
             hint = " (set 'metadata: true' to use object metadata)" if var.startswith(METADATA_PREFIX) else ""
             raise TemplateError(f"unknown template variable ${{{var}}} in {field!r}{hint}")

@@ -17,7 +17,6 @@ handed in; a ``Trigger`` holds no per-event state.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -28,9 +27,12 @@ from chalicelib import provenance, s3events
 from chalicelib.eventbus import Event, EventBus
 from chalicelib.idempotency import Claim, DynamoDBIdempotencyStore, IdempotencyStore, idempotency_key
 from chalicelib.observability import logger, metrics as default_metrics, tracer
+from chalicelib.outcome import Outcome
 from chalicelib.pipelines import Pipeline, load, matching
 from chalicelib.provenance import Source
 from chalicelib.s3events import ObjectRef
+from chalicelib.sets import SetCollector
+from chalicelib.setstore import DynamoDBSetStore, SetStore
 from chalicelib.settings import Settings
 from chalicelib.slurm import build_client
 from chalicelib.slurm.errors import SlurmAuthError, SlurmError
@@ -39,24 +41,7 @@ from chalicelib.templating import TemplateError, object_variables, render
 
 SUBMITTED = "Slurm Job Submitted"
 FAILED = "Slurm Job Submission Failed"
-MAX_COMMENT = 1024  # slurmctld refuses longer comments ("Pathname ... too long")
 T = TypeVar("T")
-
-
-def _comment(source: Source, template_comment: str | None) -> str:
-    """The provenance comment, within Slurm's limit. Long keys (up to 1,024 bytes, and
-    JSON escapes non-ASCII six-fold) first lose the template's comment, then the
-    key is shortened, ending in "...". The idempotency key always stays whole, and
-    the job's environment and the trigger's event carry the full object key."""
-    text = provenance.encode(source, template_comment)
-    if len(text.encode()) <= MAX_COMMENT:
-        return text
-    key = source.key
-    text = provenance.encode(source)
-    while len(text.encode()) > MAX_COMMENT:
-        key = key[: max(0, len(key) - (len(text.encode()) - MAX_COMMENT) - 3)]
-        text = provenance.encode(dataclasses.replace(source, key=key + "..."))
-    return text
 
 
 def _source(ref: ObjectRef, pipeline: Pipeline) -> Source:
@@ -74,7 +59,7 @@ def render_job(
     Raises ``TemplateError`` (permanent) for values it must refuse."""
     source = source or _source(ref, pipeline)
     job = render(pipeline.template, object_variables(ref, pipeline.name, source.idempotency_key or "", metadata))
-    return dataclasses.replace(job, comment=_comment(source, job.comment))
+    return dataclasses.replace(job, comment=provenance.comment(source, job.comment))
 
 
 def _each(items: Iterable[T], work: Callable[[T], list[Outcome]]) -> list[Outcome]:
@@ -92,22 +77,6 @@ def _each(items: Iterable[T], work: Callable[[T], list[Outcome]]) -> list[Outcom
     return outcomes
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one object for one pipeline (or of an unmatched object)."""
-
-    status: str  # submitted | adopted | duplicate | unmatched | failed
-    bucket: str
-    key: str
-    pipeline: str | None = None
-    job_id: int | None = None
-    idempotency_key: str | None = None
-    reason: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-
-
 class Trigger:
     """The exactly-once path from ``ObjectRef`` to Slurm job."""
 
@@ -119,8 +88,10 @@ class Trigger:
         store: IdempotencyStore,
         bus: EventBus,
         cluster: str,
-        s3_client: Any = None,  # only for pipelines with ``metadata: true``
+        s3_client: Any = None,  # pipelines with ``metadata: true``, marker and manifest sets
         metrics: Any = default_metrics,
+        sets: SetStore | None = None,  # set membership, for pipelines with ``collect``
+        redrive_after: int = 90,  # seconds before the set check finishes a silent set's job
     ) -> None:
         self.pipelines = list(pipelines)
         self.client = client
@@ -130,6 +101,7 @@ class Trigger:
         self.s3 = s3_client
         self.metrics = metrics
         self._batch = BatchProcessor(event_type=EventType.SQS)
+        self.sets = SetCollector(self, sets, redrive_after=redrive_after)
 
     # --- entry points, one per subscription shape
     def handle_event(self, event: Mapping[str, Any]) -> list[Outcome]:
@@ -146,6 +118,10 @@ class Trigger:
 
     def _sqs_record(self, record: SQSRecord) -> list[dict[str, Any]]:
         return [o.to_dict() for o in self.handle_objects(s3events.parse_sqs_body(record.body))]
+
+    def check_sets(self) -> list[Outcome]:
+        """The scheduled check of sets: window ends, deadlines, silent winners."""
+        return self.sets.check(self.pipelines)
 
     # --- the core
     def handle_objects(self, refs: Iterable[ObjectRef]) -> list[Outcome]:
@@ -176,17 +152,25 @@ class Trigger:
 
     def submit(self, ref: ObjectRef, pipeline: Pipeline, metadata: Mapping[str, str] | None = None) -> Outcome:
         """At most one job for (pipeline, object version), however often called."""
+        if pipeline.collect is not None:
+            return self.sets.collect(ref, pipeline)
         source = _source(ref, pipeline)
-        key = source.idempotency_key
         try:
             job = render_job(ref, pipeline, metadata, source)
         except TemplateError as exc:
             return self._failed(source, exc)
+        return self.submit_rendered(source, job)
+
+    def submit_rendered(self, source: Source, job: JobSubmission, detail: Mapping[str, Any] | None = None) -> Outcome:
+        """At most one job under ``source.idempotency_key``, however often called:
+        claim, submit (or adopt the job an earlier, silent attempt made), publish,
+        record. ``detail`` is added to the "Submitted" event (a set's members)."""
+        key = source.idempotency_key or ""
         claim = self.store.claim(key)
         if claim.completed:
-            logger.info("object version already has its job", extra={"key": key, "job_id": claim.job_id})
+            logger.info("already has its job", extra={"key": key, "job_id": claim.job_id})
             self.metrics.add_metric(name="DuplicateObjectsSkipped", unit=MetricUnit.Count, value=1)
-            return Outcome("duplicate", ref.bucket, ref.key, pipeline.name, claim.job_id, key)
+            return Outcome("duplicate", source.bucket, source.key, source.pipeline, claim.job_id, key)
         try:
             job_id, adopted = self._adopt_or_submit(claim, job)
         except SlurmError as exc:
@@ -195,17 +179,17 @@ class Trigger:
             self.store.expire(key)  # outcome unknown: the next attempt asks Slurm
             raise
         try:
-            self._publish_submitted(source, job_id, adopted)
+            self._publish_submitted(source, job_id, adopted, detail)
             self.store.complete(key, job_id)
         except BaseException:
             self.store.expire(key)  # the job exists: the next attempt adopts and publishes
             raise
         logger.info(
             "job adopted" if adopted else "job submitted",
-            extra={"job_id": job_id, "pipeline": pipeline.name, "bucket": ref.bucket, "key": ref.key, "idempotency_key": key},
+            extra={"job_id": job_id, "pipeline": source.pipeline, "bucket": source.bucket, "key": source.key, "idempotency_key": key},
         )
         self.metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
-        return Outcome("adopted" if adopted else "submitted", ref.bucket, ref.key, pipeline.name, job_id, key)
+        return Outcome("adopted" if adopted else "submitted", source.bucket, source.key, source.pipeline, job_id, key)
 
     def _adopt_or_submit(self, claim: Claim, job: JobSubmission) -> tuple[int, bool]:
         if claim.taken_over:
@@ -252,8 +236,9 @@ class Trigger:
         self.bus.put([Event(FAILED, detail, (source.object_arn,), f"{source.idempotency_key}:failed")])
         return Outcome("failed", source.bucket, source.key, source.pipeline, job_id, source.idempotency_key, reason)
 
-    def _publish_submitted(self, source: Source, job_id: int, adopted: bool) -> None:
+    def _publish_submitted(self, source: Source, job_id: int, adopted: bool, extra: Mapping[str, Any] | None) -> None:
         detail = {
+            **(extra or {}),
             "source": source.to_detail(),
             "jobId": job_id,
             "cluster": self.cluster,
@@ -295,4 +280,6 @@ def build_trigger(
         bus=EventBus(events_client, settings.event_bus, settings.event_source),
         cluster=settings.cluster_name,
         s3_client=s3_client,
+        sets=DynamoDBSetStore(dynamodb_client, settings.sets_table, ttl_days=settings.idempotency_ttl_days),
+        redrive_after=settings.idempotency_in_progress_seconds,
     )

@@ -144,6 +144,12 @@ def _expand_path(path: str | None, raw: Mapping[str, Any]) -> str | None:
     return re.sub(r"%([juxAa%])", lambda m: values[m.group(1)], path)
 
 
+def _task_id(raw: Mapping[str, Any]) -> int | None:
+    """An array task's index; None outside arrays (0 / unset / NO_VAL 0xfffffffe)."""
+    task = number(raw.get("array_task_id"))
+    return task if number(raw.get("array_job_id")) and task is not None and task < 0xFFFFFFFE else None
+
+
 def _default_output(raw: Mapping[str, Any]) -> str | None:
     """Slurm's default batch output file, which 22.05 reports as an empty string."""
     cwd = _text(raw.get("current_working_directory"))
@@ -330,6 +336,8 @@ class Dialect:
             working_directory=_text(raw.get("current_working_directory")),
             standard_output=_text(raw.get("stdout_expanded"))
             or _expand_path(_text(raw.get("standard_output")) or _default_output(raw), raw),
+            array_job_id=number(raw.get("array_job_id")) or None,
+            array_task_id=_task_id(raw),
         )
 
     def _state(self, value: Any) -> tuple[str, tuple[str, ...]]:

@@ -50,6 +50,8 @@ class Job:
     comment: str | None = None
     working_directory: str | None = None
     standard_output: str | None = None
+    array_job_id: int | None = None  # set for the tasks of a job array
+    array_task_id: int | None = None  # None also for an array's not yet started remainder
 
     @property
     def is_final(self) -> bool:

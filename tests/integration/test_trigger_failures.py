@@ -210,7 +210,8 @@ def test_metrics(setup):
 @pytest.mark.parametrize("key", ["in/" + "k" * 1021, "in/" + "\u2603" * 340, "in/" + "\U0001f600" * 255])
 def test_long_keys_fit_slurms_comment(tmp_path, key):
     from chalicelib.provenance import decode
-    from chalicelib.trigger import MAX_COMMENT, render_job
+    from chalicelib.provenance import MAX_COMMENT
+    from chalicelib.trigger import render_job
 
     assert len(key.encode()) <= 1024
     pipeline = parse({**PIPELINE, "job": {**PIPELINE["job"], "comment": "a template comment"}}, tmp_path / "p.yaml")
