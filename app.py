@@ -75,6 +75,20 @@ def _objects(event) -> list:
         metrics.flush_metrics()
 
 
+# Minutes between two checks of waiting sets (windows that end, deadlines that pass).
+SET_CHECK_MINUTES = int(os.environ.get("SET_CHECK_MINUTES") or 5)
+
+
+@app.schedule(Rate(SET_CHECK_MINUTES, unit=Rate.MINUTES))
+def check_sets(event):
+    """Fire window sets, report sets past their deadline, finish sets whose job a
+    dead attempt left unmade (docs/trigger.md#sets)."""
+    try:
+        return [o.to_dict() for o in _trigger().check_sets()]
+    finally:
+        metrics.flush_metrics()
+
+
 if "s3" in SUBSCRIPTIONS:
 
     @app.on_s3_event(bucket=INPUT_BUCKET, events=["s3:ObjectCreated:*"])
