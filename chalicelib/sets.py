@@ -70,6 +70,47 @@ def render_set_job(pipeline: Pipeline, bucket: str, place: Place, members: list[
     return dataclasses.replace(job, comment=provenance.comment(set_source(pipeline, bucket, place), job.comment))
 
 
+def dry_run(pipeline: Pipeline, refs: Iterable[ObjectRef], manifest: str | None = None) -> list[dict[str, Any]]:
+    """What a set pipeline would make of these objects, as if they landed in this
+    order and nothing else were in the bucket: each set, complete or not, its
+    members, what it lacks and the job it would submit (``slurm-trigger render``).
+    ``manifest`` is the text of the manifest, for manifest sets."""
+    spec = pipeline.collect
+    assert spec is not None
+    sets: dict[str, tuple[Place, str, dict[str, Member], bool]] = {}
+    for ref in refs:
+        if not pipeline.accepts(ref):
+            continue
+        place = spec.place(pipeline.name, ref)
+        if place is None:
+            continue
+        control = spec.is_control(ref)
+        _, _, present, landed = sets.get(place.set_id, (place, ref.bucket, {}, False))
+        if not control:
+            present[place.member] = _info(ref)
+        sets[place.set_id] = (place, ref.bucket, present, landed or control)
+    if spec.kind == "marker":  # members are the marker's folder, not a set of their own
+        members = {m.key: m for _, _, p, landed in sets.values() if not landed for m in p.values()}
+        sets = {k: v for k, v in sets.items() if v[3]}
+        for place, bucket, present, _ in sets.values():
+            prefix = f"{place.folder}/" if place.folder else ""
+            present.update({k[len(prefix):]: m for k, m in members.items() if k.startswith(prefix)})
+    out = []
+    for place, bucket, present, landed in sets.values():
+        expected = manifest_members(manifest) if spec.kind == "manifest" and landed and manifest else None
+        complete = spec.complete(present, expected) or (spec.kind == "marker" and landed) or bool(spec.window)
+        row: dict[str, Any] = {"pipeline": pipeline.name, "set": place.name, "idempotency_key": place.set_id, "complete": complete}
+        if complete:
+            ordered = [(m, present[m]) for m in spec.order(present, expected)]
+            row["members"] = [m.key for _, m in ordered]
+            row["job"] = render_set_job(pipeline, bucket, place, ordered)
+        else:
+            row["members"] = sorted(m.key for m in present.values())
+            row["missing"] = spec.missing(present, expected)
+        out.append(row)
+    return out
+
+
 def _info(ref: ObjectRef) -> Member:
     return Member(ref.key, ref.version_id, ref.etag, ref.size)
 
