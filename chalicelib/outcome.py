@@ -18,6 +18,7 @@ class Outcome:
     job_id: int | None = None
     idempotency_key: str | None = None
     reason: str | None = None
+    steps: dict[str, int] | None = None  # a pipeline with steps: each step's job id
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}

@@ -21,14 +21,15 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from chalicelib import collect
+from chalicelib import collect, steps as step_section
 from chalicelib.collect import Collect
+from chalicelib.steps import Step
 from chalicelib.s3events import ObjectRef
 from chalicelib.slurm.models import JobSubmission
 from chalicelib.templating import check_template
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
-_TOP_FIELDS = {"name", "description", "match", "metadata", "job", "collect"}
+_TOP_FIELDS = {"name", "description", "match", "metadata", "job", "steps", "collect"}
 _MATCH_FIELDS = {"bucket", "prefix", "suffix", "glob", "exclude", "min_size"}
 
 
@@ -71,6 +72,12 @@ class Pipeline:
     file: str = ""
     description: str = ""
     collect: Collect | None = None  # a set of objects makes one job (docs/trigger.md#sets)
+    steps: tuple[Step, ...] = ()  # several jobs chained by dependencies, instead of ``template``
+
+    @property
+    def jobs(self) -> tuple[Step, ...]:
+        """What to submit, in order: the steps, or the one job."""
+        return self.steps or (Step(None, self.template),)
 
     def accepts(self, ref: ObjectRef) -> bool:
         """A member (``match``), or the marker or manifest of a set."""
@@ -136,14 +143,26 @@ def parse(data: Any, file: Path) -> Pipeline:
         metadata = data.get("metadata", False)
         if not isinstance(metadata, bool):
             raise ValueError("'metadata' must be true or false")
-        template = _template(data.get("job"), file.parent)
-        spec = collect.parse(data["collect"], template_array=template.array) if "collect" in data else None
+        if "steps" in data and "job" in data:
+            raise ValueError("give either 'job' or 'steps', not both")
+        steps: tuple[Step, ...] = ()
+        if "steps" in data:
+            steps = step_section.parse(data["steps"], lambda job: _template(job, file.parent))
+            template = steps[0].template
+        else:
+            template = _template(data.get("job"), file.parent)
+        jobs = steps or (Step(None, template),)
+        arrays = [j.template.array for j in jobs if j.template.array]
+        spec = collect.parse(data["collect"], template_array=arrays[0] if arrays else None) if "collect" in data else None
         if spec is not None and metadata:
             raise ValueError("'metadata' is per object: a set pipeline cannot use it")
-        if spec is None:
-            check_template(template, metadata=metadata)
-        else:
-            check_template(template, metadata=False, variables=collect.template_variables(spec))
+        if spec is None and any(j.array for j in jobs):
+            raise ValueError("'as: array' makes one task per member of a set: it needs 'collect'")
+        for job in jobs:
+            if spec is None:
+                check_template(job.template, metadata=metadata)
+            else:
+                check_template(job.template, metadata=False, variables=collect.template_variables(spec))
         return Pipeline(
             name=name,
             match=_match(data.get("match")),
@@ -152,6 +171,7 @@ def parse(data: Any, file: Path) -> Pipeline:
             file=str(file),
             description=str(data.get("description") or ""),
             collect=spec,
+            steps=steps,
         )
     except (ValueError, OSError) as exc:  # TemplateError is a ValueError
         raise PipelineError(f"{label}: {exc}") from exc

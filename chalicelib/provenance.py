@@ -25,6 +25,7 @@ class Source:
     version_id: str | None = None
     etag: str | None = None
     idempotency_key: str | None = None
+    step: str | None = None  # the step of a pipeline with ``steps``
 
     @property
     def s3_uri(self) -> str:
@@ -37,13 +38,16 @@ class Source:
 
     def to_detail(self) -> dict[str, Any]:
         """The camelCase form used in EventBridge events."""
-        return {
+        detail = {
             "bucket": self.bucket,
             "key": self.key,
             "versionId": self.version_id,
             "s3Uri": self.s3_uri,
             "pipeline": self.pipeline,
         }
+        if self.step is not None:
+            detail["step"] = self.step
+        return detail
 
 
 def encode(source: Source, comment: str | None = None) -> str:

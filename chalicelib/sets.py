@@ -32,6 +32,7 @@ from chalicelib.provenance import Source
 from chalicelib.s3events import ObjectRef, clean_etag
 from chalicelib.setstore import COMPLETE, OPEN, SUBMITTED, Member, SetState, SetStore, Where
 from chalicelib.slurm.models import JobSubmission
+from chalicelib.steps import Step
 from chalicelib.templating import TemplateError, check_value, render
 
 INCOMPLETE = "Slurm Trigger Set Incomplete"
@@ -44,10 +45,17 @@ def set_source(pipeline: Pipeline, bucket: str, place: Place) -> Source:
     return Source(bucket, place.name, pipeline.name, idempotency_key=place.set_id)
 
 
-def render_set_job(pipeline: Pipeline, bucket: str, place: Place, members: list[tuple[str, Member]]) -> JobSubmission:
-    """The job a complete set makes: the template with the set's values, every member
-    in the environment, one array task per member for ``as: array``. Raises
-    ``TemplateError`` (permanent) for values it must refuse."""
+def render_set_job(
+    pipeline: Pipeline,
+    bucket: str,
+    place: Place,
+    members: list[tuple[str, Member]],
+    step: Step | None = None,
+    source: Source | None = None,
+) -> JobSubmission:
+    """The job a complete set makes (or one step of it): the template with the set's
+    values, every member in the environment, one array task per member for
+    ``as: array``. Raises ``TemplateError`` (permanent) for values it must refuse."""
     spec = pipeline.collect
     assert spec is not None
     for name, member in members:
@@ -62,12 +70,13 @@ def render_set_job(pipeline: Pipeline, bucket: str, place: Place, members: list[
         "member_count": str(len(members)),
         **place.captures,
     }
-    job = render(pipeline.template, values)
+    job = render(step.template if step else pipeline.template, values)
     job.environment.update({"SLURM_TRIGGER_SET": place.name, "SLURM_TRIGGER_BUCKET": bucket})
     job.environment.update(member_environment(spec, [(n, m.key) for n, m in members]))
-    if spec.array:
+    if spec.array if step is None or step.array is None else step.array:
         job = dataclasses.replace(job, array=spec.array_spec(len(members)))
-    return dataclasses.replace(job, comment=provenance.comment(set_source(pipeline, bucket, place), job.comment))
+    source = source or set_source(pipeline, bucket, place)
+    return dataclasses.replace(job, comment=provenance.comment(source, job.comment))
 
 
 def dry_run(pipeline: Pipeline, refs: Iterable[ObjectRef], manifest: str | None = None) -> list[dict[str, Any]]:
@@ -103,7 +112,11 @@ def dry_run(pipeline: Pipeline, refs: Iterable[ObjectRef], manifest: str | None 
         if complete:
             ordered = [(m, present[m]) for m in spec.order(present, expected)]
             row["members"] = [m.key for _, m in ordered]
-            row["job"] = render_set_job(pipeline, bucket, place, ordered)
+            source = set_source(pipeline, bucket, place)
+            row["jobs"] = [
+                (step, render_set_job(pipeline, bucket, place, ordered, step if step.name else None, step.source(source)))
+                for step in pipeline.jobs
+            ]
         else:
             row["members"] = sorted(m.key for m in present.values())
             row["missing"] = spec.missing(present, expected)
@@ -186,16 +199,17 @@ class SetCollector:
 
     def _fire(self, pipeline: Pipeline, bucket: str, place: Place, members: list[tuple[str, Member]], *, record: bool) -> Any:
         source = set_source(pipeline, bucket, place)
-        try:
-            if not members:
-                raise TemplateError("the set has no member")
-            job = render_set_job(pipeline, bucket, place, members)
-        except TemplateError as exc:
-            outcome = self.trigger._failed(source, exc)
+        if not members:
+            outcome = self.trigger._failed(source, TemplateError("the set has no member"))
         else:
             keys = [m.key for _, m in members]
-            detail = {"set": {"name": place.name, "memberCount": len(keys), "members": keys[:EVENT_MEMBERS], "array": bool(pipeline.collect and pipeline.collect.array)}}
-            outcome = self.trigger.submit_rendered(source, job, detail)
+            detail = {"set": {"name": place.name, "memberCount": len(keys), "members": keys[:EVENT_MEMBERS]}}
+            outcome = self.trigger.submit_steps(
+                source,
+                pipeline.jobs,
+                lambda step, src: render_set_job(pipeline, bucket, place, members, step if step.name else None, src),
+                detail,
+            )
         if record and (outcome.job_id is not None or outcome.status == "failed"):
             self.store.finished(place.set_id, outcome.job_id)
         return outcome

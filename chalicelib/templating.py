@@ -163,7 +163,7 @@ _FIELDS: dict[str, Callable[[str], str]] = {
     "standard_output": _path_safe,
     "standard_error": _path_safe,
 }
-_VERBATIM_FIELDS = ("partition", "array")
+_VERBATIM_FIELDS = ("partition", "array", "dependency")
 
 
 def check_template(sub: JobSubmission, *, metadata: bool, variables: Collection[str] = VARIABLES) -> None:

@@ -37,6 +37,7 @@ from chalicelib.settings import Settings
 from chalicelib.slurm import build_client
 from chalicelib.slurm.errors import SlurmAuthError, SlurmError
 from chalicelib.slurm.models import JobSubmission
+from chalicelib.steps import Step
 from chalicelib.templating import TemplateError, object_variables, render
 
 SUBMITTED = "Slurm Job Submitted"
@@ -54,11 +55,14 @@ def render_job(
     pipeline: Pipeline,
     metadata: Mapping[str, str] | None = None,
     source: Source | None = None,
+    step: Step | None = None,
 ) -> JobSubmission:
-    """The job ``pipeline`` makes of ``ref``, its provenance stamped in the comment.
-    Raises ``TemplateError`` (permanent) for values it must refuse."""
-    source = source or _source(ref, pipeline)
-    job = render(pipeline.template, object_variables(ref, pipeline.name, source.idempotency_key or "", metadata))
+    """The job ``pipeline`` (or one of its steps) makes of ``ref``, its provenance
+    stamped in the comment. Raises ``TemplateError`` (permanent) for values it must
+    refuse."""
+    source = source or (step.source(_source(ref, pipeline)) if step else _source(ref, pipeline))
+    template = step.template if step else pipeline.template
+    job = render(template, object_variables(ref, pipeline.name, source.idempotency_key or "", metadata))
     return dataclasses.replace(job, comment=provenance.comment(source, job.comment))
 
 
@@ -151,15 +155,48 @@ class Trigger:
         return _each(matched, one)
 
     def submit(self, ref: ObjectRef, pipeline: Pipeline, metadata: Mapping[str, str] | None = None) -> Outcome:
-        """At most one job for (pipeline, object version), however often called."""
+        """At most one job for (pipeline, object version) (one per step), however often called."""
         if pipeline.collect is not None:
             return self.sets.collect(ref, pipeline)
-        source = _source(ref, pipeline)
-        try:
-            job = render_job(ref, pipeline, metadata, source)
-        except TemplateError as exc:
-            return self._failed(source, exc)
-        return self.submit_rendered(source, job)
+        return self.submit_steps(
+            _source(ref, pipeline), pipeline.jobs, lambda step, source: render_job(ref, pipeline, metadata, source, step)
+        )
+
+    def submit_steps(
+        self,
+        source: Source,
+        steps: Sequence[Step],
+        render_step: Callable[[Step, Source], JobSubmission],
+        detail: Mapping[str, Any] | None = None,
+    ) -> Outcome:
+        """Every step through ``submit_rendered``, in order, each under its own key and
+        depending on the ids of the steps before it (docs/trigger.md#steps). A step
+        that fails for good stops the rest; one that fails transiently raises, and
+        the retry finds the steps already made."""
+        job_ids: dict[str, int] = {}
+        outcomes: list[Outcome] = []
+        for step in steps:
+            step_source = step.source(source)
+            try:
+                job = render_step(step, step_source)
+            except TemplateError as exc:
+                return self._failed(step_source, exc)
+            dependency = step.dependency(job_ids)
+            if dependency:
+                job = dataclasses.replace(job, dependency=dependency)
+            outcome = self.submit_rendered(step_source, job, detail)
+            if outcome.job_id is None or outcome.status == "failed":
+                return outcome
+            outcomes.append(outcome)
+            if step.name is not None:
+                job_ids[step.name] = outcome.job_id
+        if len(outcomes) == 1:
+            return outcomes[0]
+        first = outcomes[0]
+        fresh = [o.status for o in outcomes if o.status != "duplicate"]
+        return dataclasses.replace(
+            first, status=fresh[0] if fresh else "duplicate", idempotency_key=source.idempotency_key, steps=job_ids
+        )
 
     def submit_rendered(self, source: Source, job: JobSubmission, detail: Mapping[str, Any] | None = None) -> Outcome:
         """At most one job under ``source.idempotency_key``, however often called:

@@ -20,6 +20,7 @@ from chalicelib.idempotency import idempotency_key
 from chalicelib.pipelines import load, load_all
 from chalicelib.s3events import ObjectRef, clean_etag
 from chalicelib.sets import dry_run
+from chalicelib.steps import Step
 from chalicelib.slurm import build_client
 from chalicelib.slurm.dialects import DIALECTS
 from chalicelib.trigger import Outcome, build_trigger, render_job
@@ -103,6 +104,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if errors or not pipelines else 0
 
 
+def _bodies(jobs: list[tuple[Step, Any]], body_of: Any) -> dict[str, Any]:
+    """``body`` for one job; ``steps`` (each step's name and body) for a pipeline with
+    steps, the earlier steps' ids shown as ``<step>``: Slurm gives them."""
+    if len(jobs) == 1 and jobs[0][0].name is None:
+        return {"body": body_of(jobs[0][1])}
+    names = {s.name: f"<{s.name}>" for s, _ in jobs if s.name}
+    return {"steps": [
+        {"step": s.name, "body": body_of(dataclasses.replace(job, dependency=s.dependency(names) or job.dependency))}
+        for s, job in jobs
+    ]}
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     settings = _settings(args)
     refs = []
@@ -124,14 +137,14 @@ def cmd_render(args: argparse.Namespace) -> int:
     for pipeline in pipelines:
         if pipeline.collect is not None:
             for row in dry_run(pipeline, refs, manifest):
-                if "job" in row:
-                    row.update(api_version=version, body=body_of(row.pop("job")))
+                if "jobs" in row:
+                    row.update(api_version=version, **_bodies(row.pop("jobs"), body_of))
                 out.append(row)
             continue
         for ref in (r for r in refs if pipeline.accepts(r)):
-            job = render_job(ref, pipeline, metadata if pipeline.metadata else None)
+            jobs = [(s, render_job(ref, pipeline, metadata if pipeline.metadata else None, step=s)) for s in pipeline.jobs]
             out.append({"pipeline": pipeline.name, "object": ref.s3_uri, "idempotency_key": idempotency_key(pipeline.name, ref),
-                        "api_version": version, "body": body_of(job)})
+                        "api_version": version, **_bodies(jobs, body_of)})
     emit(out, "json")  # always: the body is nested JSON, no table can show it
     if not out:
         verb = "matches" if len(refs) == 1 else "match"

@@ -197,6 +197,7 @@ class RawJob(_Fields):
     batch_flag: Any = msgspec.UNSET
     array_job_id: Any = msgspec.UNSET
     array_task_id: Any = msgspec.UNSET
+    dependency: Any = msgspec.UNSET
 
 
 class JobsAnswer(_Fields):
@@ -247,6 +248,7 @@ class Dialect:
             ("standard_error", sub.standard_error),
             ("comment", sub.comment),
             ("array", sub.array),
+            ("dependency", sub.dependency),
             ("tasks", sub.tasks),
             ("cpus_per_task", sub.cpus_per_task),
         ):
@@ -338,6 +340,7 @@ class Dialect:
             or _expand_path(_text(raw.get("standard_output")) or _default_output(raw), raw),
             array_job_id=number(raw.get("array_job_id")) or None,
             array_task_id=_task_id(raw),
+            dependency=_text(raw.get("dependency")),
         )
 
     def _state(self, value: Any) -> tuple[str, tuple[str, ...]]:

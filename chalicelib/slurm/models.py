@@ -52,6 +52,7 @@ class Job:
     standard_output: str | None = None
     array_job_id: int | None = None  # set for the tasks of a job array
     array_task_id: int | None = None  # None also for an array's not yet started remainder
+    dependency: str | None = None  # as Slurm shows it, e.g. "afterok:12(unfulfilled)"
 
     @property
     def is_final(self) -> bool:
@@ -82,6 +83,7 @@ class JobSubmission:
     memory_per_node: int | None = None
     comment: str | None = None
     array: str | None = None
+    dependency: str | None = None  # e.g. "afterok:12,singleton" (steps)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
