@@ -29,6 +29,8 @@ from chalicelib.slurm.models import JobSubmission
 from chalicelib.templating import check_template
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+# A site value: the deployment's own setting, e.g. its partition or shared filesystem.
+_SITE = re.compile(r"@\{([a-z][a-z0-9_]*)(?::-([^}]*))?\}")
 _TOP_FIELDS = {"name", "description", "match", "metadata", "job", "steps", "collect"}
 _MATCH_FIELDS = {"bucket", "prefix", "suffix", "glob", "exclude", "min_size"}
 
@@ -115,10 +117,31 @@ def _match(data: Any) -> Match:
     )
 
 
-def _template(data: Any, folder: Path) -> JobSubmission:
+def _site(value: Any, site: Mapping[str, str]) -> Any:
+    """``@{name}`` (or ``@{name:-default}``) in a job's fields → the deployment's
+    ``SITE_<NAME>`` setting, so one pipeline file runs on every cluster: the partition,
+    the shared filesystem. Trusted (the operator's), so allowed in every field; the
+    script gets them through its ``environment``."""
+    if isinstance(value, str):
+        def one(m: re.Match[str]) -> str:
+            if m.group(1) in site:
+                return site[m.group(1)]
+            if m.group(2) is not None:
+                return m.group(2)
+            raise ValueError(f"@{{{m.group(1)}}} needs the setting SITE_{m.group(1).upper()}")
+
+        return _SITE.sub(one, value)
+    if isinstance(value, Mapping):
+        return {k: v if k == "script" else _site(v, site) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_site(v, site) for v in value]
+    return value
+
+
+def _template(data: Any, folder: Path, site: Mapping[str, str] | None = None) -> JobSubmission:
     if not isinstance(data, Mapping):
         raise ValueError("'job' must be an object in the JobSubmission form")
-    job = dict(data)
+    job = {k: v for k, v in _site(data, site or {}).items() if v != ""}  # "@{partition:-}": Slurm's default
     script_file = job.pop("script_file", None)
     if script_file is not None:
         if "script" in job:
@@ -127,9 +150,9 @@ def _template(data: Any, folder: Path) -> JobSubmission:
     return JobSubmission.from_dict(job)
 
 
-def parse(data: Any, file: Path) -> Pipeline:
+def parse(data: Any, file: Path, site: Mapping[str, str] | None = None) -> Pipeline:
     """One pipeline from the parsed YAML of ``file`` (relative script files resolve
-    against its folder)."""
+    against its folder; ``@{name}`` is the site value ``site[name]``)."""
     if not isinstance(data, Mapping):
         raise PipelineError(f"{file}: a pipeline file holds one YAML object")
     name = data.get("name")
@@ -147,10 +170,10 @@ def parse(data: Any, file: Path) -> Pipeline:
             raise ValueError("give either 'job' or 'steps', not both")
         steps: tuple[Step, ...] = ()
         if "steps" in data:
-            steps = step_section.parse(data["steps"], lambda job: _template(job, file.parent))
+            steps = step_section.parse(data["steps"], lambda job: _template(job, file.parent, site))
             template = steps[0].template
         else:
-            template = _template(data.get("job"), file.parent)
+            template = _template(data.get("job"), file.parent, site)
         jobs = steps or (Step(None, template),)
         arrays = [j.template.array for j in jobs if j.template.array]
         spec = collect.parse(data["collect"], template_array=arrays[0] if arrays else None) if "collect" in data else None
@@ -185,14 +208,14 @@ def _files(path: Path) -> list[Path]:
     raise PipelineError(f"{path}: no such pipeline file or directory")
 
 
-def load_all(path: str | Path) -> tuple[list[Pipeline], list[PipelineError]]:
+def load_all(path: str | Path, site: Mapping[str, str] | None = None) -> tuple[list[Pipeline], list[PipelineError]]:
     """Every pipeline that loads, and an error for every one that does not."""
     pipelines: list[Pipeline] = []
     errors: list[PipelineError] = []
     seen: dict[str, str] = {}
     for file in _files(Path(path)):
         try:
-            pipeline = parse(yaml.safe_load(file.read_text(encoding="utf-8")), file)
+            pipeline = parse(yaml.safe_load(file.read_text(encoding="utf-8")), file, site)
         except PipelineError as exc:
             errors.append(exc)
             continue
@@ -207,9 +230,9 @@ def load_all(path: str | Path) -> tuple[list[Pipeline], list[PipelineError]]:
     return pipelines, errors
 
 
-def load(path: str | Path) -> list[Pipeline]:
+def load(path: str | Path, site: Mapping[str, str] | None = None) -> list[Pipeline]:
     """All pipelines, or a ``PipelineError`` listing every problem."""
-    pipelines, errors = load_all(path)
+    pipelines, errors = load_all(path, site)
     if errors:
         raise PipelineError("\n".join(map(str, errors)))
     return pipelines

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Mapping
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SITE_PREFIX = "SITE_"  # SITE_PARTITION=compute is @{partition} in pipeline files
 
 
 def _bool(value: str | None, default: bool = False) -> bool:
@@ -54,6 +55,7 @@ class Settings:
     idempotency_in_progress_seconds: int = 90  # a little over the Lambda timeout
     include_object_metadata: bool = False
     sets_table: str = "slurm-trigger-sets"  # membership of sets (pipelines with `collect`)
+    site: Mapping[str, str] = field(default_factory=dict)  # SITE_<NAME>: @{name} in pipeline files
 
     # --- the tracker
     jobs_table: str = "slurm-trigger-jobs"
@@ -96,6 +98,7 @@ class Settings:
             idempotency_in_progress_seconds=_int(g("IDEMPOTENCY_IN_PROGRESS_SECONDS"), 90),
             include_object_metadata=_bool(g("INCLUDE_OBJECT_METADATA")),
             sets_table=g("SETS_TABLE", "slurm-trigger-sets"),
+            site={k[len(SITE_PREFIX):].lower(): v for k, v in e.items() if k.startswith(SITE_PREFIX) and len(k) > len(SITE_PREFIX)},
             jobs_table=g("JOBS_TABLE", "slurm-trigger-jobs"),
             track_all_jobs=_bool(g("TRACK_ALL_JOBS")),
             event_bus=g("EVENT_BUS_NAME", "default"),

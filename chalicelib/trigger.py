@@ -306,7 +306,7 @@ def build_trigger(
     """A ``Trigger`` from ``Settings`` and boto3 clients (moto's in tests): pipelines
     loaded and checked, the Slurm client built (its version is negotiated on first use)."""
     return Trigger(
-        pipelines=load(settings.pipelines_path),
+        pipelines=load(settings.pipelines_path, settings.site),
         client=build_client(settings, secrets_client=secrets_client, ec2_client=ec2_client, ssm_client=ssm_client),
         store=DynamoDBIdempotencyStore(
             dynamodb_client,

@@ -95,7 +95,7 @@ def _collects(pipeline: Any) -> str | None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    pipelines, errors = load_all(settings.pipelines_path)
+    pipelines, errors = load_all(settings.pipelines_path, settings.site)
     rows = [{"pipeline": p.name, "file": p.file, "collect": _collects(p), "ok": True} for p in pipelines]
     rows += [{"pipeline": None, "file": None, "collect": None, "ok": False, "error": str(e)} for e in errors]
     emit(rows, args.format, ["pipeline", "file", "collect", "ok", "error"])
@@ -126,7 +126,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         refs.append(ObjectRef(bucket, key, size=args.size, etag=clean_etag(args.etag),
                               version_id=args.version_id, sequencer=args.sequencer))
     metadata = dict(item.split("=", 1) for item in args.metadata if "=" in item)
-    pipelines = load(settings.pipelines_path)
+    pipelines = load(settings.pipelines_path, settings.site)
     if settings.api_version:  # pinned: the body is known without asking a cluster
         version, body_of = settings.api_version, DIALECTS[settings.api_version].submit_body
     else:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -16,7 +18,8 @@ import pytest
 
 from chalicelib import setstore
 from chalicelib.s3events import ObjectRef
-from test_trigger import HOSTILE, World, make_world, notification  # sibling module
+from chalicelib.trigger import build_trigger
+from test_trigger import HOSTILE, World, _clients, make_world, notification, wait_final  # sibling module
 
 pytestmark = pytest.mark.real_slurm
 
@@ -269,3 +272,33 @@ def test_winner_that_died_is_finished_by_the_check(world):
     assert outcome.status == "submitted"
     assert deliver(world, r2).status == "duplicate"
     assert set_jobs(world, place.set_id) == {outcome.job_id}
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_examples_run_with_the_sites_paths_and_partition(world):
+    """paired-reads and illumina-run as shipped, their paths and partition from the
+    site's settings (SITE_ROOT, SITE_PARTITION, SITE_DATA) pointed at this cluster."""
+    site = {"root": world.outdir, "partition": "debug", "data": f"{world.outdir}/data"}
+    trigger = build_trigger(replace(world.settings, pipelines_path=str(REPO / "pipelines"), site=site), **_clients())
+    run = uid()
+    mates = [f"fastq/{run}/NA12878_S1_L001_R2_001.fastq.gz", f"fastq/{run}/NA12878_S1_L001_R1_001.fastq.gz"]
+    outcomes = [trigger.handle_event(notification(ref(k)))[0] for k in mates]
+    assert [o.status for o in outcomes] == ["collected", "submitted"]
+    job = wait_final(trigger.client, outcomes[-1].job_id)
+    assert (job.state, job.partition) == ("COMPLETED", "debug")
+    assert world.read(f"aligned/{job.job_id}.pair") == f"{mates[1]}\n{mates[0]}\n"
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="bkt")
+    samples = [f"runs/{run}/Data/{s}_S{i}_L001_R{r}_001.fastq.gz" for i, s in enumerate("AB", 1) for r in (1, 2)]
+    for key in samples:
+        s3.put_object(Bucket="bkt", Key=key, Body=b"@r\nACGT\n+\nIIII\n")
+    [outcome] = trigger.handle_event(notification(ref(f"runs/{run}/CopyComplete.txt")))
+    assert outcome.status == "submitted" and set(outcome.steps) == {"align", "qc"}
+    qc = wait_final(trigger.client, outcome.steps["qc"])
+    assert qc.state == "COMPLETED"
+    r1s = [k for k in samples if "_R1_" in k]
+    for task, key in enumerate(r1s):
+        assert world.read(f"aligned/{outcome.steps['align']}_{task}.sample") == key + "\n"

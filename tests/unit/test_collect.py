@@ -3,6 +3,7 @@ dry run of ``render`` over several keys."""
 from __future__ import annotations
 
 import json
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -158,3 +159,39 @@ def test_render_dry_runs_an_array_with_its_throttle(capsys, tmp_path):
     job = row["body"]["job"]
     assert job["array"] == "0-1%1"
     assert job["environment"]["SLURM_TRIGGER_MEMBER_0"] == "scan/1/b1.nc"  # v0.0.38: an object
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "pipelines"
+GOES = "goes/ABI-L1b-RadF/2026/335/10/OR_ABI-L1b-RadF-M6C{band:02d}_G16_s20263351000204_e20263351009512_c20263351009570.nc"
+EXAMPLES = {
+    "paired-reads": ["fastq/run7/NA12878_S1_L001_R2_001.fastq.gz", "fastq/run7/NA12878_S1_L001_R1_001.fastq.gz"],
+    "illumina-run": ["runs/r1/Data/A_S1_L001_R1_001.fastq.gz", "runs/r1/Data/B_S2_L001_R1_001.fastq.gz", "runs/r1/CopyComplete.txt"],
+    "goes-scan": [GOES.format(band=b) for b in range(16, 0, -1)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_shipped_set_examples_run_in_bash(tmp_path, name):
+    """The set examples with a site's settings: complete from their keys, and every
+    step's script runs in plain bash with the environment the job gets."""
+    from chalicelib.sets import dry_run
+
+    site = {"root": str(tmp_path / "jobs"), "partition": "debug", "data": str(tmp_path / "data")}
+    [p] = [p for p in pipelines.load(SHIPPED, site) if p.name == name]
+    [row] = dry_run(p, [ObjectRef("seq", k, size=1, version_id="v") for k in EXAMPLES[name]])
+    assert row["complete"], row
+    for step, job in row["jobs"]:
+        assert job.partition == "debug" and job.working_directory == site["root"]
+        for task in range(len(row["members"]) if job.array else 1):
+            env = {**job.environment, "SLURM_JOB_ID": "7", "SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": str(task)}
+            run = subprocess.run(["bash", "-c", job.script], env=env, capture_output=True, text=True, cwd=tmp_path)
+            assert run.returncode == 0, (step, run.stderr)
+    assert "aligning" in run.stdout or "composite of 16 bands" in run.stdout or "QC of run" in run.stdout
+
+
+def test_site_values_are_required_unless_defaulted(tmp_path):
+    (tmp_path / "p.yaml").write_text("name: x\nmatch: {prefix: a/}\njob: {script: x, partition: '@{queue}', working_directory: '@{root:-/shared}'}\n")
+    with pytest.raises(PipelineError, match="SITE_QUEUE"):
+        pipelines.load(tmp_path)
+    [p] = pipelines.load(tmp_path, {"queue": "compute"})
+    assert (p.template.partition, p.template.working_directory) == ("compute", "/shared")
