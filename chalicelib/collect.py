@@ -219,6 +219,9 @@ def parse(data: Any, *, template_array: str | None) -> Collect:
         clash = sorted(set(pattern.groupindex) & (set(VARIABLES) | set(SET_VARIABLES)))
         if clash:
             raise ValueError(f"capture name(s) {', '.join(clash)} are template variables already: rename them")
+        # a capture's value is also the job's SLURM_TRIGGER_<NAME>: keep clear of the members'
+        if any(g.lower().startswith("member") for g in pattern.groupindex if g != member):
+            raise ValueError("capture names starting with 'member' are the members' variables: rename them")
     count = data.get("count")
     if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
         raise ValueError("'collect.count' must be a positive integer")

@@ -65,6 +65,7 @@ def test_illumina_mates_share_a_set_and_lanes_do_not(tmp_path):
         ("{count: 2, throttle: 2}", "for 'as: array' only"),
         ("{count: 2, window: soon}", "duration"),
         ("{count: 2, pattern: '(?P<key>.*)'}", "template variables already"),
+        ("{count: 2, pattern: '(?P<member_0>.*)'}", "members' variables"),
         ("{count: 2, colour: red}", "unknown collect field"),
     ],
 )
