@@ -7,6 +7,7 @@ wrote, never from our own tables.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 import uuid
 from dataclasses import replace
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import jsonschema
 import pytest
 
 from chalicelib import setstore
@@ -24,6 +26,7 @@ from test_trigger import HOSTILE, World, _clients, make_world, notification, wai
 pytestmark = pytest.mark.real_slurm
 
 SETS_TABLE = "slurm-trigger-sets"  # Settings' default
+REPO = Path(__file__).resolve().parents[2]
 RUN = "reads/run1"
 
 PAIRS = r"""
@@ -111,6 +114,11 @@ def mate(sample: str, read: str, lane: str = "001") -> str:
     return f"{RUN}/{sample}_S1_L{lane}_{read}_001.fastq.gz"
 
 
+def check_schema(event: dict[str, Any], name: str) -> None:
+    schema = json.loads((REPO / "schemas" / f"{name}.schema.json").read_text())
+    jsonschema.validate(event, schema, cls=jsonschema.Draft202012Validator)
+
+
 def set_jobs(world: World, set_id: str) -> set[int]:
     """The jobs Slurm has for one set: an array's tasks count once."""
     return {j.array_job_id or j.job_id for j in world.jobs_with(set_id)}
@@ -146,6 +154,7 @@ def test_pair_in_every_order_and_duplicated_makes_one_job(world):
     assert world.read(f"pair-{job_id}") == f"{mates['R1'].key}\n{mates['R2'].key}"
     submitted = [e for e in world.events() if e["detail-type"] == "Slurm Job Submitted"]
     assert len(submitted) == n + 1
+    check_schema(submitted[-1], "slurm-job-submitted")
     detail = submitted[-1]["detail"]
     assert detail["set"]["members"] == [mates["R1"].key, mates["R2"].key]
     assert detail["source"]["key"] == f"{RUN}/{sample}_L001" and detail["source"]["pipeline"] == "pairs"
@@ -203,6 +212,7 @@ def test_incomplete_pair_past_its_deadline_is_reported_once_then_still_fires(wor
     assert world.trigger.sets.check(world.trigger.pipelines, now=later) == []
     [event] = world.events()
     assert event["detail-type"] == "Slurm Trigger Set Incomplete"
+    check_schema(event, "slurm-trigger-set-incomplete")
     detail = event["detail"]["set"]
     assert detail["missing"] == ["R2"] and detail["members"] == [r1.key] and detail["name"] == f"{RUN}/{lonely}_L001"
     world.trigger.sets.check(world.trigger.pipelines, now=later + 60)
@@ -273,8 +283,6 @@ def test_winner_that_died_is_finished_by_the_check(world):
     assert deliver(world, r2).status == "duplicate"
     assert set_jobs(world, place.set_id) == {outcome.job_id}
 
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_examples_run_with_the_sites_paths_and_partition(world):

@@ -11,7 +11,7 @@ import pytest
 from chalicelib import setstore
 from chalicelib.slurm.errors import SlurmUnavailableError
 from chalicelib.steps import step_key
-from test_sets import SETS_TABLE, ref, set_jobs, wait_file  # sibling modules
+from test_sets import SETS_TABLE, check_schema, ref, set_jobs, wait_file  # sibling modules
 from test_trigger import World, make_world, notification
 
 pytestmark = pytest.mark.real_slurm
@@ -110,7 +110,10 @@ def test_a_transient_failure_halfway_ends_with_each_step_once_and_the_dependenci
     # job of that name runs, so only the afterany is left to read back)
     assert f"afterany:{ids['second'].job_id}" in (ids["third"].dependency or ""), ids["third"]
     assert world.trigger.handle_event(notification(r))[0].status == "duplicate"
-    details = [e["detail"] for e in world.events() if e["detail-type"] == "Slurm Job Submitted"]
+    submitted = [e for e in world.events() if e["detail-type"] == "Slurm Job Submitted"]
+    for event in submitted:
+        check_schema(event, "slurm-job-submitted")
+    details = [e["detail"] for e in submitted]
     assert sorted(d["source"]["step"] for d in details) == ["first", "second", "third"]
     for step in ("second", "third"):
         assert world.wait_final(ids[step].job_id).state == "COMPLETED"
