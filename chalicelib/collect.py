@@ -89,7 +89,9 @@ class Collect:
 
     def place(self, pipeline: str, ref: ObjectRef) -> Place | None:
         """The set ``ref`` belongs to, or None when it is no member (the pattern
-        does not match, or a member name not listed)."""
+        does not match, or a member name not listed). Raises ``UnsafeValueError``
+        for a key with a control character (so every capture is clean too)."""
+        check_value("key", ref.key)  # a key with a control character is no member of anything
         folder = posixpath.dirname(ref.key)
         if self.pattern is None:
             identity: dict[str, str] = {"folder": folder}
@@ -104,8 +106,6 @@ class Collect:
                 return None
             identity = captures
             name = self._name(captures)
-        for k, v in captures.items():
-            check_value(k, v)
         if self.kind == "marker":  # a new marker version is a new run
             identity = {**identity, "marker": ref.version_id or f"{ref.etag}:{ref.sequencer}"}
         return Place(set_key(pipeline, ref.bucket, identity), name, member, captures, folder)

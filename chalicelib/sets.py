@@ -163,10 +163,6 @@ class SetCollector:
                 return self.trigger._failed(Source(ref.bucket, ref.key, pipeline.name, ref.version_id, ref.etag), exc)
             state = self.store.expect(where, expected)
         else:
-            try:
-                check_value("key", ref.key)
-            except TemplateError as exc:
-                return self.trigger._failed(Source(ref.bucket, ref.key, pipeline.name, ref.version_id, ref.etag), exc)
             state = self.store.add(where, place.member, _info(ref))
             if not state.changed and not _info(ref).same_version(state.members.get(place.member)):
                 logger.warning(
