@@ -144,6 +144,8 @@ class SetCollector:
         one that completes it."""
         spec = pipeline.collect
         assert spec is not None
+        if self.store is None:
+            raise RuntimeError(f"pipeline {pipeline.name!r} collects sets: the Trigger needs a SetStore (sets=...)")
         try:
             place = spec.place(pipeline.name, ref)
         except TemplateError as exc:  # a control character in a capture

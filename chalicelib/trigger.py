@@ -105,8 +105,6 @@ class Trigger:
         self.s3 = s3_client
         self.metrics = metrics
         self._batch = BatchProcessor(event_type=EventType.SQS)
-        if sets is None and any(p.collect for p in self.pipelines):
-            raise ValueError("pipelines with 'collect' need a SetStore (sets=...)")
         self.sets = SetCollector(self, sets, redrive_after=redrive_after)
 
     # --- entry points, one per subscription shape
