@@ -7,8 +7,8 @@ next to the YAML. YAML because scripts are multi-line text and pipelines are wri
 by people; PyYAML is pinned in requirements.txt.
 
 Everything is checked when the files load (once per Lambda container, and by
-``slurm-trigger validate``): unknown fields, unknown template variables, a missing
-script file, duplicate names. An object matching several pipelines gets one job per
+``slurm-trigger validate``): unknown fields, unknown template variables, template
+variables where a script cannot use them safely, a missing script file, duplicate names. An object matching several pipelines gets one job per
 pipeline; an object matching none is skipped by the trigger.
 """
 from __future__ import annotations
@@ -138,7 +138,8 @@ def _site(value: Any, site: Mapping[str, str]) -> Any:
     return value
 
 
-def _template(data: Any, folder: Path, site: Mapping[str, str] | None = None) -> JobSubmission:
+def _template(data: Any, folder: Path, site: Mapping[str, str] | None = None) -> tuple[JobSubmission, str]:
+    """The job template, and how errors name its script."""
     if not isinstance(data, Mapping):
         raise ValueError("'job' must be an object in the JobSubmission form")
     job = {k: v for k, v in _site(data, site or {}).items() if v != ""}  # "@{partition:-}": Slurm's default
@@ -147,7 +148,7 @@ def _template(data: Any, folder: Path, site: Mapping[str, str] | None = None) ->
         if "script" in job:
             raise ValueError("give either 'script' or 'script_file', not both")
         job["script"] = (folder / script_file).read_text(encoding="utf-8")
-    return JobSubmission.from_dict(job)
+    return JobSubmission.from_dict(job), "'script'" if script_file is None else f"script_file {script_file}"
 
 
 def parse(data: Any, file: Path, site: Mapping[str, str] | None = None) -> Pipeline:
@@ -168,12 +169,18 @@ def parse(data: Any, file: Path, site: Mapping[str, str] | None = None) -> Pipel
             raise ValueError("'metadata' must be true or false")
         if "steps" in data and "job" in data:
             raise ValueError("give either 'job' or 'steps', not both")
+        script_names: dict[int, str] = {}
+
+        def template_of(job: Any) -> JobSubmission:
+            template, script_names[id(template)] = _template(job, file.parent, site)
+            return template
+
         steps: tuple[Step, ...] = ()
         if "steps" in data:
-            steps = step_section.parse(data["steps"], lambda job: _template(job, file.parent, site))
+            steps = step_section.parse(data["steps"], template_of)
             template = steps[0].template
         else:
-            template = _template(data.get("job"), file.parent, site)
+            template = template_of(data.get("job"))
         jobs = steps or (Step(None, template),)
         arrays = [j.template.array for j in jobs if j.template.array]
         spec = collect.parse(data["collect"], template_array=arrays[0] if arrays else None) if "collect" in data else None
@@ -182,10 +189,12 @@ def parse(data: Any, file: Path, site: Mapping[str, str] | None = None) -> Pipel
         if spec is None and any(j.array for j in jobs):
             raise ValueError("'as: array' makes one task per member of a set: it needs 'collect'")
         for job in jobs:
+            script_name = script_names.get(id(job.template), "'script'")
             if spec is None:
-                check_template(job.template, metadata=metadata)
+                check_template(job.template, metadata=metadata, script_name=script_name)
             else:
-                check_template(job.template, metadata=False, variables=collect.template_variables(spec))
+                check_template(job.template, metadata=False, script_name=script_name,
+                               variables=collect.template_variables(spec))
         return Pipeline(
             name=name,
             match=_match(data.get("match")),

@@ -47,6 +47,7 @@ class Settings:
     connect_timeout: float = 3.05
     read_timeout: float = 30.0
     retries: int = 3
+    max_connections: int = 4  # per container; the head node kit caps slurmrestd's side
 
     # --- the trigger
     pipelines_path: str = str(PROJECT_ROOT / "pipelines")
@@ -56,6 +57,9 @@ class Settings:
     include_object_metadata: bool = False
     sets_table: str = "slurm-trigger-sets"  # membership of sets (pipelines with `collect`)
     site: Mapping[str, str] = field(default_factory=dict)  # SITE_<NAME>: @{name} in pipeline files
+    # True only where the SQS event source mapping has ReportBatchItemFailures (the
+    # `chalice package` route sets both); elsewhere a partial batch must fail whole.
+    sqs_report_batch_item_failures: bool = False
 
     # --- the tracker
     jobs_table: str = "slurm-trigger-jobs"
@@ -92,6 +96,7 @@ class Settings:
             connect_timeout=float(g("SLURM_CONNECT_TIMEOUT") or 3.05),
             read_timeout=float(g("SLURM_READ_TIMEOUT") or 30.0),
             retries=_int(g("SLURM_RETRIES"), 3),
+            max_connections=_int(g("SLURM_MAX_CONNECTIONS"), 4),
             pipelines_path=g("PIPELINES_PATH") or str(PROJECT_ROOT / "pipelines"),
             idempotency_table=g("IDEMPOTENCY_TABLE", "slurm-trigger-idempotency"),
             idempotency_ttl_days=_int(g("IDEMPOTENCY_TTL_DAYS"), 30),
@@ -99,6 +104,7 @@ class Settings:
             include_object_metadata=_bool(g("INCLUDE_OBJECT_METADATA")),
             sets_table=g("SETS_TABLE", "slurm-trigger-sets"),
             site={k[len(SITE_PREFIX):].lower(): v for k, v in e.items() if k.startswith(SITE_PREFIX) and len(k) > len(SITE_PREFIX)},
+            sqs_report_batch_item_failures=_bool(g("SQS_REPORT_BATCH_ITEM_FAILURES")),
             jobs_table=g("JOBS_TABLE", "slurm-trigger-jobs"),
             track_all_jobs=_bool(g("TRACK_ALL_JOBS")),
             event_bus=g("EVENT_BUS_NAME", "default"),

@@ -81,6 +81,18 @@ def _each(items: Iterable[T], work: Callable[[T], list[Outcome]]) -> list[Outcom
     return outcomes
 
 
+class BatchNotDone(Exception):
+    """Some messages of an SQS batch failed on a mapping that cannot say which: the
+    whole batch must come back (fail closed)."""
+
+    def __init__(self, failed: Sequence[str], total: int) -> None:
+        self.failed = list(failed)
+        super().__init__(
+            f"{len(self.failed)} of {total} messages failed ({', '.join(self.failed)}); the event source "
+            "mapping does not report item failures, so the whole batch is returned to the queue"
+        )
+
+
 class Trigger:
     """The exactly-once path from ``ObjectRef`` to Slurm job."""
 
@@ -96,6 +108,7 @@ class Trigger:
         metrics: Any = default_metrics,
         sets: SetStore | None = None,  # set membership, for pipelines with ``collect``
         redrive_after: int = 90,  # seconds before the set check finishes a silent set's job
+        report_batch_item_failures: bool = False,  # the SQS mapping has ReportBatchItemFailures
     ) -> None:
         self.pipelines = list(pipelines)
         self.client = client
@@ -104,6 +117,7 @@ class Trigger:
         self.cluster = cluster
         self.s3 = s3_client
         self.metrics = metrics
+        self.report_batch_item_failures = report_batch_item_failures
         self._batch = BatchProcessor(event_type=EventType.SQS)
         self.sets = SetCollector(self, sets, redrive_after=redrive_after)
 
@@ -113,12 +127,22 @@ class Trigger:
         return self.handle_objects(s3events.parse(event))
 
     def handle_sqs(self, event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
-        """An SQS batch: ``{"batchItemFailures": [...]}`` names the messages to retry.
-        A message fails when its body is unreadable or any of its objects hit a
-        transient error; the other messages of the batch are done."""
-        return process_partial_response(
+        """An SQS batch. A message fails when its body is unreadable or any of its
+        objects hit a transient error; the other messages of the batch are done.
+
+        Where the event source mapping reports item failures
+        (``report_batch_item_failures``), ``{"batchItemFailures": [...]}`` names the
+        messages to retry. Elsewhere Lambda ignores that answer and deletes the whole
+        batch on any normal return, so a batch with a failed message raises
+        ``BatchNotDone`` instead: every message comes back, and the claims make the
+        repeats of those already done duplicates."""
+        answer = process_partial_response(
             event=dict(event), record_handler=self._sqs_record, processor=self._batch, context=context
         )
+        failed = [f["itemIdentifier"] for f in answer.get("batchItemFailures") or []]
+        if failed and not self.report_batch_item_failures:
+            raise BatchNotDone(failed, len(event.get("Records") or []))
+        return answer
 
     def _sqs_record(self, record: SQSRecord) -> list[dict[str, Any]]:
         return [o.to_dict() for o in self.handle_objects(s3events.parse_sqs_body(record.body))]
@@ -319,4 +343,5 @@ def build_trigger(
         s3_client=s3_client,
         sets=DynamoDBSetStore(dynamodb_client, settings.sets_table, ttl_days=settings.idempotency_ttl_days),
         redrive_after=settings.idempotency_in_progress_seconds,
+        report_batch_item_failures=settings.sqs_report_batch_item_failures,
     )

@@ -1,8 +1,9 @@
 """The ``slurm-trigger`` command line.
 
 Each area of the product registers its own subcommands from one module
-(``slurm_commands``, ``trigger_commands``, ``tracker_commands``); this module only
-holds what they share: the cluster options, the output format and error reporting.
+(``slurm_commands``, ``trigger_commands``, ``redrive_commands``, ``tracker_commands``);
+this module only holds what they share: the cluster options, the output format and
+error reporting.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any, Callable, Sequence
 from chalicelib.settings import Settings
 from chalicelib.slurm.errors import SlurmError
 
-COMMAND_MODULES = ("slurm_commands", "trigger_commands", "tracker_commands")
+COMMAND_MODULES = ("slurm_commands", "trigger_commands", "redrive_commands", "tracker_commands")
 
 
 def common_options() -> argparse.ArgumentParser:
