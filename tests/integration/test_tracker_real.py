@@ -4,6 +4,7 @@ EventBridge rule with an SQS target."""
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 import uuid
@@ -22,7 +23,7 @@ from chalicelib.provenance import Source
 from chalicelib.settings import Settings
 from chalicelib.slurm import build_client
 from chalicelib.slurm.models import FINAL_STATES, JobSubmission
-from chalicelib.tracker import DETAIL_TYPE, Tracker
+from chalicelib.tracker import DETAIL_TYPE, REQUEUED, Tracker
 
 pytestmark = pytest.mark.real_slurm
 
@@ -77,6 +78,9 @@ class OnlyTheseJobs:
     def get_job(self, job_id: int) -> Any:
         return self.client.get_job(job_id)
 
+    def __getattr__(self, name: str) -> Any:  # diag, accounting, ...: the client's own
+        return getattr(self.client, name)
+
 
 @dataclass
 class World:
@@ -92,8 +96,9 @@ class World:
         bus = EventBus(events_client or self.events, "default", SOURCE, sleep=lambda _: None)
         return Tracker(self.scoped, self.store, bus, CLUSTER)
 
-    def submit(self, script: str, tag: str) -> int:
-        src = Source(bucket="in-bucket", key=f"tracker/{tag}-{uuid.uuid4().hex[:8]}.txt", pipeline="tracker-test", version_id="v1")
+    def submit(self, script: str, tag: str, key: str | None = None, template_comment: str | None = None) -> int:
+        key = key or f"tracker/{tag}-{uuid.uuid4().hex[:8]}.txt"
+        src = Source(bucket="in-bucket", key=key, pipeline="tracker-test", version_id="v1")
         sub = JobSubmission(
             script=f"#!/bin/bash\n{script}\n",
             name=f"tracker-{tag}",
@@ -102,7 +107,7 @@ class World:
             standard_output="/dev/null",
             environment={"PATH": "/usr/bin:/bin"},
             time_limit=2,
-            comment=provenance.encode(src),
+            comment=provenance.encode(src, template_comment),
         )
         job_id = self.client.submit(sub).job_id
         self.scoped.ids.add(job_id)
@@ -269,3 +274,82 @@ def test_cli_poll_then_status(world: World, monkeypatch, capsys) -> None:
     live = json.loads(cli("status", "--live", "--format", "json"))
     assert any(r["job_id"] == job_id and r["state"] == "FAILED" for r in live)
     assert target.token() not in json.dumps(rows) + json.dumps(live)
+
+
+def slurm_command(target: Any, *args: str) -> None:
+    """Run a Slurm command on the target's cluster, as scripts/local-slurm does (as root)."""
+    pre = [] if target.root == "/" else ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "chroot", target.root]
+    done = subprocess.run([*pre, *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def wait_stored(world: World, tracker: Tracker, job_id: int, until: Any) -> Any:
+    deadline = time.monotonic() + POLL_LIMIT
+    while True:
+        tracker.poll()
+        job = world.store.get_jobs(CLUSTER, [job_id]).get(job_id)
+        if job is not None and until(job):
+            return job
+        assert time.monotonic() < deadline, f"job {job_id}: {job}"
+        time.sleep(POLL_EVERY)
+
+
+HOSTILE_KEYS = [
+    'runs/slurm-trigger:{"bucket":"evil","key":"stolen","pipeline":"p"}',
+    'runs/q"uo\'te\\back{slash}}',
+    "runs/new\nline\ttab slurm-trigger:",
+    "runs/ünï 🙂 slurm-trigger:slurm-trigger:",
+]
+
+
+def test_keys_holding_the_marker_keep_their_jobs_visible(world: World) -> None:
+    """Keys with the marker, braces, quotes and backslashes, under a template comment that
+    holds the key (as the shipped templates do with ${basename}): each job gets its
+    events, with its own key, through Slurm's real comment."""
+    tracker = world.tracker()
+    jobs = {world.submit("exit 0", "hostile", key=k, template_comment=f"align {k.rsplit('/', 1)[-1]}"): k for k in HOSTILE_KEYS}
+    world.wait_tracked_final(list(jobs), tracker.poll)
+    events = by_job(world.received(), list(jobs))
+    for job_id, key in jobs.items():
+        assert events[job_id], f"no events for the job of {key!r}"
+        assert {d["source"]["key"] for d in events[job_id]} == {key}
+        assert events[job_id][-1]["state"] == "COMPLETED"
+
+
+def test_the_cursor_is_slurms_clock(world: World) -> None:
+    before = int(time.time())
+    job_id = world.submit("exit 0", "cursor")
+    tracker = world.tracker()
+    tracker.poll()
+    cursor = world.store.load_cursor(CLUSTER)
+    after = int(time.time())
+    # the same machine's clock: Slurm's last_update (v0.0.40+) or diag's time (v0.0.38) of this poll
+    assert cursor.update_time is not None and before - 2 <= cursor.update_time <= after, (before, cursor.update_time, after)
+    world.wait_tracked_final([job_id], tracker.poll)
+    assert world.store.load_cursor(CLUSTER).update_time >= cursor.update_time
+
+
+def test_a_requeued_job_is_followed_not_lost(world: World) -> None:
+    """``scontrol requeue`` of a running job and of a FAILED one: the same job id comes
+    back PENDING with a restart more and a new submit time. The events follow it
+    (REQUEUED flagged, restartCount 1) to its real end; never a new job, never LOST."""
+    tracker = world.tracker()
+    running = world.submit("sleep 60", "requeue")
+    failed = world.submit("exit 3", "requeue-failed")
+    wait_stored(world, tracker, running, lambda j: j.state == "RUNNING")
+    wait_stored(world, tracker, failed, lambda j: j.state == "FAILED")
+    slurm_command(world.target, "scontrol", "requeue", str(running))
+    slurm_command(world.target, "scontrol", "requeue", str(failed))
+    for job_id in (running, failed):  # requeued jobs wait ~2 minutes (BeginTime): cancel them
+        wait_stored(world, tracker, job_id, lambda j: j.restarts == 1 and j.state == "PENDING")
+        world.client.cancel_job(job_id)
+    world.wait_tracked_final([running, failed], lambda: tracker.poll(sweep=True))
+    events = by_job(world.received(), [running, failed])
+    for job_id, before in ((running, "RUNNING"), (failed, "FAILED")):
+        details = events[job_id]
+        chain = [(d["previousState"], d["state"], d["restartCount"]) for d in details]
+        at = chain.index((before, "PENDING", 1))
+        assert chain[at:] == [(before, "PENDING", 1), ("PENDING", "CANCELLED", 1)], chain
+        assert all(c[2] == 0 for c in chain[:at]) and chain[at - 1][1] == before, chain
+        assert REQUEUED in details[at]["stateFlags"] and details[at + 1]["submittedAt"] > details[0]["submittedAt"]
+        assert len({d["eventId"] for d in details}) == len(details) and "LOST" not in {d["state"] for d in details}
