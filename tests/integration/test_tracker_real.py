@@ -15,6 +15,7 @@ from typing import Any
 import boto3
 from atomic_dynamodb import AtomicDynamoDB  # sibling helper module
 import pytest
+from conftest import read_clusters
 
 from chalicelib import provenance
 from chalicelib.eventbus import EventBus
@@ -22,6 +23,7 @@ from chalicelib.jobstore import DynamoDBJobStore, create_table
 from chalicelib.provenance import Source
 from chalicelib.settings import Settings
 from chalicelib.slurm import build_client
+from chalicelib.slurm.errors import SlurmNotFoundError
 from chalicelib.slurm.models import FINAL_STATES, JobSubmission
 from chalicelib.tracker import DETAIL_TYPE, REQUEUED, Tracker
 
@@ -70,12 +72,15 @@ class OnlyTheseJobs:
     def __init__(self, client: Any) -> None:
         self.client = client
         self.ids: set[int] = set()
+        self.purged: set[int] = set()  # as if slurmctld had dropped them after MinJobAge
 
     def list_jobs(self, update_time: int | None = None) -> Any:
         page = self.client.list_jobs(update_time)
-        return replace(page, jobs=tuple(j for j in page.jobs if j.job_id in self.ids))
+        return replace(page, jobs=tuple(j for j in page.jobs if j.job_id in self.ids - self.purged))
 
     def get_job(self, job_id: int) -> Any:
+        if job_id in self.purged:
+            raise SlurmNotFoundError(f"Slurm does not know job {job_id}", status=404)
         return self.client.get_job(job_id)
 
     def __getattr__(self, name: str) -> Any:  # diag, accounting, ...: the client's own
@@ -283,10 +288,11 @@ def slurm_command(target: Any, *args: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def wait_stored(world: World, tracker: Tracker, job_id: int, until: Any) -> Any:
+def wait_stored(world: World, tracker: Tracker, job_id: int, until: Any, sweep: bool | None = None) -> Any:
+    """Poll until the stored job satisfies ``until`` (≤ 60 s)."""
     deadline = time.monotonic() + POLL_LIMIT
     while True:
-        tracker.poll()
+        tracker.poll(sweep=sweep)
         job = world.store.get_jobs(CLUSTER, [job_id]).get(job_id)
         if job is not None and until(job):
             return job
@@ -353,3 +359,29 @@ def test_a_requeued_job_is_followed_not_lost(world: World) -> None:
         assert all(c[2] == 0 for c in chain[:at]) and chain[at - 1][1] == before, chain
         assert REQUEUED in details[at]["stateFlags"] and details[at + 1]["submittedAt"] > details[0]["submittedAt"]
         assert len({d["eventId"] for d in details}) == len(details) and "LOST" not in {d["state"] for d in details}
+
+
+def test_a_job_gone_from_slurmctld_gets_its_end_from_accounting_else_lost(world: World) -> None:
+    """The tracker saw the job run, then not again until slurmctld had dropped it (hidden
+    here from listing and lookup, as MinJobAge would, without waiting minutes). Where the
+    cluster has slurmdbd the event is its real end from accounting; elsewhere LOST."""
+    served = next(c for c in read_clusters() if c["name"] == world.target.name)
+    expect_accounting = bool(served.get("accounting")) and world.target.version >= "v0.0.40"
+    assert bool(getattr(world.client, "accounting", False)) == expect_accounting
+    tracker = world.tracker()
+    job_id = world.submit("sleep 2; exit 3", "gone")
+    wait_stored(world, tracker, job_id, lambda j: j.state == "RUNNING")
+    deadline = time.monotonic() + POLL_LIMIT
+    while not world.client.get_job(job_id).is_final:
+        assert time.monotonic() < deadline
+        time.sleep(POLL_EVERY)
+    world.scoped.purged.add(job_id)
+    wait_stored(world, tracker, job_id, lambda j: j.final, sweep=True)  # slurmdbd may lag a poll
+    details = by_job(world.received(), [job_id])[job_id]
+    last = details[-1]
+    assert last["previousState"] == "RUNNING" and last["source"]["pipeline"] == "tracker-test"
+    if expect_accounting:
+        assert (last["state"], last["exitCode"]) == ("FAILED", 3), last
+        assert last["endedAt"] and last["endedAt"] >= last["startedAt"]
+    else:
+        assert (last["state"], last["exitCode"], last["reason"]) == ("LOST", None, "job no longer known to Slurm")
