@@ -127,6 +127,8 @@ def app_env(cluster: dict[str, Any], names: Names, endpoint: str, via: str) -> d
         "SUBSCRIPTIONS": via,  # the names app.py uses: sqs, s3, eventbridge
         "INPUT_BUCKET": names.bucket,
         "INPUT_QUEUE": names.input_queue,
+        # deliver_inputs plays a mapping with ReportBatchItemFailures (the chalice package route)
+        "SQS_REPORT_BATCH_ITEM_FAILURES": "true",
         "IDEMPOTENCY_TABLE": names.idempotency_table,
         "JOBS_TABLE": names.jobs_table,
         "EVENT_BUS_NAME": names.bus,

@@ -53,6 +53,9 @@ class Settings:
     idempotency_ttl_days: int = 30
     idempotency_in_progress_seconds: int = 90  # a little over the Lambda timeout
     include_object_metadata: bool = False
+    # True only where the SQS event source mapping has ReportBatchItemFailures (the
+    # `chalice package` route sets both); elsewhere a partial batch must fail whole.
+    sqs_report_batch_item_failures: bool = False
 
     # --- the tracker
     jobs_table: str = "slurm-trigger-jobs"
@@ -95,6 +98,7 @@ class Settings:
             idempotency_ttl_days=_int(g("IDEMPOTENCY_TTL_DAYS"), 30),
             idempotency_in_progress_seconds=_int(g("IDEMPOTENCY_IN_PROGRESS_SECONDS"), 90),
             include_object_metadata=_bool(g("INCLUDE_OBJECT_METADATA")),
+            sqs_report_batch_item_failures=_bool(g("SQS_REPORT_BATCH_ITEM_FAILURES")),
             jobs_table=g("JOBS_TABLE", "slurm-trigger-jobs"),
             track_all_jobs=_bool(g("TRACK_ALL_JOBS")),
             tracker_max_lookups=_int(g("TRACKER_MAX_LOOKUPS"), 200),

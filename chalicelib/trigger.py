@@ -92,6 +92,18 @@ def _each(items: Iterable[T], work: Callable[[T], list[Outcome]]) -> list[Outcom
     return outcomes
 
 
+class BatchNotDone(Exception):
+    """Some messages of an SQS batch failed on a mapping that cannot say which: the
+    whole batch must come back (fail closed)."""
+
+    def __init__(self, failed: Sequence[str], total: int) -> None:
+        self.failed = list(failed)
+        super().__init__(
+            f"{len(self.failed)} of {total} messages failed ({', '.join(self.failed)}); the event source "
+            "mapping does not report item failures, so the whole batch is returned to the queue"
+        )
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What became of one object for one pipeline (or of an unmatched object)."""
@@ -121,6 +133,7 @@ class Trigger:
         cluster: str,
         s3_client: Any = None,  # only for pipelines with ``metadata: true``
         metrics: Any = default_metrics,
+        report_batch_item_failures: bool = False,  # the SQS mapping has ReportBatchItemFailures
     ) -> None:
         self.pipelines = list(pipelines)
         self.client = client
@@ -129,6 +142,7 @@ class Trigger:
         self.cluster = cluster
         self.s3 = s3_client
         self.metrics = metrics
+        self.report_batch_item_failures = report_batch_item_failures
         self._batch = BatchProcessor(event_type=EventType.SQS)
 
     # --- entry points, one per subscription shape
@@ -137,12 +151,22 @@ class Trigger:
         return self.handle_objects(s3events.parse(event))
 
     def handle_sqs(self, event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
-        """An SQS batch: ``{"batchItemFailures": [...]}`` names the messages to retry.
-        A message fails when its body is unreadable or any of its objects hit a
-        transient error; the other messages of the batch are done."""
-        return process_partial_response(
+        """An SQS batch. A message fails when its body is unreadable or any of its
+        objects hit a transient error; the other messages of the batch are done.
+
+        Where the event source mapping reports item failures
+        (``report_batch_item_failures``), ``{"batchItemFailures": [...]}`` names the
+        messages to retry. Elsewhere Lambda ignores that answer and deletes the whole
+        batch on any normal return, so a batch with a failed message raises
+        ``BatchNotDone`` instead: every message comes back, and the claims make the
+        repeats of those already done duplicates."""
+        answer = process_partial_response(
             event=dict(event), record_handler=self._sqs_record, processor=self._batch, context=context
         )
+        failed = [f["itemIdentifier"] for f in answer.get("batchItemFailures") or []]
+        if failed and not self.report_batch_item_failures:
+            raise BatchNotDone(failed, len(event.get("Records") or []))
+        return answer
 
     def _sqs_record(self, record: SQSRecord) -> list[dict[str, Any]]:
         return [o.to_dict() for o in self.handle_objects(s3events.parse_sqs_body(record.body))]
@@ -295,4 +319,5 @@ def build_trigger(
         bus=EventBus(events_client, settings.event_bus, settings.event_source),
         cluster=settings.cluster_name,
         s3_client=s3_client,
+        report_batch_item_failures=settings.sqs_report_batch_item_failures,
     )
