@@ -354,7 +354,9 @@ class Tracker:
                 change.fingerprint = None  # gone from slurmctld: leaves known when saved
                 return change
             if now - missing_since < self.lost_after:
-                return None  # slurmdbd may not have it yet: ask again next poll
+                del cursor.vanished[job_id]  # slurmdbd may not have it yet: ask again at the
+                cursor.vanished[job_id] = missing_since  # queue's end, after the others
+                return None
         new = replace(old, state=LOST, previous_state=old.state, reason=LOST_REASON, updated_at=updated_at)
         return _Change(new, old, self._event(new, (), None, old.submitted_at), None)
 

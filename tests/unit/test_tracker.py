@@ -688,3 +688,15 @@ def test_a_requeue_that_ran_again_between_two_polls_still_makes_an_event(env) ->
     tracker().poll()
     assert events.transitions() == [(1, None, "COMPLETED"), (1, "COMPLETED", "COMPLETED")]
     assert REQUEUED in events.details()[-1]["stateFlags"]
+
+
+def test_jobs_waiting_for_accounting_do_not_hold_up_the_queue(acct) -> None:
+    slurm, events, store, tracker, clock = acct
+    purged(slurm, tracker, *range(1, 7))
+    for job_id in (4, 5, 6):
+        slurm.db[job_id] = _ended(job_id, "COMPLETED", 0)
+    first = tracker(max_lookups=3).poll(sweep=True)  # 1-3: accounting does not know them yet
+    assert (first.looked_up, len(first.transitions), first.to_look_up) == (3, 0, 6)
+    second = tracker(max_lookups=3).poll()  # 4-6 next, not 1-3 again
+    assert sorted(t["jobId"] for t in second.transitions) == [4, 5, 6] and second.to_look_up == 3
+    assert slurm.db_lookups == [1, 2, 3, 4, 5, 6]
