@@ -46,6 +46,7 @@ class Settings:
     connect_timeout: float = 3.05
     read_timeout: float = 30.0
     retries: int = 3
+    max_connections: int = 4  # per container; the head node kit caps slurmrestd's side
 
     # --- the trigger
     pipelines_path: str = str(PROJECT_ROOT / "pipelines")
@@ -93,6 +94,7 @@ class Settings:
             connect_timeout=float(g("SLURM_CONNECT_TIMEOUT") or 3.05),
             read_timeout=float(g("SLURM_READ_TIMEOUT") or 30.0),
             retries=_int(g("SLURM_RETRIES"), 3),
+            max_connections=_int(g("SLURM_MAX_CONNECTIONS"), 4),
             pipelines_path=g("PIPELINES_PATH") or str(PROJECT_ROOT / "pipelines"),
             idempotency_table=g("IDEMPOTENCY_TABLE", "slurm-trigger-idempotency"),
             idempotency_ttl_days=_int(g("IDEMPOTENCY_TTL_DAYS"), 30),

@@ -18,7 +18,6 @@ a new submit time) is followed, not taken for a new job. docs/tracker.md says wh
 from __future__ import annotations
 
 import gc
-import hashlib
 import time
 import uuid
 from collections import Counter
@@ -31,6 +30,7 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 from chalicelib import provenance
 from chalicelib.eventbus import Event, EventBus, EventBusError
+from chalicelib.jobevents import DETAIL_TYPE, event_id, job_resources
 from chalicelib.jobstore import LOST, TRACKER_FINAL_STATES, Cursor, DynamoDBJobStore, JobStore, TrackedJob
 from chalicelib.observability import SERVICE, logger, tracer
 from chalicelib.provenance import Source
@@ -38,9 +38,9 @@ from chalicelib.slurm.dialects import server_time
 from chalicelib.slurm.errors import SlurmError, SlurmNotFoundError
 from chalicelib.slurm.models import Job, JobKey, JobsPage, job_key
 
-DETAIL_TYPE = "Slurm Job State Change"
 LOST_REASON = "job no longer known to Slurm"
 REQUEUED = "REQUEUED"  # in stateFlags of the event of a requeue (Slurm itself shows no such flag)
+COMPLETING = "COMPLETING"
 
 
 class SlurmJobs(Protocol):
@@ -280,24 +280,26 @@ class Tracker:
         """The transition from ``old`` to ``job``, or None when there is none.
 
         A requeue keeps the job id, counts a restart and gives a new submit time: the
-        job is followed (``previousState`` is its last state, ``REQUEUED`` is flagged)
-        and its eventId is anchored on the run it ended, so it is the same whether the
-        poll sees the old submit time (the moment the requeue is still completing) or
-        the new one. A new submit time without a restart more is another job that got
-        the same id."""
+        job is followed (``previousState`` is its last state, ``REQUEUED`` is flagged).
+        While the requeue is still completing Slurm shows the old submit time; the event
+        waits for the new one, which makes its eventId that of the new run's state (the
+        same whichever poll, or the head node's push, publishes it) and keeps it apart
+        from the old run's. A new submit time without a restart more is another job that
+        got the same id."""
         previous = old.state if old is not None else None
         submitted_at = iso(job.submit_time)
         requeued = old is not None and job.restarts > old.restarts
-        anchor = old.submitted_at if requeued and old is not None else submitted_at
         if old is not None and old.submitted_at and submitted_at and old.submitted_at != submitted_at and not (
             job.restarts and job.restarts >= old.restarts
         ):
-            previous, requeued, anchor = None, False, submitted_at  # Slurm reused the id: a new job in the same item
+            previous, requeued = None, False  # Slurm reused the id: a new job in the same item
+        elif requeued and old is not None and submitted_at == old.submitted_at and COMPLETING in job.state_flags:
+            return None  # the requeue is still completing
         elif previous == job.state and not requeued:
             return None
         new = tracked_from_job(self.cluster, job, src, previous_state=previous, updated_at=updated_at)
         flags = job.state_flags + (REQUEUED,) if requeued and REQUEUED not in job.state_flags else job.state_flags
-        return _Change(new, old, self._event(new, flags, job.signal, anchor), _fingerprint(job_key(job)))
+        return _Change(new, old, self._event(new, flags, job.signal), _fingerprint(job_key(job)))
 
     def _look_up(
         self, todo: list[int], stored: dict[int, TrackedJob], cursor: Cursor, updated_at: str | None, until: float, result: PollResult
@@ -358,7 +360,7 @@ class Tracker:
                 cursor.vanished[job_id] = missing_since  # queue's end, after the others
                 return None
         new = replace(old, state=LOST, previous_state=old.state, reason=LOST_REASON, updated_at=updated_at)
-        return _Change(new, old, self._event(new, (), None, old.submitted_at), None)
+        return _Change(new, old, self._event(new, (), None), None)
 
     @staticmethod
     def _forget(job_id: int, cursor: Cursor, fingerprint: str | None = None) -> None:
@@ -368,12 +370,12 @@ class Tracker:
         else:
             cursor.known[job_id] = fingerprint
 
-    def _event(self, job: TrackedJob, flags: tuple[str, ...], signal: int | None, anchor: str | None) -> Event:
+    def _event(self, job: TrackedJob, flags: tuple[str, ...], signal: int | None) -> Event:
         return Event(
             detail_type=DETAIL_TYPE,
             detail=state_change_detail(job, flags, signal),
             resources=resources(job),
-            event_id=event_id(job.cluster, job.job_id, job.previous_state, job.state, anchor, job.restarts),
+            event_id=event_id(job.cluster, job.job_id, job.state, job.submitted_at),
         )
 
 
@@ -440,21 +442,9 @@ def tracked_from_job(cluster: str, job: Job, src: Source | None, **extra: Any) -
     )
 
 
-def event_id(
-    cluster: str, job_id: int, previous: str | None, state: str, submitted_at: str | None, restarts: int = 0
-) -> str:
-    """The same transition of the same job always gets the same id. The submit time
-    is part of it so a reused job id never collides with the old job's events; the
-    restart count (from the first requeue on) so each run of a requeued job has its own."""
-    parts = [cluster, str(job_id), previous or "", state, submitted_at or ""]
-    key = "\x1f".join(parts + [f"restart {restarts}"] if restarts else parts)
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
 def resources(job: TrackedJob) -> tuple[str, ...]:
     source = job.source
-    job_resource = f"slurm:{job.cluster}:job/{job.job_id}"
-    return (job_resource, source.object_arn) if source else (job_resource,)
+    return job_resources(job.cluster, job.job_id, source.object_arn if source else None)
 
 
 def state_change_detail(job: TrackedJob, flags: tuple[str, ...] = (), signal: int | None = None) -> dict[str, Any]:

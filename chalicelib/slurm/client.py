@@ -31,10 +31,12 @@ from chalicelib.slurm.errors import (
     SlurmError,
     SlurmNotFoundError,
     SlurmRejectedError,
+    SlurmTLSError,
     SlurmUnavailableError,
     SlurmVersionError,
 )
 from chalicelib.slurm.models import Job, JobsPage, JobSubmission, SubmitResult
+from chalicelib.slurm.transport import verify_failed
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +305,13 @@ def _unavailable(method: str, url: str, exc: requests.RequestException) -> Slurm
     """A typed error without the request (whose headers hold the token)."""
     maybe = method == "POST" and _maybe_sent(exc)
     what = type(exc).__name__
+    if isinstance(exc, requests.exceptions.SSLError) and verify_failed(exc):
+        return SlurmTLSError(
+            f"TLS verification of the head node failed: its certificate is not the published "
+            f"one, has expired, or is not issued for this address; check SLURM_CA_PARAMETER, "
+            f"SLURM_CA_SECRET or SLURM_CA_BUNDLE ({method} {url}: {_reason(exc)})",
+            url=url,
+        )
     if isinstance(exc, requests.exceptions.SSLError):
         hint = "TLS verification failed; set ca_bundle, ca_secret or ca_parameter"
     elif maybe:
@@ -312,6 +321,18 @@ def _unavailable(method: str, url: str, exc: requests.RequestException) -> Slurm
     return SlurmUnavailableError(
         f"{hint} ({method} {url}: {what}: {exc})", url=url, maybe_submitted=maybe
     )
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost SSL message ("... certificate verify failed: certificate has expired")."""
+    import ssl
+
+    err: Any = exc
+    for _ in range(8):  # requests' SSLError > MaxRetryError > urllib3 SSLError > ssl error
+        if isinstance(err, ssl.SSLError):
+            return str(err)
+        err = getattr(err, "reason", None) or (err.args[0] if getattr(err, "args", None) else None)
+    return str(exc)
 
 
 def _maybe_sent(exc: requests.RequestException) -> bool:

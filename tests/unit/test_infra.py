@@ -539,3 +539,24 @@ def test_packaged_functions_follow_the_stage(packaged: dict[Any, Any], stage: st
         assert props["MemorySize"] == cfg["lambda_functions"][name].get("lambda_memory_size", cfg["lambda_memory_size"])
         role = resources[props["Role"]["Fn::GetAtt"][0]]["Properties"]["Policies"][0]["PolicyDocument"]
         assert role == policy(stage, name)
+
+
+def test_head_node_policy_is_the_kits() -> None:
+    """The stack's head node policy is headnode/iam-policy.json, statement for statement:
+    the one secret, the one parameter and the one bus, by name."""
+    kit = json.loads((ROOT / "headnode" / "iam-policy.json").read_text())
+    stack = load_cfn(INFRA)["Resources"]["HeadNodeWriterPolicy"]["Properties"]["PolicyDocument"]
+    names = {"${Partition}": "${AWS::Partition}", "${Region}": "${AWS::Region}", "${AccountId}": "${AWS::AccountId}",
+             "${EventBusName}": "${AppName}-${Stage}"}
+
+    def as_stack(resource: str) -> dict[str, str]:
+        for mine, theirs in names.items():
+            resource = resource.replace(mine, theirs)
+        return {"Fn::Sub": resource}
+
+    assert [s["Sid"] for s in stack["Statement"]] == [s["Sid"] for s in kit["Statement"]]
+    for theirs, mine in zip(stack["Statement"], kit["Statement"]):
+        assert theirs["Effect"] == mine["Effect"] == "Allow"
+        assert theirs["Action"] == mine["Action"], mine["Sid"]
+        assert theirs["Resource"] == as_stack(mine["Resource"]), mine["Sid"]
+        assert "*" not in mine["Resource"].split(":")[-1], mine["Sid"]  # named, not every secret

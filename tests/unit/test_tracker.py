@@ -145,7 +145,7 @@ def test_each_transition_once_foreign_jobs_ignored(env) -> None:
     detail = events.details()[-1]
     assert detail["exitCode"] == 0 and detail["endedAt"] == "2026-11-25T04:00:00Z"
     assert detail["source"] == {"bucket": "in", "key": "runs/a b.csv", "versionId": "v1", "s3Uri": "s3://in/runs/a b.csv", "pipeline": "align"}
-    assert detail["eventId"] == event_id(CLUSTER, 2, "RUNNING", "COMPLETED", "2026-11-25T04:00:00Z")
+    assert detail["eventId"] == event_id(CLUSTER, 2, "COMPLETED", "2026-11-25T04:00:00Z")
     assert events.entries[-1]["Resources"] == ["slurm:c1:job/2", "arn:aws:s3:::in/runs/a b.csv"]
 
 
@@ -278,7 +278,7 @@ def test_refused_events_are_not_saved_and_come_again(env) -> None:
     before = store.load_cursor(CLUSTER).update_time
     slurm.set(1, "COMPLETED")
     slurm.set(2, "CANCELLED")
-    refused = event_id(CLUSTER, 2, "RUNNING", "CANCELLED", "2026-11-25T04:00:00Z")
+    refused = event_id(CLUSTER, 2, "CANCELLED", "2026-11-25T04:00:00Z")
     events.refuse = {refused}
     with pytest.raises(EventBusError):
         tracker().poll()
@@ -545,7 +545,7 @@ def test_a_job_gone_from_slurmctld_gets_its_end_from_accounting(acct) -> None:
     failed = next(d for d in events.details() if d["state"] == "FAILED")
     assert (failed["exitCode"], failed["reason"], failed["endedAt"]) == (3, "NonZeroExitCode", "2026-11-25T04:05:00Z")
     assert failed["source"]["key"] == SRC.key
-    assert failed["eventId"] == event_id(CLUSTER, 1, "RUNNING", "FAILED", "2026-11-25T04:00:00Z")
+    assert failed["eventId"] == event_id(CLUSTER, 1, "FAILED", "2026-11-25T04:00:00Z")
     assert store.load_cursor(CLUSTER).known == {} and store.get_jobs(CLUSTER, [1])[1].final
     tracker().poll(sweep=True)
     assert len(events.entries) == 4 and slurm.lookups == [1, 2]
@@ -641,7 +641,7 @@ def test_a_requeued_running_job_is_followed(env, release: str) -> None:
     assert chain == [(None, "RUNNING", 0), ("RUNNING", "PENDING", 1), ("PENDING", "CANCELLED", 1)]
     requeue = details[1]
     assert REQUEUED in requeue["stateFlags"] and requeue["source"]["key"] == "requeue/probe.txt"
-    assert details[2]["submittedAt"] > details[0]["submittedAt"]  # a new run
+    assert details[1]["submittedAt"] > details[0]["submittedAt"]  # the new run's, not the old one's
     assert len({d["eventId"] for d in details}) == 3
 
 
@@ -700,3 +700,18 @@ def test_jobs_waiting_for_accounting_do_not_hold_up_the_queue(acct) -> None:
     second = tracker(max_lookups=3).poll()  # 4-6 next, not 1-3 again
     assert sorted(t["jobId"] for t in second.transitions) == [4, 5, 6] and second.to_look_up == 3
     assert slurm.db_lookups == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_requeue_event_never_takes_the_id_of_the_first_runs_pending(env) -> None:
+    """eventId is the state entered and the submit time: while the requeue completes,
+    Slurm shows PENDING with the old submit time, which is the first run's PENDING."""
+    slurm, events, store, tracker, clock = env
+    rerun = datetime(2026, 11, 25, 4, 3, tzinfo=timezone.utc)
+    for state, kw in [("PENDING", {}), ("RUNNING", {}), ("PENDING", {"restarts": 1, "state_flags": ("COMPLETING",)}),
+                      ("PENDING", {"restarts": 1, "submit_time": rerun})]:
+        slurm.set(1, state, **kw)
+        clock[0] += 60
+        tracker().poll()
+    assert events.transitions() == [(1, None, "PENDING"), (1, "PENDING", "RUNNING"), (1, "RUNNING", "PENDING")]
+    assert len({d["eventId"] for d in events.details()}) == 3
+    assert events.details()[-1]["eventId"] == event_id(CLUSTER, 1, "PENDING", "2026-11-25T04:03:00Z")
