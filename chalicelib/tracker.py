@@ -465,7 +465,6 @@ def state_change_detail(job: TrackedJob, flags: tuple[str, ...] = (), signal: in
         "submittedAt": job.submitted_at,
         "startedAt": job.started_at,
         "endedAt": job.ended_at,
-        "restartCount": job.restarts,
         "source": source.to_detail() if source else None,
     }
 
