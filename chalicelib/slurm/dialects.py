@@ -418,6 +418,7 @@ class Dialect:
             "standard_output": raw.get("stdout"),
             "array_job_id": array.get("job_id"),
             "array_task_id": array.get("task_id"),
+            "restart_cnt": raw.get("restart_cnt"),  # a requeued, then purged job stays one job
         })
 
     # --- errors
