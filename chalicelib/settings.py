@@ -45,13 +45,16 @@ class Settings:
     insecure: bool = False  # turn TLS verification off (logs a warning)
     connect_timeout: float = 3.05
     read_timeout: float = 30.0
+    # slurmctld's slowest answer: a submit's job may still appear this long after the
+    # read timeout, so an unknown outcome keeps its claim read_timeout + this long
+    submit_settle_seconds: float = 60.0
     retries: int = 3
 
     # --- the trigger
     pipelines_path: str = str(PROJECT_ROOT / "pipelines")
     idempotency_table: str = "slurm-trigger-idempotency"
     idempotency_ttl_days: int = 30
-    idempotency_in_progress_seconds: int = 90  # a little over the Lambda timeout
+    idempotency_in_progress_seconds: int = 60  # an attempt's deadline where none is known (not Lambda)
     include_object_metadata: bool = False
 
     # --- the tracker
@@ -88,11 +91,12 @@ class Settings:
             insecure=_bool(g("SLURM_INSECURE")),
             connect_timeout=float(g("SLURM_CONNECT_TIMEOUT") or 3.05),
             read_timeout=float(g("SLURM_READ_TIMEOUT") or 30.0),
+            submit_settle_seconds=float(g("SLURM_SUBMIT_SETTLE_SECONDS") or 60.0),
             retries=_int(g("SLURM_RETRIES"), 3),
             pipelines_path=g("PIPELINES_PATH") or str(PROJECT_ROOT / "pipelines"),
             idempotency_table=g("IDEMPOTENCY_TABLE", "slurm-trigger-idempotency"),
             idempotency_ttl_days=_int(g("IDEMPOTENCY_TTL_DAYS"), 30),
-            idempotency_in_progress_seconds=_int(g("IDEMPOTENCY_IN_PROGRESS_SECONDS"), 90),
+            idempotency_in_progress_seconds=_int(g("IDEMPOTENCY_IN_PROGRESS_SECONDS"), 60),
             include_object_metadata=_bool(g("INCLUDE_OBJECT_METADATA")),
             jobs_table=g("JOBS_TABLE", "slurm-trigger-jobs"),
             track_all_jobs=_bool(g("TRACK_ALL_JOBS")),
