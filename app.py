@@ -54,6 +54,10 @@ if SUBSCRIPTIONS & {"s3", "eventbridge"} and not INPUT_BUCKET:
     raise ValueError("SUBSCRIPTIONS has s3 or eventbridge: set INPUT_BUCKET")
 if "sqs" in SUBSCRIPTIONS and not INPUT_QUEUE:
     raise ValueError("SUBSCRIPTIONS has sqs: set INPUT_QUEUE")
+# At most this many concurrent batches from the queue (the mapping's ScalingConfig):
+# keep it <= the function's reserved_concurrency, so no batch is throttled and uses up a
+# receive (docs/configuration.md).
+SQS_MAXIMUM_CONCURRENCY = int(os.environ.get("SQS_MAXIMUM_CONCURRENCY") or 5)
 
 
 @lru_cache(maxsize=1)
@@ -68,7 +72,8 @@ def _trigger() -> Trigger:
 
 
 def _objects(event) -> list:
-    """S3 notification or EventBridge event: transient errors raise (Lambda retries).
+    """S3 notification or EventBridge event: transient errors raise, Lambda retries and
+    then hands the event to the function's on-failure destination (docs/deploy.md).
     Claims last as long as this invocation may, plus the settle time of a submit."""
     deadline = lambda_deadline(getattr(event, "context", None))
     try:
@@ -86,9 +91,10 @@ if "s3" in SUBSCRIPTIONS:
 
 if "sqs" in SUBSCRIPTIONS:
 
-    @app.on_sqs_message(queue=INPUT_QUEUE, batch_size=10)
+    @app.on_sqs_message(queue=INPUT_QUEUE, batch_size=10, maximum_concurrency=SQS_MAXIMUM_CONCURRENCY)
     def on_queue_message(event):
-        """Partial batch failure: only the messages named in batchItemFailures return."""
+        """Only the failed messages return where the mapping reports item failures;
+        elsewhere a batch with a failed message raises and returns whole (docs/trigger.md)."""
         try:
             return _trigger().handle_sqs(event.to_dict(), getattr(event, "context", None))
         finally:

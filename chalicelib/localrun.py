@@ -10,6 +10,11 @@
 * turns what S3 (moto) really notifies into the event a Lambda would get and calls the
   handler that ``app.py`` exposes for it (``on_queue_message``, ``on_object_created`` or
   ``on_object_event``), and calls ``poll_jobs`` with a scheduled event every few seconds;
+* with ``--kit NAME=URL`` (``scripts/run-local`` gives it for the host cluster), talks to
+  that cluster the way the functions talk to a head node set up by the kit (``headnode/``,
+  run by ``scripts/run-local`` in its test mode): HTTPS through the kit's nginx, trusting
+  the certificate the kit published to SSM, with the token of the kit's service user that
+  the kit keeps in Secrets Manager (so the loop does not write that secret itself);
 * prints what happens (objects -> jobs -> states -> events read back from the rule's
   queue) and a summary. ``--ci`` asserts that the loop closed: every sample object became
   exactly one job (a duplicate notification included), the job finished COMPLETED, and its
@@ -108,8 +113,15 @@ class Names:
         )
 
 
-def app_env(cluster: dict[str, Any], names: Names, endpoint: str, via: str) -> dict[str, str]:
-    """The environment the app reads (chalicelib.settings), pointing at the local pieces."""
+def app_env(cluster: dict[str, Any], names: Names, endpoint: str, via: str, kit_url: str | None = None) -> dict[str, str]:
+    """The environment the app reads (chalicelib.settings), pointing at the local pieces;
+    with ``kit_url``, at the head node kit's TLS endpoint, its published PEM and its secret."""
+    kit = {
+        "SLURM_URL": kit_url,
+        "SLURM_SCHEME": "https",
+        "SLURM_CA_PARAMETER": f"/slurm-trigger/{names.cluster}/ca.pem",  # the kit's default name
+        "SLURM_INSECURE": "false",
+    } if kit_url else {}
     return {
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
@@ -127,6 +139,8 @@ def app_env(cluster: dict[str, Any], names: Names, endpoint: str, via: str) -> d
         "SUBSCRIPTIONS": via,  # the names app.py uses: sqs, s3, eventbridge
         "INPUT_BUCKET": names.bucket,
         "INPUT_QUEUE": names.input_queue,
+        # deliver_inputs plays a mapping with ReportBatchItemFailures (the chalice package route)
+        "SQS_REPORT_BATCH_ITEM_FAILURES": "true",
         "IDEMPOTENCY_TABLE": names.idempotency_table,
         "JOBS_TABLE": names.jobs_table,
         "EVENT_BUS_NAME": names.bus,
@@ -135,6 +149,7 @@ def app_env(cluster: dict[str, Any], names: Names, endpoint: str, via: str) -> d
         "POWERTOOLS_METRICS_NAMESPACE": "SlurmTrigger",
         "POWERTOOLS_TRACE_DISABLED": "true",
         "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "INFO"),
+        **kit,
     }
 
 
@@ -151,8 +166,9 @@ def _queue(sqs: Any, name: str) -> tuple[str, str]:
     return url, arn
 
 
-def create_aws(names: Names, token: str, via: str) -> dict[str, str]:
-    """Everything the deployed stack (infra + chalice) would provide. Idempotent."""
+def create_aws(names: Names, token: str | None, via: str) -> dict[str, str]:
+    """Everything the deployed stack (infra + chalice) would provide. Idempotent. No
+    ``token``: the head node kit keeps the secret (it must exist already)."""
     from chalicelib import idempotency, jobstore
 
     s3, sqs, sm, ddb, ev = (_client(s) for s in ("s3", "sqs", "secretsmanager", "dynamodb", "events"))
@@ -161,10 +177,13 @@ def create_aws(names: Names, token: str, via: str) -> dict[str, str]:
         idempotency.create_table(ddb, names.idempotency_table)
     if names.jobs_table not in tables:
         jobstore.create_table(ddb, names.jobs_table)
-    try:
-        sm.create_secret(Name=names.secret, SecretString=token)
-    except sm.exceptions.ResourceExistsException:
-        sm.put_secret_value(SecretId=names.secret, SecretString=token)
+    if token is None:
+        sm.describe_secret(SecretId=names.secret)  # written by the kit's rotation
+    else:
+        try:
+            sm.create_secret(Name=names.secret, SecretString=token)
+        except sm.exceptions.ResourceExistsException:
+            sm.put_secret_value(SecretId=names.secret, SecretString=token)
 
     in_url, in_arn = _queue(sqs, names.input_queue)
     ev_url, ev_arn = _queue(sqs, names.events_queue)
@@ -553,7 +572,7 @@ class Pass:
             problems.append("the duplicate notification was never delivered")
         if not closed and not problems:
             problems.append(f"loop not closed after {self.timeout:.0f}s")
-        return {"cluster": self.c["name"], "slurm_cluster": self.n.cluster, "url": self.c["url"], "via": self.via,
+        return {"cluster": self.c["name"], "slurm_cluster": self.n.cluster, "url": os.environ.get("SLURM_URL") or self.c["url"], "via": self.via,
                 "closed": closed and not problems, "elapsed_s": round(elapsed, 1), "polls": self.polls,
                 "events": self.t.events, "repeated_events": self.t.duplicates,
                 "other_jobs_seen": len(self.t.foreign_jobs),
@@ -581,10 +600,14 @@ def run_pass(a: argparse.Namespace) -> int:
     names = Names.for_cluster(cluster["cluster"])
     log = Path(a.log_dir) / f"pass-{a.cluster}.log"
     _isolate_stdout(log)
-    os.environ.update(app_env(cluster, names, a.endpoint, a.via))
+    kit_url = dict(k.split("=", 1) for k in a.kit or []).get(a.cluster)
+    os.environ.update(app_env(cluster, names, a.endpoint, a.via, kit_url))
     started = time.monotonic()
-    token = _token(a.cluster)
-    aws = create_aws(names, token, a.via)
+    token = _token(a.cluster)  # root's, for our own look at Slurm (slurm_view), never the app's
+    aws = create_aws(names, None if kit_url else token, a.via)
+    if kit_url:
+        say(f"{a.cluster}: through the head node kit: {kit_url} (TLS, the PEM published to SSM "
+            f"{os.environ['SLURM_CA_PARAMETER']}, the kit's service user's token in {names.secret})")
     say(f"AWS (moto {a.endpoint}): bucket {names.bucket}, queue {names.input_queue}, secret {names.secret}, "
         f"tables {names.idempotency_table}/{names.jobs_table}, bus {names.bus} -> rule {names.rule} -> "
         f"SQS {names.events_queue}")
@@ -637,6 +660,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poll-every", type=float, default=3.0, help="seconds between poll_jobs calls")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per cluster before giving up")
     ap.add_argument("--ci", action="store_true", help="non-interactive; exit 1 unless the loop closed")
+    ap.add_argument("--kit", action="append", metavar="NAME=URL",
+                    help="reach cluster NAME through the head node kit's TLS endpoint URL (scripts/run-local sets it up)")
     ap.add_argument("--log-dir", default=str(STATE / "run-local"))
     ap.add_argument("--pass", dest="one_pass", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--summary", help=argparse.SUPPRESS)
@@ -657,7 +682,8 @@ def main(argv: list[str] | None = None) -> int:
         summary.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "chalicelib.localrun", "--pass", "--cluster", name, "--via", a.via,
                "--endpoint", a.endpoint, "--poll-every", str(a.poll_every), "--timeout", str(a.timeout),
-               "--log-dir", a.log_dir, "--summary", str(summary)] + (["--ci"] if a.ci else [])
+               "--log-dir", a.log_dir, "--summary", str(summary)] + (["--ci"] if a.ci else []) \
+            + [arg for k in a.kit or [] for arg in ("--kit", k)]
         rc = subprocess.run(cmd, cwd=REPO).returncode
         if summary.exists():
             results.append(json.loads(summary.read_text()))

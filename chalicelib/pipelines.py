@@ -7,8 +7,8 @@ next to the YAML. YAML because scripts are multi-line text and pipelines are wri
 by people; PyYAML is pinned in requirements.txt.
 
 Everything is checked when the files load (once per Lambda container, and by
-``slurm-trigger validate``): unknown fields, unknown template variables, a missing
-script file, duplicate names. An object matching several pipelines gets one job per
+``slurm-trigger validate``): unknown fields, unknown template variables, template
+variables where a script cannot use them safely, a missing script file, duplicate names. An object matching several pipelines gets one job per
 pipeline; an object matching none is skipped by the trigger.
 """
 from __future__ import annotations
@@ -96,7 +96,8 @@ def _match(data: Any) -> Match:
     )
 
 
-def _template(data: Any, folder: Path) -> JobSubmission:
+def _template(data: Any, folder: Path) -> tuple[JobSubmission, str]:
+    """The job template, and how errors name its script."""
     if not isinstance(data, Mapping):
         raise ValueError("'job' must be an object in the JobSubmission form")
     job = dict(data)
@@ -105,7 +106,7 @@ def _template(data: Any, folder: Path) -> JobSubmission:
         if "script" in job:
             raise ValueError("give either 'script' or 'script_file', not both")
         job["script"] = (folder / script_file).read_text(encoding="utf-8")
-    return JobSubmission.from_dict(job)
+    return JobSubmission.from_dict(job), "'script'" if script_file is None else f"script_file {script_file}"
 
 
 def parse(data: Any, file: Path) -> Pipeline:
@@ -124,8 +125,8 @@ def parse(data: Any, file: Path) -> Pipeline:
         metadata = data.get("metadata", False)
         if not isinstance(metadata, bool):
             raise ValueError("'metadata' must be true or false")
-        template = _template(data.get("job"), file.parent)
-        check_template(template, metadata=metadata)
+        template, script_name = _template(data.get("job"), file.parent)
+        check_template(template, metadata=metadata, script_name=script_name)
         return Pipeline(
             name=name,
             match=_match(data.get("match")),

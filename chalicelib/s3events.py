@@ -1,7 +1,8 @@
 """S3 "object created" notifications, however they arrive, as ``ObjectRef``s.
 
 Three shapes reach the trigger: S3's own notification (direct, or as the body of an
-SQS message), its ``s3:TestEvent``, and EventBridge's "Object Created". They differ in
+SQS message), its ``s3:TestEvent``, and EventBridge's "Object Created"; dead-letter
+queues add Lambda's destination record around them. They differ in
 field names and in one trap: notification keys are URL-encoded (``+`` for a space),
 EventBridge keys are not. Everything after this module sees decoded keys only.
 """
@@ -117,12 +118,33 @@ def parse(event: Mapping[str, Any]) -> list[ObjectRef]:
     return from_notification(event)
 
 
-def parse_sqs_body(body: str) -> list[ObjectRef]:
-    """The body of one SQS message: an S3 notification or an EventBridge event as JSON."""
+def _json_object(body: str) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except ValueError as exc:
         raise EventShapeError(f"SQS body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise EventShapeError("SQS body is not a JSON object")
+    return data
+
+
+def parse_sqs_body(body: str) -> list[ObjectRef]:
+    """The body of one SQS message: an S3 notification or an EventBridge event as JSON."""
+    return parse(_json_object(body))
+
+
+def parse_dead_letter(body: str) -> list[ObjectRef]:
+    """A message of any queue that keeps what the trigger could not handle:
+
+    * Lambda's on-failure destination record (s3 and eventbridge routes): the original
+      event is its ``requestPayload``, next to ``requestContext``/``responsePayload``;
+    * an EventBridge rule target's dead letter: the original event itself;
+    * the sqs route's dead-letter queue: the original S3 notification.
+    """
+    data = _json_object(body)
+    if "requestContext" in data and "requestPayload" in data:
+        payload = data["requestPayload"]
+        if not isinstance(payload, dict):
+            raise EventShapeError("destination record whose requestPayload is not an event")
+        return parse(payload)
     return parse(data)

@@ -49,6 +49,7 @@ class Settings:
     # read timeout, so an unknown outcome keeps its claim read_timeout + this long
     submit_settle_seconds: float = 60.0
     retries: int = 3
+    max_connections: int = 4  # per container; the head node kit caps slurmrestd's side
 
     # --- the trigger
     pipelines_path: str = str(PROJECT_ROOT / "pipelines")
@@ -56,6 +57,9 @@ class Settings:
     idempotency_ttl_days: int = 30
     idempotency_in_progress_seconds: int = 60  # an attempt's deadline where none is known (not Lambda)
     include_object_metadata: bool = False
+    # True only where the SQS event source mapping has ReportBatchItemFailures (the
+    # `chalice package` route sets both); elsewhere a partial batch must fail whole.
+    sqs_report_batch_item_failures: bool = False
 
     # --- the tracker
     jobs_table: str = "slurm-trigger-jobs"
@@ -93,11 +97,13 @@ class Settings:
             read_timeout=float(g("SLURM_READ_TIMEOUT") or 30.0),
             submit_settle_seconds=float(g("SLURM_SUBMIT_SETTLE_SECONDS") or 60.0),
             retries=_int(g("SLURM_RETRIES"), 3),
+            max_connections=_int(g("SLURM_MAX_CONNECTIONS"), 4),
             pipelines_path=g("PIPELINES_PATH") or str(PROJECT_ROOT / "pipelines"),
             idempotency_table=g("IDEMPOTENCY_TABLE", "slurm-trigger-idempotency"),
             idempotency_ttl_days=_int(g("IDEMPOTENCY_TTL_DAYS"), 30),
             idempotency_in_progress_seconds=_int(g("IDEMPOTENCY_IN_PROGRESS_SECONDS"), 60),
             include_object_metadata=_bool(g("INCLUDE_OBJECT_METADATA")),
+            sqs_report_batch_item_failures=_bool(g("SQS_REPORT_BATCH_ITEM_FAILURES")),
             jobs_table=g("JOBS_TABLE", "slurm-trigger-jobs"),
             track_all_jobs=_bool(g("TRACK_ALL_JOBS")),
             event_bus=g("EVENT_BUS_NAME", "default"),

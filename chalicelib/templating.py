@@ -2,8 +2,12 @@
 
 Object keys are untrusted: anyone who may write to the bucket chooses them. So every
 value is checked for control characters, and how it is inserted depends on where it
-lands: shell-quoted in the script, reduced to safe characters in the job name and in
-paths (no ``/``, no leading ``.``, no Slurm ``%`` patterns), verbatim only in the
+lands. In the script a value is never pasted: ``${key}`` becomes a reference to the
+job's own environment variable, ``"${SLURM_TRIGGER_KEY}"`` (a parameter expansion is
+never read again as code), and where even that is unsafe or would not expand (single
+quotes, ``eval``, ``bash -c``, arithmetic...; see ``shellscan``) the pipeline is refused
+when it loads. In the job name and in paths a value is reduced to safe characters (no
+``/``, no leading ``.``, no Slurm ``%`` patterns); it is verbatim only in the
 environment and the comment, which no shell parses.
 
 Syntax: ``${name}`` with a lower-case name. Anything else (``$HOME``, ``${PATH}``,
@@ -13,12 +17,13 @@ Syntax: ``${name}`` with a lower-case name. Anything else (``$HOME``, ``${PATH}`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import posixpath
 import re
-import shlex
 import string
 from typing import Callable, Mapping
 
+from chalicelib import shellscan
 from chalicelib.s3events import ObjectRef
 from chalicelib.slurm.models import JobSubmission
 
@@ -41,23 +46,13 @@ VARIABLES = (
     "idempotency_key",
 )
 METADATA_PREFIX = "metadata_"
-
-# What every job gets in its environment, whatever its template says.
-ENVIRONMENT = {
-    "SLURM_TRIGGER_S3_URI": "s3_uri",
-    "SLURM_TRIGGER_BUCKET": "bucket",
-    "SLURM_TRIGGER_KEY": "key",
-    "SLURM_TRIGGER_VERSION_ID": "version_id",
-    "SLURM_TRIGGER_ETAG": "etag",
-    "SLURM_TRIGGER_SIZE": "size",
-    "SLURM_TRIGGER_SEQUENCER": "sequencer",
-    "SLURM_TRIGGER_EVENT_TIME": "event_time",
-    "SLURM_TRIGGER_REGION": "region",
-    "SLURM_TRIGGER_PIPELINE": "pipeline",
-    "SLURM_TRIGGER_IDEMPOTENCY_KEY": "idempotency_key",
-}
+ENV_PREFIX = "SLURM_TRIGGER_"
+# Values that are only ever digits (or empty): safe even where text is read as code,
+# so ``$(( ${size} / 1024 ))`` is allowed.
+NUMERIC = frozenset({"size"})
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DIGITS = re.compile(r"[0-9]*")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 MAX_JOB_NAME = 128
@@ -73,15 +68,14 @@ class UnsafeValueError(TemplateError):
 
 class _Template(string.Template):
     delimiter = "$"
-    flags = 0  # the default ignores case, and ${PATH} must stay the shell's
-    pattern = r"""
-    \$(?:
-      (?P<escaped>\$(?=\{[a-z][a-z0-9_]*\}))  |  # $${name} -> ${name}
-      \{(?P<braced>[a-z][a-z0-9_]*)\}         |  # ${name}
-      (?P<named>(?!x)x)                       |  # never: $name stays shell
-      (?P<invalid>(?!x)x)
-    )
-    """
+    flags = re.VERBOSE  # the default also ignores case, and ${PATH} must stay the shell's
+    pattern = shellscan.PATTERN
+
+
+def env_name(var: str) -> str:
+    """The job's environment variable for a template variable: ``key`` is
+    ``SLURM_TRIGGER_KEY``, ``metadata_run_id`` is ``SLURM_TRIGGER_METADATA_RUN_ID``."""
+    return ENV_PREFIX + var.upper()
 
 
 def identifiers(text: str) -> list[str]:
@@ -136,6 +130,9 @@ def object_variables(
         values[metadata_variable(name)] = value
     for name, value in values.items():
         check_value(name, value)
+    for name in NUMERIC:  # the promise that lets them stand in arithmetic
+        if not _DIGITS.fullmatch(values[name]):
+            raise UnsafeValueError(f"{name} must be digits, not {values[name]!r}")
     return values
 
 
@@ -154,9 +151,57 @@ def _path_safe(value: str) -> str:
     return "_" + safe[1:] if safe.startswith(".") else safe
 
 
-# Template fields and how a value is inserted into each.
+@dataclasses.dataclass(frozen=True)
+class Script:
+    """A script template made safe: its text with each ``${var}`` turned into a
+    reference to the job's environment variable, and the variables it references."""
+
+    text: str
+    variables: tuple[str, ...]
+
+
+_HINT = (
+    "a value cannot stand there safely; read the job's environment variable {env} in that place instead "
+    '("${env}" in a shell, ENVIRON["{env}"] in awk, os.environ["{env}"] in Python)'
+)
+
+
+@functools.lru_cache(maxsize=256)
+def compile_script(text: str) -> Script:
+    """Turn every ``${var}`` of a script into a reference, quoted as its context needs:
+    ``"${SLURM_TRIGGER_KEY}"`` as a word of its own, ``${SLURM_TRIGGER_KEY}`` inside
+    double quotes or an unquoted here-document. Raises ``TemplateError`` naming every
+    variable that stands where the shell would not expand it or would read it as code.
+    The result depends on the script alone, so it is computed once per script."""
+    if not identifiers(text):  # nothing to place: the author's script, only $${name} escapes undone
+        return Script(_Template(text).substitute({}), ())
+    try:
+        found = shellscan.scan(text)
+    except RecursionError:
+        raise TemplateError("nested too deeply to check where its template variables land") from None
+    errors = [
+        f"${{{p.name}}} on line {p.line} of the script is in {p.context}, {p.refused}: "
+        + _HINT.format(env=env_name(p.name))
+        for p in found.placements
+        if p.refused and not (p.numeric_ok and p.name in NUMERIC)
+    ]
+    if found.problems:
+        errors.append(f"the script cannot be read as shell ({'; '.join(found.problems)}), "
+                      "so its template variables cannot be placed safely")
+    if errors:
+        raise TemplateError("\n  ".join(errors))
+    edits = sorted([(p.start, p.end, f'"${{{env_name(p.name)}}}"' if p.quote else f"${{{env_name(p.name)}}}")
+                    for p in found.placements] + [(e, e + 1, "") for e in found.escapes])
+    out, last = [], 0
+    for start, end, new in edits:
+        out += [text[last:start], new]
+        last = end
+    out.append(text[last:])
+    return Script("".join(out), tuple(dict.fromkeys(p.name for p in found.placements)))
+
+
+# Template fields other than the script and how a value is inserted into each.
 _FIELDS: dict[str, Callable[[str], str]] = {
-    "script": shlex.quote,
     "name": _name_safe,
     "comment": str,
     "working_directory": _path_safe,
@@ -166,14 +211,20 @@ _FIELDS: dict[str, Callable[[str], str]] = {
 _VERBATIM_FIELDS = ("partition", "array")
 
 
-def check_template(sub: JobSubmission, *, metadata: bool) -> None:
-    """Every variable used is known, and variables appear only where they are quoted
-    or sanitized. Run when pipelines load, so errors surface before any object."""
-    texts: list[tuple[str, str]] = [(f, getattr(sub, f)) for f in _FIELDS if getattr(sub, f)]
+def check_template(sub: JobSubmission, *, metadata: bool, script_name: str = "'script'") -> None:
+    """Every variable used is known, and variables appear only where they are
+    referenced safely or sanitized. Run when pipelines load, so errors surface before
+    any object. ``script_name`` names the script in errors (its ``script_file``)."""
+    texts: list[tuple[str, str]] = [(f, getattr(sub, f)) for f in ("script", *_FIELDS) if getattr(sub, f)]
     texts += [(f"environment.{k}", v) for k, v in sub.environment.items()]
     for name in sub.environment:
         if not _ENV_NAME.match(name):
             raise TemplateError(f"environment variable name {name!r} is not a valid shell name")
+        if name.startswith(ENV_PREFIX):
+            raise TemplateError(f"environment variable name {name!r} is reserved: the trigger sets {ENV_PREFIX}*")
+        if name in shellscan.CODE_VARIABLES and identifiers(sub.environment[name]):
+            raise TemplateError(f"template variables are not allowed in 'environment.{name}': its value is code "
+                                "or says where code is found")
     for field in _VERBATIM_FIELDS:
         value = getattr(sub, field)
         if value and identifiers(value):
@@ -184,20 +235,31 @@ def check_template(sub: JobSubmission, *, metadata: bool) -> None:
                 continue
             hint = " (set 'metadata: true' to use object metadata)" if var.startswith(METADATA_PREFIX) else ""
             raise TemplateError(f"unknown template variable ${{{var}}} in {field!r}{hint}")
+    if sub.script:
+        try:
+            compile_script(sub.script)
+        except TemplateError as exc:
+            raise TemplateError(f"in {script_name}: {exc}") from None
+
+
+def _require(used: tuple[str, ...] | list[str], values: Mapping[str, str]) -> None:
+    missing = [v for v in used if v not in values]
+    if missing:
+        raise TemplateError(f"no value for template variable ${{{missing[0]}}} (object metadata missing?)")
 
 
 def _substitute(text: str, values: Mapping[str, str], quote: Callable[[str], str]) -> str:
     used = identifiers(text)
     if not used:
         return text
-    missing = [v for v in used if v not in values]
-    if missing:
-        raise TemplateError(f"no value for template variable ${{{missing[0]}}} (object metadata missing?)")
+    _require(used, values)
     return _Template(text).substitute({k: quote(values[k]) for k in used})
 
 
 def render(template: JobSubmission, values: Mapping[str, str]) -> JobSubmission:
-    """The job for one object: fields substituted, ``SLURM_TRIGGER_*`` added."""
+    """The job for one object: fields substituted, the script's variables made
+    references, and ``SLURM_TRIGGER_*`` set for every known value and for every
+    variable the script references (empty when unknown, so ``set -u`` holds)."""
     changes = {
         field: _substitute(getattr(template, field), values, quote)
         for field, quote in _FIELDS.items()
@@ -206,6 +268,11 @@ def render(template: JobSubmission, values: Mapping[str, str]) -> JobSubmission:
     if "name" in changes:
         changes["name"] = changes["name"][:MAX_JOB_NAME]
     environment = {k: _substitute(v, values, str) for k, v in template.environment.items()}
-    environment.update({env: values[var] for env, var in ENVIRONMENT.items() if values.get(var)})
+    environment.update({env_name(var): value for var, value in values.items() if value})
+    if template.script:
+        script = compile_script(template.script)
+        _require(script.variables, values)
+        environment.update({env_name(var): values[var] for var in script.variables})
+        changes["script"] = script.text
     return dataclasses.replace(template, environment=environment, **changes)
 

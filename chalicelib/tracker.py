@@ -15,7 +15,6 @@ more becomes ``LOST`` (final); docs/tracker.md says why and what it carries.
 from __future__ import annotations
 
 import gc
-import hashlib
 import time
 import uuid
 from collections import Counter
@@ -28,13 +27,13 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 from chalicelib import provenance
 from chalicelib.eventbus import Event, EventBus, EventBusError
+from chalicelib.jobevents import DETAIL_TYPE, event_id, job_resources
 from chalicelib.jobstore import LOST, TRACKER_FINAL_STATES, Cursor, DynamoDBJobStore, JobStore, TrackedJob
 from chalicelib.observability import SERVICE, logger, tracer
 from chalicelib.provenance import Source
 from chalicelib.slurm.errors import SlurmError, SlurmNotFoundError
 from chalicelib.slurm.models import Job, JobKey, JobsPage, job_key
 
-DETAIL_TYPE = "Slurm Job State Change"
 LOST_REASON = "job no longer known to Slurm"
 
 
@@ -265,7 +264,7 @@ class Tracker:
             detail_type=DETAIL_TYPE,
             detail=state_change_detail(job, flags, signal),
             resources=resources(job),
-            event_id=event_id(job.cluster, job.job_id, job.previous_state, job.state, job.submitted_at),
+            event_id=event_id(job.cluster, job.job_id, job.state, job.submitted_at),
         )
 
 
@@ -325,17 +324,9 @@ def tracked_from_job(cluster: str, job: Job, src: Source | None, **extra: Any) -
     )
 
 
-def event_id(cluster: str, job_id: int, previous: str | None, state: str, submitted_at: str | None) -> str:
-    """The same transition of the same job always gets the same id. The submit time
-    is part of it so a reused job id never collides with the old job's events."""
-    key = "\x1f".join([cluster, str(job_id), previous or "", state, submitted_at or ""])
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
 def resources(job: TrackedJob) -> tuple[str, ...]:
     source = job.source
-    job_resource = f"slurm:{job.cluster}:job/{job.job_id}"
-    return (job_resource, source.object_arn) if source else (job_resource,)
+    return job_resources(job.cluster, job.job_id, source.object_arn if source else None)
 
 
 def state_change_detail(job: TrackedJob, flags: tuple[str, ...] = (), signal: int | None = None) -> dict[str, Any]:

@@ -97,6 +97,18 @@ def _each(items: Iterable[T], work: Callable[[T], list[Outcome]]) -> list[Outcom
     return outcomes
 
 
+class BatchNotDone(Exception):
+    """Some messages of an SQS batch failed on a mapping that cannot say which: the
+    whole batch must come back (fail closed)."""
+
+    def __init__(self, failed: Sequence[str], total: int) -> None:
+        self.failed = list(failed)
+        super().__init__(
+            f"{len(self.failed)} of {total} messages failed ({', '.join(self.failed)}); the event source "
+            "mapping does not report item failures, so the whole batch is returned to the queue"
+        )
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What became of one object for one pipeline (or of an unmatched object)."""
@@ -153,6 +165,7 @@ class Trigger:
         settle_seconds: float = 90.0,
         window_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
+        report_batch_item_failures: bool = False,  # the SQS mapping has ReportBatchItemFailures
     ) -> None:
         self.pipelines = list(pipelines)
         self.client = client
@@ -164,6 +177,7 @@ class Trigger:
         self.settle_seconds = settle_seconds
         self.window_seconds = window_seconds
         self.clock = clock
+        self.report_batch_item_failures = report_batch_item_failures
         self._batch = BatchProcessor(event_type=EventType.SQS)
 
     # --- entry points, one per subscription shape
@@ -172,12 +186,22 @@ class Trigger:
         return self.handle_objects(s3events.parse(event), deadline=deadline)
 
     def handle_sqs(self, event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
-        """An SQS batch: ``{"batchItemFailures": [...]}`` names the messages to retry.
-        A message fails when its body is unreadable or any of its objects hit a
-        transient error; the other messages of the batch are done."""
-        return process_partial_response(
+        """An SQS batch. A message fails when its body is unreadable or any of its
+        objects hit a transient error; the other messages of the batch are done.
+
+        Where the event source mapping reports item failures
+        (``report_batch_item_failures``), ``{"batchItemFailures": [...]}`` names the
+        messages to retry. Elsewhere Lambda ignores that answer and deletes the whole
+        batch on any normal return, so a batch with a failed message raises
+        ``BatchNotDone`` instead: every message comes back, and the claims make the
+        repeats of those already done duplicates."""
+        answer = process_partial_response(
             event=dict(event), record_handler=self._sqs_record, processor=self._batch, context=context
         )
+        failed = [f["itemIdentifier"] for f in answer.get("batchItemFailures") or []]
+        if failed and not self.report_batch_item_failures:
+            raise BatchNotDone(failed, len(event.get("Records") or []))
+        return answer
 
     def _sqs_record(self, record: SQSRecord, lambda_context: Any = None) -> list[dict[str, Any]]:
         refs = s3events.parse_sqs_body(record.body)
@@ -416,4 +440,5 @@ def build_trigger(
         s3_client=s3_client,
         settle_seconds=settings.read_timeout + settings.submit_settle_seconds,
         window_seconds=settings.idempotency_in_progress_seconds,
+        report_batch_item_failures=settings.sqs_report_batch_item_failures,
     )

@@ -1,8 +1,9 @@
 """The ``slurm-trigger`` command line.
 
 Each area of the product registers its own subcommands from one module
-(``slurm_commands``, ``trigger_commands``, ``tracker_commands``); this module only
-holds what they share: the cluster options, the output format and error reporting.
+(``slurm_commands``, ``trigger_commands``, ``redrive_commands``, ``tracker_commands``);
+this module only holds what they share: the cluster options, the output format and
+error reporting.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any, Callable, Sequence
 from chalicelib.settings import Settings
 from chalicelib.slurm.errors import SlurmError
 
-COMMAND_MODULES = ("slurm_commands", "trigger_commands", "tracker_commands")
+COMMAND_MODULES = ("slurm_commands", "trigger_commands", "redrive_commands", "tracker_commands")
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -95,8 +96,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_first(argv: Sequence[str]) -> list[str]:
+    """``slurm-trigger -n c -u ec2-user submit-job -j f`` (the seed ``slurmapi.py``'s order)
+    as ``submit-job -n c -u ec2-user -j f``: the shared options may stand before the
+    command too. argparse alone cannot do this: a subcommand's defaults overwrite what
+    the main parser read before it."""
+    takes_value = {
+        flag
+        for action in common_options()._actions
+        if action.nargs is None and not isinstance(action, argparse._StoreConstAction) and action.option_strings
+        for flag in action.option_strings
+    }
+    argv = list(argv)
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if not word.startswith("-"):
+            return [word, *argv[:i], *argv[i + 1 :]] if i else argv
+        if word == "--":
+            break
+        i += 2 if word in takes_value else 1
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(command_first(sys.argv[1:] if argv is None else argv))
     handler: Callable[[argparse.Namespace], int | None] = args.handler
     try:
         return handler(args) or 0

@@ -144,6 +144,14 @@ def _ref(bucket: str, item: dict[str, Any], version_id: str | None) -> ObjectRef
     )
 
 
+def tally(outcomes: list[Outcome], counts: dict[str, int], errors: list[dict[str, Any]]) -> None:
+    """Add ``outcomes`` to the ``SUMMARY`` counts; failed ones also to ``errors``."""
+    for o in outcomes:
+        counts[_COUNTED_AS.get(o.status, o.status)] += 1
+        if o.status == "failed":
+            errors.append(o.to_dict())
+
+
 def _progress(done: int, total: int, counts: dict[str, int]) -> None:
     width = 30
     filled = width * done // total if total else width
@@ -169,10 +177,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             outcomes = trigger.handle(ref, deadline=time.time() + args.object_seconds)
         except Exception as exc:  # noqa: BLE001 - reported per object, the rest go on
             outcomes = [Outcome("failed", ref.bucket, ref.key, reason=f"{type(exc).__name__}: {exc}")]
-        for o in outcomes:
-            counts[_COUNTED_AS.get(o.status, o.status)] += 1
-            if o.status == "failed":
-                errors.append(o.to_dict())
+        tally(outcomes, counts, errors)
         _progress(done, len(refs), counts)
     if refs:
         print(file=sys.stderr)

@@ -32,10 +32,12 @@ from chalicelib.slurm.errors import (
     SlurmError,
     SlurmNotFoundError,
     SlurmRejectedError,
+    SlurmTLSError,
     SlurmUnavailableError,
     SlurmVersionError,
 )
 from chalicelib.slurm.models import Job, JobsPage, JobSubmission, SubmitResult
+from chalicelib.slurm.transport import verify_failed
 
 log = logging.getLogger(__name__)
 
@@ -318,15 +320,32 @@ def _unavailable(method: str, url: str, exc: requests.RequestException) -> Slurm
     """A typed error without the request (whose headers hold the token)."""
     maybe = method == "POST" and _maybe_sent(exc)
     what = type(exc).__name__
-    if isinstance(exc, requests.exceptions.SSLError):
+    if isinstance(exc, requests.exceptions.SSLError) and verify_failed(exc):
+        return SlurmTLSError(
+            f"TLS verification of the head node failed: its certificate is not the published "
+            f"one, has expired, or is not issued for this address; check SLURM_CA_PARAMETER, "
+            f"SLURM_CA_SECRET or SLURM_CA_BUNDLE ({method} {url}: {_reason(exc)})",
+            url=url,
+        )
+    if maybe:
+        hint = "the request may have been sent but no answer came: the job may exist"
+    elif isinstance(exc, requests.exceptions.SSLError):
         hint = "TLS verification failed; set ca_bundle, ca_secret or ca_parameter"
-    elif maybe:
-        hint = "the request was sent but no answer came: the job may exist"
     else:
         hint = "could not reach slurmrestd"
     return SlurmUnavailableError(
         f"{hint} ({method} {url}: {what}: {exc})", url=url, maybe_submitted=maybe
     )
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost SSL message ("... certificate verify failed: certificate has expired")."""
+    err: Any = exc
+    for _ in range(8):  # requests' SSLError > MaxRetryError > urllib3 SSLError > ssl error
+        if isinstance(err, ssl.SSLError):
+            return str(err)
+        err = getattr(err, "reason", None) or (err.args[0] if getattr(err, "args", None) else None)
+    return str(exc)
 
 
 # Built by requests before anything is sent: a bad header (a token with CR/LF), a bad URL.
@@ -341,7 +360,7 @@ _NOT_SENT = (
 )
 # OpenSSL reasons that only a TLS handshake gives: before the request is written.
 _HANDSHAKE_REASONS = (
-    "CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER", "UNSUPPORTED_PROTOCOL", "HANDSHAKE_FAILURE",
+    "WRONG_VERSION_NUMBER", "UNSUPPORTED_PROTOCOL", "HANDSHAKE_FAILURE",
     "PROTOCOL_VERSION", "UNKNOWN_CA", "NO_PROTOCOLS_AVAILABLE", "TLSV1_UNRECOGNIZED_NAME",
 )
 
@@ -364,21 +383,9 @@ def _maybe_sent(exc: requests.RequestException) -> bool:
 
 
 def _handshake_failure(exc: BaseException) -> bool:
-    """The TLS failure is the handshake's (certificate, protocol), found anywhere in
-    the chain of wrapped exceptions."""
-    stack: list[Any] = [exc]
-    seen: set[int] = set()
-    while stack:
-        e = stack.pop()
-        if not isinstance(e, BaseException) or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, ssl.SSLCertVerificationError):
-            return True
-        if isinstance(e, ssl.SSLError) and any(r in str(getattr(e, "reason", None) or "") for r in _HANDSHAKE_REASONS):
-            return True
-        stack += [e.__cause__, e.__context__, getattr(e, "reason", None), getattr(e, "original_error", None), *e.args]
-    return False
+    """The TLS failure is the handshake's: certificate verification, or an OpenSSL
+    reason only a handshake gives (requests' message carries the wrapped ones)."""
+    return verify_failed(exc) or any(r in str(exc) for r in _HANDSHAKE_REASONS)
 
 
 def build_client(

@@ -83,6 +83,13 @@ class SlurmUnavailableError(SlurmError):
     transient = True
 
 
+class SlurmTLSError(SlurmUnavailableError):
+    """The head node's certificate failed verification (not the published one,
+    expired, or issued for another name). Not retried on the spot: the same
+    certificate fails the same way. Still transient for the caller, since the head
+    node may be rotating its certificate."""
+
+
 class SlurmRejectedError(SlurmError):
     """Slurm refused the request itself (bad body, bad partition, bad parameter).
     Sending it again gives the same answer."""

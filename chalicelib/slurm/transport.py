@@ -5,17 +5,28 @@ connection errors and on 429/502/503/504 (honouring ``Retry-After``). POST is ne
 repeated once its body may have reached slurmrestd: a second submit can make a
 second job (see ``SlurmClient`` for what happens instead). Every request gets the
 configured timeouts from the adapter, so no call site can forget them.
+
+A certificate that fails verification (another certificate, an expired one, a name
+that does not match) fails the same way every time, so it is not retried (urllib3
+would back off ~3 s for nothing). Instead, when the trusted PEM comes from SSM or
+Secrets Manager, it is read once more: the head node publishes a new certificate
+before it serves it, so a warm container catches up with a rotation on its own.
+The pool holds at most ``max_connections`` connections to the head node (blocking
+beyond), the client half of the head node kit's cap on slurmrestd.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import ssl
 import tempfile
 from typing import Any, Callable
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import MaxRetryError
+from urllib3.exceptions import SSLError as Urllib3SSLError
 from urllib3.util.retry import Retry
 
 from chalicelib.settings import Settings
@@ -33,22 +44,75 @@ class TimeoutAdapter(HTTPAdapter):
     ``CURL_CA_BUNDLE`` override ``Session.verify``, which would silently drop a
     ``ca_bundle`` or ``insecure`` choice."""
 
-    def __init__(self, timeout: tuple[float, float], verify: bool | str = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        timeout: tuple[float, float],
+        verify: bool | str = True,
+        reload_verify: Callable[[], bool | str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.timeout = timeout
         self.verify = verify
+        self.reload_verify = reload_verify
         super().__init__(**kwargs)
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
         kwargs["verify"] = self.verify
-        return super().send(request, **kwargs)
+        try:
+            return super().send(request, **kwargs)
+        except requests.exceptions.SSLError as exc:
+            # Nothing was sent (the handshake failed), so even a POST may go again.
+            if self.reload_verify is None or not verify_failed(exc):
+                raise
+            fresh = self.reload_verify()
+            if fresh == self.verify:
+                raise
+            log.info("the head node's certificate changed; trusting the newly published one")
+            self.verify = kwargs["verify"] = fresh
+            return super().send(request, **kwargs)
+
+
+def verify_failed(exc: BaseException) -> bool:
+    """True when ``exc`` (or what it wraps) is a certificate verification failure:
+    untrusted, expired, or issued for another name."""
+    seen: set[int] = set()
+    todo: list[Any] = [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, (ssl.SSLCertVerificationError, ssl.CertificateError)):
+            return True
+        if isinstance(err, BaseException):
+            todo.extend([err.__cause__, err.__context__, getattr(err, "reason", None), *err.args])
+    return False
+
+
+class VerifyAwareRetry(Retry):
+    """urllib3's ``Retry``, except that a certificate verification failure ends the
+    call at once: retrying cannot make the same certificate pass."""
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: Any = None,
+        error: Exception | None = None,
+        _pool: Any = None,
+        _stacktrace: Any = None,
+    ) -> Retry:
+        if isinstance(error, Urllib3SSLError) and verify_failed(error):
+            raise MaxRetryError(_pool, url or "", error) from error
+        return super().increment(method, url, response, error, _pool, _stacktrace)
 
 
 def retry_policy(retries: int) -> Retry:
     """Idempotent calls only; the last answer is returned, not raised, so the client
     can map it to a typed error."""
-    return Retry(
+    return VerifyAwareRetry(
         total=retries,
         backoff_factor=0.5,
         status_forcelist=RETRY_STATUS,
@@ -71,10 +135,19 @@ def build_session(
     """
     session = requests.Session()
     session.verify = tls_verify(settings, secrets_client=secrets_client, ssm_client=ssm_client)
+    reload = None
+    if session.verify not in (True, False) and (settings.ca_parameter or settings.ca_secret):
+
+        def reload() -> bool | str:
+            return tls_verify(settings, secrets_client=secrets_client, ssm_client=ssm_client, force=True)
+
     adapter = TimeoutAdapter(
         (settings.connect_timeout, settings.read_timeout),
         verify=session.verify,
+        reload_verify=reload,
         max_retries=retry_policy(settings.retries),
+        pool_maxsize=settings.max_connections,
+        pool_block=True,
     )
     session.mount("http://", adapter)
     session.mount("https://", adapter)
@@ -86,8 +159,10 @@ def tls_verify(
     *,
     secrets_client: Callable[[], Any] | None = None,
     ssm_client: Callable[[], Any] | None = None,
+    force: bool = False,
 ) -> bool | str:
-    """``requests``' ``verify=``: True, a PEM path, or False when ``insecure``."""
+    """``requests``' ``verify=``: True, a PEM path, or False when ``insecure``;
+    ``force`` reads the published PEM again instead of Powertools' cached copy."""
     if settings.insecure:
         import urllib3
 
@@ -103,13 +178,13 @@ def tls_verify(
         from aws_lambda_powertools.utilities.parameters import SecretsProvider
 
         client = secrets_client() if secrets_client else None
-        pem = SecretsProvider(boto3_client=client).get(settings.ca_secret)
+        pem = SecretsProvider(boto3_client=client).get(settings.ca_secret, force_fetch=force)
         return pem_file(str(pem))
     if settings.ca_parameter:
         from aws_lambda_powertools.utilities.parameters import SSMProvider
 
         client = ssm_client() if ssm_client else None
-        pem = SSMProvider(boto3_client=client).get(settings.ca_parameter, decrypt=True)
+        pem = SSMProvider(boto3_client=client).get(settings.ca_parameter, decrypt=True, force_fetch=force)
         return pem_file(str(pem))
     return True
 

@@ -3,6 +3,9 @@
 #   bootstrap_python  - python3 (>= 3.11) with venv, then .venv with requirements-dev.txt + `pip install -e .`
 #                       (skipped when .venv's stamp matches the requirement files: fast when warm)
 #   bootstrap_slurm   - scripts/local-slurm start (installs/builds the clusters the first time)
+#   bootstrap_headnode - what the head node kit's tests need: nginx (never started by its
+#                       package: the tests run their own), openssl, util-linux's setpriv,
+#                       systemd's systemd-analyze (to check the kit's units; not PID 1)
 # Expects REPO (the repository root). Root or sudo is needed for apt and the clusters.
 
 bs_log() { printf '[bootstrap %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -52,4 +55,19 @@ bootstrap_python() {
 
 bootstrap_slurm() {
   bs_sudo "$REPO/scripts/local-slurm" start "${1:-all}"
+}
+
+bootstrap_headnode() {
+  local p missing=() guard=0
+  for p in nginx openssl util-linux systemd; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  # a package's postinst must not start a system nginx on :80 (policy-rc.d 101 = "not now")
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' | bs_sudo tee /usr/sbin/policy-rc.d >/dev/null
+    bs_sudo chmod 0755 /usr/sbin/policy-rc.d; guard=1
+  fi
+  bs_apt "${missing[@]}"
+  if ((guard)); then bs_sudo rm -f /usr/sbin/policy-rc.d; fi
 }

@@ -304,6 +304,7 @@ def test_sqs_batch_reports_only_the_broken_message(world):
         for i, r in enumerate(refs)
     ]
     records.insert(1, {**records[0], "messageId": "broken", "body": "{not json"})
+    world.trigger.report_batch_item_failures = True  # the mapping of the `chalice package` route
     answer = world.trigger.handle_sqs({"Records": records})
     assert answer == {"batchItemFailures": [{"itemIdentifier": "broken"}]}
     for r in refs:

@@ -142,3 +142,13 @@ def test_job_to_dict_is_json_ready() -> None:
     data = job_to_dict(DIALECTS["v0.0.42"].parse_job(raw))
     assert json.loads(json.dumps(data)) == data and "raw" not in data
     assert isinstance(data["state_flags"], list)
+
+
+def test_global_options_before_the_command(server: tuple[FakeSlurm, str], capsys: pytest.CaptureFixture) -> None:
+    """The seed's order (``slurmapi.py -n … submit-job …``) works as well as ours."""
+    fake, _ = server
+    code = main(["--url", fake.url, "--token", GOOD, "-u", "alice", "--format", "table", "submit-job", "-j", str(EXAMPLE)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert GOOD not in out and GOOD not in err
+    assert fake.seen[-1].method == "POST" and fake.seen[-1].headers["X-SLURM-USER-NAME"] == "alice"

@@ -53,6 +53,29 @@ STAGE_KEYS = (
 SUBMITTING = ("on_object_created", "on_queue_message", "on_object_event")
 
 
+def render_policies_module() -> Any:
+    loader = importlib.machinery.SourceFileLoader("render_policies", str(RENDER))
+    spec = importlib.util.spec_from_file_location(loader.name, RENDER, loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def async_dlq_arn(stage: str) -> str:
+    name = render_policies_module().async_dlq_name(CONFIG["app_name"], stage)
+    return f"arn:aws:sqs:us-east-1:123456789012:{name}"
+
+
+def resolve_sub(value: Any, stage: str) -> str:
+    """A ``!Sub`` of the templates with the placeholders render-policies uses."""
+    text = value["Fn::Sub"] if isinstance(value, dict) else value
+    for name, actual in {"AWS::Partition": "aws", "AWS::Region": "us-east-1", "AWS::AccountId": "123456789012",
+                         "AppName": CONFIG["app_name"], "Stage": stage}.items():
+        text = text.replace("${" + name + "}", actual)
+    assert "${" not in text, text
+    return text
+
+
 def load_cfn(path: Path) -> dict[str, Any]:
     template, errors = decode(str(path))
     assert not errors, [str(e) for e in errors]
@@ -250,11 +273,7 @@ def test_policy_files_are_rendered_from_config() -> None:
 
 
 def test_render_policies_for_another_account_and_region() -> None:
-    loader = importlib.machinery.SourceFileLoader("render_policies", str(RENDER))
-    spec = importlib.util.spec_from_file_location(loader.name, RENDER, loader=loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    docs = module.render("prod", "111122223333", "eu-west-1", "aws")
+    docs = render_policies_module().render("prod", "111122223333", "eu-west-1", "aws")
     assert set(docs) == {f"policy-prod-{f}.json" for f in CONFIG["stages"]["prod"]["lambda_functions"]}
     for doc in docs.values():
         for st in doc["Statement"]:
@@ -289,7 +308,9 @@ def test_policies_name_their_resources(stage: str) -> None:
                                for r in resources)
                 if action == "events:PutEvents":
                     assert resources == [f"arn:aws:events:us-east-1:123456789012:event-bus/{env['EVENT_BUS_NAME']}"]
-                if action.startswith("sqs:"):
+                if action == "sqs:SendMessage":  # only to the on-failure destination
+                    assert resources == [async_dlq_arn(stage)], (function, resources)
+                elif action.startswith("sqs:"):
                     assert all(r.endswith(f":{env['INPUT_QUEUE']}") for r in resources)
                 if action.startswith("s3:"):
                     assert all(r.startswith(f"arn:aws:s3:::{env['INPUT_BUCKET']}") for r in resources)
@@ -342,6 +363,9 @@ MERGE_FILES = {
     "eventbridge": ROOT / "infra" / "chalice-merge-eventbridge.yaml",
 }
 PACKAGES = [(stage, sub) for stage in STAGES for sub in MERGE_FILES]
+# The sqs stage packaged without a merge file: what `chalice deploy` sets up (both routes
+# build their resources from the same app graph) and what the handler then sees.
+PLAIN = [(stage, "sqs-plain") for stage in STAGES]
 
 
 def test_stages_use_known_subscriptions() -> None:
@@ -359,7 +383,8 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], 
     base = tmp_path_factory.mktemp("pkg")
     env = {**os.environ, "AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing"}
-    for stage, sub in PACKAGES:
+    for stage, sub in PACKAGES + PLAIN:
+        merge = MERGE_FILES.get(sub)
         project = base / f"{stage}-{sub}"
         project.mkdir()
         for name in ("app.py", "chalicelib", "pipelines", "vendor"):
@@ -372,13 +397,13 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], 
         for f in CHALICE_DIR.glob("policy-*.json"):
             shutil.copy2(f, project / ".chalice" / f.name)
         config = json.loads(json.dumps(CONFIG))
-        config["stages"][stage]["environment_variables"]["SUBSCRIPTIONS"] = sub
+        config["stages"][stage]["environment_variables"]["SUBSCRIPTIONS"] = sub.removesuffix("-plain")
         (project / ".chalice" / "config.json").write_text(json.dumps(config))
         (project / "requirements.txt").write_text("")
         target = base / f"out-{stage}-{sub}"
+        merge_args = ["--merge-template", str(merge)] if merge else []
         done = subprocess.run(
-            [str(VENV_BIN / "chalice"), "package", "--stage", stage, "--merge-template", str(MERGE_FILES[sub]),
-             str(target)],
+            [str(VENV_BIN / "chalice"), "package", "--stage", stage, *merge_args, str(target)],
             cwd=project, env=env, capture_output=True, text=True,
         )
         assert done.returncode == 0, done.stderr
@@ -400,31 +425,98 @@ def test_merge_patches_resources_chalice_generates(packaged: dict[Any, Any], sta
     assert all("Type" in r for r in resources.values())
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_sqs_mapping_reports_batch_item_failures(packaged: dict[Any, Any], stage: str) -> None:
-    resources = packaged[(stage, "sqs")]["template"]["Resources"]
-    sqs_events = [
-        ev for res in resources.values() if res["Type"] == "AWS::Serverless::Function"
+def sqs_function(packaged: dict[Any, Any], stage: str, sub: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the function's properties, its SQS event's properties) in one package."""
+    resources = packaged[(stage, sub)]["template"]["Resources"]
+    found = [
+        (res["Properties"], ev["Properties"]) for res in resources.values() if res["Type"] == "AWS::Serverless::Function"
         for ev in res["Properties"].get("Events", {}).values() if ev["Type"] == "SQS"
     ]
-    assert len(sqs_events) == 1
-    assert sqs_events[0]["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
-    assert sqs_events[0]["Properties"]["Queue"]["Fn::Sub"].endswith(":" + stage_env(stage)["INPUT_QUEUE"])
+    assert len(found) == 1
+    return found[0]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_sqs_mapping_reports_batch_item_failures(packaged: dict[Any, Any], stage: str) -> None:
+    """Route B: the mapping reports item failures and the handler is told so, together."""
+    fn, props = sqs_function(packaged, stage, "sqs")
+    assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert fn["Environment"]["Variables"]["SQS_REPORT_BATCH_ITEM_FAILURES"] == "true"
+    assert fn["Environment"]["Variables"].items() >= stage_env(stage).items()  # merged, not replaced
+    assert props["Queue"]["Fn::Sub"].endswith(":" + stage_env(stage)["INPUT_QUEUE"])
+    assert resolve_sub(fn["FunctionName"], stage) == f"{CONFIG['app_name']}-{stage}-on_queue_message"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_sqs_mapping_without_merge_fails_closed(packaged: dict[Any, Any], stage: str) -> None:
+    """Route A's mapping cannot report item failures, and its handler is not told it can:
+    it raises on a partial batch (tests/integration/test_routes.py)."""
+    fn, props = sqs_function(packaged, stage, "sqs-plain")
+    assert "FunctionResponseTypes" not in props
+    assert "SQS_REPORT_BATCH_ITEM_FAILURES" not in fn["Environment"]["Variables"]
+    assert "SQS_REPORT_BATCH_ITEM_FAILURES" not in stage_env(stage)
+
+
+@pytest.mark.parametrize("sub", ["sqs", "sqs-plain"])
+@pytest.mark.parametrize("stage", STAGES)
+def test_sqs_concurrency_is_chalices_own(packaged: dict[Any, Any], stage: str, sub: str) -> None:
+    """maximum_concurrency from app.py on both routes (no merge patch), within the
+    function's reserved concurrency."""
+    _, props = sqs_function(packaged, stage, sub)
     reserved = CONFIG["stages"][stage]["lambda_functions"]["on_queue_message"]["reserved_concurrency"]
-    assert 2 <= sqs_events[0]["Properties"]["ScalingConfig"]["MaximumConcurrency"] <= reserved
+    assert props["ScalingConfig"]["MaximumConcurrency"] == int(stage_env(stage)["SQS_MAXIMUM_CONCURRENCY"])
+    assert 2 <= props["ScalingConfig"]["MaximumConcurrency"] <= reserved
+    assert "ScalingConfig" not in json.dumps(load_cfn(MERGE_FILES["sqs"]))
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_object_events_rule_has_retries_and_dead_letters(packaged: dict[Any, Any], stage: str) -> None:
+    """Route B: Lambda's retries end in the on-failure destination, EventBridge's in the
+    rule's DLQ; both are the async DLQ the role may send to."""
     fn = packaged[(stage, "eventbridge")]["template"]["Resources"]["OnObjectEvent"]["Properties"]
     (event,) = fn["Events"].values()
     assert event["Type"] == "EventBridgeRule"
     assert event["Properties"]["Pattern"]["detail"]["bucket"]["name"] == [stage_env(stage)["INPUT_BUCKET"]]
-    assert event["Properties"]["DeadLetterConfig"]["Type"] == "SQS"
-    assert fn["EventInvokeConfig"]["MaximumRetryAttempts"] == 2
+    assert resolve_sub(event["Properties"]["DeadLetterConfig"]["Arn"], stage) == async_dlq_arn(stage)
+    retry = event["Properties"]["RetryPolicy"]
+    assert 0 < retry["MaximumRetryAttempts"] <= 185 and 60 <= retry["MaximumEventAgeInSeconds"] <= 86400
+    invoke = fn["EventInvokeConfig"]
+    assert invoke["MaximumRetryAttempts"] <= 2 and 60 <= invoke["MaximumEventAgeInSeconds"] <= 21600
+    assert invoke["DestinationConfig"]["OnFailure"]["Type"] == "SQS"
+    assert resolve_sub(invoke["DestinationConfig"]["OnFailure"]["Destination"], stage) == async_dlq_arn(stage)
+    assert resolve_sub(fn["FunctionName"], stage) == f"{CONFIG['app_name']}-{stage}-on_object_event"
 
 
-@pytest.mark.parametrize("stage,sub", PACKAGES)
+def test_deploy_route_on_failure_template() -> None:
+    """Route A: the companion stack gives both async functions the same destination."""
+    path = ROOT / "infra" / "chalice-deploy-on-failure.yaml"
+    matches = cfnlint_api.lint_file(path)
+    assert not matches, "\n".join(str(m) for m in matches)
+    resources = load_cfn(path)["Resources"]
+    assert {r["Type"] for r in resources.values()} == {"AWS::Lambda::EventInvokeConfig"}
+    names = set()
+    for stage in STAGES:
+        for res in resources.values():
+            props = res["Properties"]
+            assert resolve_sub(props["DestinationConfig"]["OnFailure"]["Destination"], stage) == async_dlq_arn(stage)
+            assert props["Qualifier"] == "$LATEST"
+            names.add(resolve_sub(props["FunctionName"], stage).removeprefix(f"{CONFIG['app_name']}-{stage}-"))
+    assert names == {"on_object_created", "on_object_event"}
+
+
+def test_async_dlq_is_the_one_the_policies_name() -> None:
+    resources = load_cfn(INFRA)["Resources"]
+    queue = resources["AsyncDeadLetterQueue"]["Properties"]["QueueName"]
+    (statement,) = resources["AsyncDeadLetterQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"} and statement["Action"] == "sqs:SendMessage"
+    for stage in STAGES:
+        assert f"arn:aws:sqs:us-east-1:123456789012:{resolve_sub(queue, stage)}" == async_dlq_arn(stage)
+        for function in ("on_object_created", "on_object_event"):
+            granted = [st["Resource"] for st in policy(stage, function)["Statement"] if "sqs:SendMessage" in st["Action"]]
+            assert granted == [[async_dlq_arn(stage)]], function
+
+
+@pytest.mark.parametrize("stage,sub", PACKAGES + PLAIN)
 def test_packaged_template_passes_cfn_lint(packaged: dict[Any, Any], stage: str, sub: str) -> None:
     """cfn-lint runs the SAM transform (aws-sam-translator) and checks the result."""
     matches = cfnlint_api.lint_file(packaged[(stage, sub)]["path"])
@@ -447,3 +539,24 @@ def test_packaged_functions_follow_the_stage(packaged: dict[Any, Any], stage: st
         assert props["MemorySize"] == cfg["lambda_functions"][name].get("lambda_memory_size", cfg["lambda_memory_size"])
         role = resources[props["Role"]["Fn::GetAtt"][0]]["Properties"]["Policies"][0]["PolicyDocument"]
         assert role == policy(stage, name)
+
+
+def test_head_node_policy_is_the_kits() -> None:
+    """The stack's head node policy is headnode/iam-policy.json, statement for statement:
+    the one secret, the one parameter and the one bus, by name."""
+    kit = json.loads((ROOT / "headnode" / "iam-policy.json").read_text())
+    stack = load_cfn(INFRA)["Resources"]["HeadNodeWriterPolicy"]["Properties"]["PolicyDocument"]
+    names = {"${Partition}": "${AWS::Partition}", "${Region}": "${AWS::Region}", "${AccountId}": "${AWS::AccountId}",
+             "${EventBusName}": "${AppName}-${Stage}"}
+
+    def as_stack(resource: str) -> dict[str, str]:
+        for mine, theirs in names.items():
+            resource = resource.replace(mine, theirs)
+        return {"Fn::Sub": resource}
+
+    assert [s["Sid"] for s in stack["Statement"]] == [s["Sid"] for s in kit["Statement"]]
+    for theirs, mine in zip(stack["Statement"], kit["Statement"]):
+        assert theirs["Effect"] == mine["Effect"] == "Allow"
+        assert theirs["Action"] == mine["Action"], mine["Sid"]
+        assert theirs["Resource"] == as_stack(mine["Resource"]), mine["Sid"]
+        assert "*" not in mine["Resource"].split(":")[-1], mine["Sid"]  # named, not every secret

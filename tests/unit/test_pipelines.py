@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -133,3 +134,37 @@ def test_metadata_opt_in(tmp_path):
 def test_missing_path():
     with pytest.raises(PipelineError, match="no such pipeline"):
         pipelines.load("/nonexistent/pipelines")
+
+
+def test_validate_shows_unsafe_placements(tmp_path):
+    """``slurm-trigger validate`` prints each refused placement, naming file, pipeline,
+    variable, line, context and the environment variable to use, and exits 1."""
+    write(tmp_path, "bad.yaml", """
+        name: bad
+        match: {prefix: in/}
+        job:
+          script: |
+            #!/bin/bash
+            awk '{print "${stem}"}' f
+            eval "ls ${key}"
+          partition: debug
+    """)
+    run = subprocess.run([sys.executable, "-c", "import sys; from chalicelib.cli import main; sys.exit(main())",
+                          "validate", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    err = run.stderr
+    assert f"{tmp_path / 'bad.yaml'}: pipeline 'bad'" in err
+    assert "${stem} on line 2 of the script is in single quotes" in err and 'ENVIRON["SLURM_TRIGGER_STEM"]' in err
+    assert "${key} on line 3 of the script is in double quotes, in the arguments of eval" in err and "SLURM_TRIGGER_KEY" in err
+
+
+def test_a_script_file_is_named_in_refusals(tmp_path):
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "run.sh").write_text("#!/bin/bash\necho ok\necho '${key}'\n")
+    write(tmp_path, "p.yaml", """
+        name: p
+        match: {prefix: in/}
+        job: {script_file: scripts/run.sh, partition: debug}
+    """)
+    with pytest.raises(PipelineError, match=r"pipeline 'p': in script_file scripts/run.sh: \$\{key\} on line 3 of the script"):
+        pipelines.load(tmp_path)

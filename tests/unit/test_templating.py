@@ -1,17 +1,19 @@
-"""Template variables, quoting per field, hostile keys."""
+"""Template variables, quoting per field, hostile keys.
+
+The placements of a template variable in a script are in tests/unit/test_shellscan.py."""
 from __future__ import annotations
 
-import shlex
-import subprocess
 
 import pytest
 
 from chalicelib.s3events import ObjectRef
 from chalicelib.slurm.models import JobSubmission
 from chalicelib.templating import (
+    VARIABLES,
     TemplateError,
     UnsafeValueError,
     check_template,
+    env_name,
     identifiers,
     object_variables,
     render,
@@ -61,18 +63,9 @@ def test_only_lowercase_braced_names_are_variables():
 
 
 def test_shell_syntax_survives_rendering():
-    sub = JobSubmission(script="#!/bin/bash\necho $HOME ${PATH} $$ $1 $${stem} ${stem}\n")
+    sub = JobSubmission(script="#!/bin/bash\necho $HOME ${PATH} $$ $1 $${stem} ${stem} $$${stem}\n")
     out = render(sub, values()).script
-    assert out == "#!/bin/bash\necho $HOME ${PATH} $$ $1 ${stem} s_R1\n"
-
-
-@pytest.mark.parametrize("key", HOSTILE_KEYS)
-def test_script_values_are_shell_quoted(key, tmp_path):
-    sub = JobSubmission(script="#!/bin/bash\nprintf '%s' ${key}\n")
-    script = render(sub, values(key)).script
-    run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=tmp_path)
-    assert run.stdout == key
-    assert list(tmp_path.iterdir()) == []
+    assert out == '#!/bin/bash\necho $HOME ${PATH} $$ $1 ${stem} "${SLURM_TRIGGER_STEM}" $${stem}\n'
 
 
 @pytest.mark.parametrize("key", HOSTILE_KEYS)
@@ -149,5 +142,34 @@ def test_bad_environment_name():
         check_template(JobSubmission(script="x", environment={"A-B": "1"}), metadata=False)
 
 
-def test_quote_is_shlex():
-    assert render(JobSubmission(script="x ${key}"), values("a b")).script == "x " + shlex.quote("a b")
+def test_a_script_variable_becomes_a_reference_never_the_value():
+    job = render(JobSubmission(script='#!/bin/bash\nx ${key} "${key}"\n'), values("a b $(id)"))
+    assert job.script == '#!/bin/bash\nx "${SLURM_TRIGGER_KEY}" "${SLURM_TRIGGER_KEY}"\n'
+    assert job.environment["SLURM_TRIGGER_KEY"] == "a b $(id)"
+
+
+def test_every_variable_has_its_environment_variable():
+    known = values("a/b.c.gz", metadata={"Run-Id": "r7"})
+    env = render(JobSubmission(script="#!/bin/bash\ntrue\n"), known).environment
+    assert env["SLURM_TRIGGER_DIRNAME"] == "a" and env["SLURM_TRIGGER_BASENAME"] == "b.c.gz"
+    assert env["SLURM_TRIGGER_STEM"] == "b" and env["SLURM_TRIGGER_EXTENSION"] == ".c.gz"
+    assert env["SLURM_TRIGGER_METADATA_RUN_ID"] == "r7"
+    for var in VARIABLES:
+        assert env.get(env_name(var), "") == known[var]
+
+
+def test_a_referenced_variable_is_set_even_when_empty():
+    """``set -u`` scripts must not die on an unknown region: the reference is always defined."""
+    job = render(JobSubmission(script="#!/bin/bash\nset -u\necho ${region}\n"), values())
+    assert job.environment["SLURM_TRIGGER_REGION"] == ""
+    assert "SLURM_TRIGGER_EVENT_TIME" not in job.environment  # not referenced, not known
+
+
+def test_reserved_environment_names():
+    with pytest.raises(TemplateError, match="reserved"):
+        check_template(JobSubmission(script="x", environment={"SLURM_TRIGGER_KEY": "x"}), metadata=False)
+
+
+def test_size_must_be_digits():
+    with pytest.raises(UnsafeValueError, match="size"):
+        object_variables(ObjectRef("b", "k", size="1; id"), "p", "st-x")  # type: ignore[arg-type]

@@ -138,7 +138,7 @@ def test_each_transition_once_foreign_jobs_ignored(env) -> None:
     detail = events.details()[-1]
     assert detail["exitCode"] == 0 and detail["endedAt"] == "2026-11-25T04:00:00Z"
     assert detail["source"] == {"bucket": "in", "key": "runs/a b.csv", "versionId": "v1", "s3Uri": "s3://in/runs/a b.csv", "pipeline": "align"}
-    assert detail["eventId"] == event_id(CLUSTER, 2, "RUNNING", "COMPLETED", "2026-11-25T04:00:00Z")
+    assert detail["eventId"] == event_id(CLUSTER, 2, "COMPLETED", "2026-11-25T04:00:00Z")
     assert events.entries[-1]["Resources"] == ["slurm:c1:job/2", "arn:aws:s3:::in/runs/a b.csv"]
 
 
@@ -195,7 +195,7 @@ def test_refused_events_are_not_saved_and_come_again(env) -> None:
     before = store.load_cursor(CLUSTER).update_time
     slurm.set(1, "COMPLETED")
     slurm.set(2, "CANCELLED")
-    refused = event_id(CLUSTER, 2, "RUNNING", "CANCELLED", "2026-11-25T04:00:00Z")
+    refused = event_id(CLUSTER, 2, "CANCELLED", "2026-11-25T04:00:00Z")
     events.refuse = {refused}
     with pytest.raises(EventBusError):
         tracker().poll()

@@ -29,7 +29,7 @@ FOREIGN = TrackedJob(cluster="pc1", job_id=7, state="PENDING", name="x", reason=
 
 def envelope(job: TrackedJob, flags: tuple[str, ...] = (), signal: int | None = None) -> dict:
     detail = state_change_detail(job, flags, signal)
-    detail["eventId"] = event_id(job.cluster, job.job_id, job.previous_state, job.state, job.submitted_at)
+    detail["eventId"] = event_id(job.cluster, job.job_id, job.state, job.submitted_at)
     return {
         "version": "0", "id": "6a7e8feb-b491-4cf7-a9f1-bf3703467718", "account": "123456789012",
         "region": "us-east-1", "time": "2026-11-25T04:01:05Z", "source": "slurm-trigger",
@@ -62,11 +62,21 @@ def test_schema_rejects_what_consumers_must_not_see() -> None:
 
 
 def test_event_id_is_stable_and_distinct_per_transition() -> None:
-    a = event_id("pc1", 42, "RUNNING", "FAILED", "2026-11-25T04:00:00Z")
-    assert a == event_id("pc1", 42, "RUNNING", "FAILED", "2026-11-25T04:00:00Z")
-    assert len({a, event_id("pc1", 42, "PENDING", "FAILED", "2026-11-25T04:00:00Z"),
-                event_id("pc2", 42, "RUNNING", "FAILED", "2026-11-25T04:00:00Z"),
-                event_id("pc1", 42, "RUNNING", "FAILED", "2026-11-26T04:00:00Z")}) == 4
+    a = event_id("pc1", 42, "FAILED", "2026-11-25T04:00:00Z")
+    assert a == event_id("pc1", 42, "FAILED", "2026-11-25T04:00:00Z")
+    assert len({a, event_id("pc1", 42, "COMPLETED", "2026-11-25T04:00:00Z"),
+                event_id("pc2", 42, "FAILED", "2026-11-25T04:00:00Z"),
+                event_id("pc1", 42, "FAILED", "2026-11-26T04:00:00Z")}) == 4
+
+
+def test_event_id_names_the_state_entered_not_where_the_observer_saw_it_come_from() -> None:
+    """A poll that saw the job PENDING (or never saw it) and the head node's hook that
+    saw it RUNNING give its completion one id, so a consumer drops the repeat."""
+    pushed = TrackedJob(cluster="pc1", job_id=42, state="COMPLETED", previous_state="RUNNING",
+                        submitted_at="2026-11-25T04:00:00Z")
+    polled = TrackedJob(cluster="pc1", job_id=42, state="COMPLETED", previous_state=None,
+                        submitted_at="2026-11-25T04:00:00Z")
+    assert envelope(pushed)["detail"]["eventId"] == envelope(polled)["detail"]["eventId"]
 
 
 def test_times_are_utc_with_z() -> None:

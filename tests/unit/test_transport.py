@@ -19,11 +19,11 @@ from chalicelib.settings import Settings
 from chalicelib.slurm import transport
 from chalicelib.slurm.auth import StaticToken
 from chalicelib.slurm.client import SlurmClient
-from chalicelib.slurm.errors import SlurmUnavailableError
+from chalicelib.slurm.errors import SlurmTLSError, SlurmUnavailableError
 from chalicelib.slurm.transport import TimeoutAdapter, build_session, retry_policy
 
 
-def self_signed(tmp: Path) -> tuple[str, str]:
+def self_signed(tmp: Path, cn: str = "head-node") -> tuple[str, str]:
     """A certificate for 127.0.0.1 and its key, as PEM files."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -31,7 +31,7 @@ def self_signed(tmp: Path) -> tuple[str, str]:
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "head-node")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
         x509.CertificateBuilder()
@@ -87,9 +87,10 @@ def ping(url: str, session: requests.Session) -> dict:
 
 def test_verifies_tls_by_default(https: tuple[str, str]) -> None:
     url, _ = https
-    with pytest.raises(SlurmUnavailableError, match="TLS verification failed") as exc:
-        ping(url, build_session(Settings(retries=0)))
+    with pytest.raises(SlurmTLSError, match="TLS verification of the head node failed.*self-signed") as exc:
+        ping(url, build_session(Settings()))  # retries=3, but a verify failure is not retried
     assert exc.value.maybe_submitted is False
+    assert isinstance(exc.value, SlurmUnavailableError)
 
 
 def test_ca_bundle_path(https: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -122,6 +123,36 @@ def test_ca_from_ssm(aws: Any, https: tuple[str, str]) -> None:
     ssm.put_parameter(Name="/slurm/head-node-cert", Value=Path(cert).read_text(), Type="String")
     session = build_session(Settings(ca_parameter="/slurm/head-node-cert"), ssm_client=lambda: ssm)
     assert ping(url, session)["pings"]
+
+
+def test_a_rotated_certificate_is_followed_by_reading_the_parameter_again(aws: Any, https: tuple[str, str],
+                                                                           tmp_path: Path) -> None:
+    """A warm session trusts an old PEM; the head node published a new one before it
+    serves it: the verify failure reads the parameter once more and the call goes on."""
+    import boto3
+
+    url, cert = https
+    (tmp_path / "old").mkdir()
+    old, _ = self_signed(tmp_path / "old", cn="head-node (before the rotation)")
+    ssm = boto3.client("ssm")
+    ssm.put_parameter(Name="/slurm/ca", Value=Path(old).read_text(), Type="String")
+    session = build_session(Settings(ca_parameter="/slurm/ca"), ssm_client=lambda: ssm)
+    with pytest.raises(SlurmTLSError):  # nothing new published yet: one failure, no loop
+        ping(url, session)
+    ssm.put_parameter(Name="/slurm/ca", Value=Path(old).read_text() + Path(cert).read_text(), Type="String", Overwrite=True)
+    assert ping(url, session)["pings"]
+
+
+def test_other_tls_errors_are_still_retried() -> None:
+    """Only verification failures skip the retries; a reset handshake is worth another go."""
+    import urllib3
+
+    policy = retry_policy(3)
+    reset = urllib3.exceptions.SSLError(ConnectionResetError("reset during handshake"))
+    assert policy.increment("GET", "/x", error=reset).total == 2
+    verify = urllib3.exceptions.SSLError(ssl.SSLCertVerificationError(1, "certificate verify failed"))
+    with pytest.raises(urllib3.exceptions.MaxRetryError):
+        policy.increment("GET", "/x", error=verify)
 
 
 def test_ca_secret_must_be_pem(aws: Any) -> None:

@@ -1,0 +1,1 @@
+../../chalicelib/jobevents.py

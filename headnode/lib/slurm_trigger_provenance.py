@@ -1,0 +1,1 @@
+../../chalicelib/provenance.py
