@@ -507,31 +507,26 @@ class Pass:
     def slurm_view(self) -> dict[str, list[dict[str, Any]]]:
         """Ask Slurm itself (not our events or tables): the jobs whose comment names an
         object of this run, by S3 URI, with their state and the last line of their output."""
-        import requests
-
         from chalicelib import provenance
+        from chalicelib.slurm import SlurmClient
+        from chalicelib.slurm.auth import StaticToken
 
-        version = (self.c.get("versions") or ["v0.0.42"])[-1]
-        r = requests.get(f"{self.c['url']}/slurm/{version}/jobs", timeout=30,
-                         headers={"X-SLURM-USER-NAME": self.c["user"], "X-SLURM-USER-TOKEN": self.token})
-        r.raise_for_status()
+        # the client (newest version both sides know) reads each version's job fields
+        client = SlurmClient(self.c["url"], StaticToken(self.token), user=self.c["user"])
         out: dict[str, list[dict[str, Any]]] = {}
-        for j in r.json().get("jobs", []):
-            src = provenance.decode(j.get("comment"))
+        for j in client.list_jobs().jobs:
+            src = provenance.decode(j.comment)
             if src is None or not self.mine(src.s3_uri):
                 continue
-            state = j.get("job_state")
-            state = state[0] if isinstance(state, list) else state
-            path = (j.get("standard_output") or "").replace("%j", str(j["job_id"]))
             last = ""
-            if path:
-                f = Path(self.c.get("root") or "/") / path.lstrip("/")
+            if j.standard_output:
+                f = Path(self.c.get("root") or "/") / j.standard_output.lstrip("/")
                 try:
                     lines = f.read_text(errors="replace").strip().splitlines()
                     last = lines[-1] if lines else ""
                 except OSError:
                     last = f"(no output at {f})"
-            out.setdefault(src.s3_uri, []).append({"job_id": j["job_id"], "state": state, "output": last})
+            out.setdefault(src.s3_uri, []).append({"job_id": j.job_id, "state": j.state, "output": last})
         return out
 
     def summary(self, closed: bool, elapsed: float) -> dict[str, Any]:
@@ -589,13 +584,34 @@ def _isolate_stdout(log_path: Path) -> None:
     os.close(fd)
 
 
+def local_clusters(state: Path = STATE) -> list[dict[str, Any]]:
+    """The local clusters: ``clusters.json``, plus any cluster whose own ``NAME.cluster.json``
+    it lacks. ``clusters.json`` is rewritten by whichever ``scripts/local-slurm`` ran last, and
+    an older checkout's script (on a shared machine) lists only the clusters it knows."""
+    try:
+        listed = json.loads((state / "clusters.json").read_text())
+    except (OSError, ValueError):
+        listed = []
+    clusters = [c for c in listed if isinstance(c, dict) and c.get("name") and c.get("url")]
+    names = {c["name"] for c in clusters}
+    for f in sorted(state.glob("*.cluster.json")):
+        try:
+            c = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(c, dict) and c.get("url") and c.get("name") not in names:
+            clusters.append(c)
+            names.add(c["name"])
+    return clusters
+
+
 def _token(name: str) -> str:
     return subprocess.run([str(REPO / "scripts" / "local-slurm"), "token", name, "7200"],
                           check=True, capture_output=True, text=True).stdout.strip()
 
 
 def run_pass(a: argparse.Namespace) -> int:
-    clusters = {c["name"]: c for c in json.loads((STATE / "clusters.json").read_text())}
+    clusters = {c["name"]: c for c in local_clusters()}
     cluster = clusters[a.cluster]
     names = Names.for_cluster(cluster["cluster"])
     log = Path(a.log_dir) / f"pass-{a.cluster}.log"
@@ -653,7 +669,7 @@ def print_summary(results: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m chalicelib.localrun", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cluster", action="append", help="host|chroot (repeatable; default: every cluster in clusters.json)")
+    ap.add_argument("--cluster", action="append", help="host|chroot|forky (repeatable; default: every cluster in clusters.json)")
     ap.add_argument("--via", choices=sorted(HANDLERS), default=os.environ.get("LOCALRUN_VIA", "sqs"),
                     help="how S3 notifications reach the trigger (default sqs, as deployed)")
     ap.add_argument("--endpoint", default=os.environ.get("AWS_ENDPOINT_URL", "http://127.0.0.1:5055"))
@@ -671,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
         a.cluster = a.cluster[0]
         return run_pass(a)
 
-    available = [c["name"] for c in json.loads((STATE / "clusters.json").read_text())]
+    available = [c["name"] for c in local_clusters()]
     wanted = a.cluster or available
     results = []
     for name in wanted:

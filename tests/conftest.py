@@ -1,7 +1,8 @@
 """Shared fixtures.
 
-``slurm_target``: one real slurmrestd per API version served by the local clusters that
-``scripts/local-slurm start`` runs (it writes ``$SLURM_TRIGGER_STATE/clusters.json``).
+``slurm_target``: one real slurmrestd per (cluster, API version) served by the local clusters
+that ``scripts/local-slurm start`` runs (it writes ``$SLURM_TRIGGER_STATE/clusters.json``); ids
+name the Slurm release and the version (``24.11-v0.0.42``, ``26.05-v0.0.42``).
 Nothing here starts a cluster. When the file is missing or a slurmrestd does not answer,
 the test is skipped with a hint, or FAILS when ``CI=true`` (CI must never pass by skipping).
 
@@ -9,7 +10,6 @@ the test is skipped with a hint, or FAILS when ``CI=true`` (CI must never pass b
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -24,9 +24,16 @@ LOCAL_SLURM = REPO / "scripts" / "local-slurm"
 STATE = Path(os.environ.get("SLURM_TRIGGER_STATE") or "/var/tmp/slurm-trigger")
 CLUSTERS_FILE = STATE / "clusters.json"
 WORKDIR = "/tmp/slurm-trigger-jobs"
-# The versions the local clusters serve (22.05 on the host, 24.11 in the chroot). Under CI
-# they are always parametrized, even without clusters.json, so a missing cluster fails visibly.
-EXPECTED_VERSIONS = ("v0.0.38", "v0.0.40", "v0.0.41", "v0.0.42")
+# (cluster, version) pairs the local clusters serve: 22.05 on the host, 24.11 in the trixie
+# chroot, 26.05 with slurmdbd in the forky chroot. Under CI they are always parametrized, even
+# without clusters.json, so a missing cluster fails visibly.
+EXPECTED_TARGETS = (
+    ("host", "v0.0.38"),
+    ("chroot", "v0.0.40"), ("chroot", "v0.0.41"), ("chroot", "v0.0.42"),
+    ("forky", "v0.0.42"), ("forky", "v0.0.43"), ("forky", "v0.0.44"), ("forky", "v0.0.45"),
+)
+# Test ids say which Slurm: 22.05-v0.0.38, 24.11-v0.0.42, 26.05-v0.0.42 ...
+RELEASES = {"host": "22.05", "chroot": "24.11", "forky": "26.05"}
 REGION = "us-east-1"
 
 
@@ -42,12 +49,10 @@ def not_available(reason: str) -> None:
     pytest.skip(hint)
 
 
-def read_clusters(path: Path = CLUSTERS_FILE) -> list[dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return []
-    return [c for c in data if isinstance(c, dict) and c.get("name") and c.get("url")]
+def read_clusters() -> list[dict[str, Any]]:
+    from chalicelib.localrun import local_clusters
+
+    return local_clusters(STATE)
 
 
 # --------------------------------------------------------------------------- slurm targets
@@ -57,13 +62,15 @@ def read_clusters(path: Path = CLUSTERS_FILE) -> list[dict[str, Any]]:
 class SlurmTarget:
     """One API version of one local cluster, as a test sees it."""
 
-    name: str  # "host" | "chroot": the cluster name for scripts/local-slurm
+    name: str  # "host" | "chroot" | "forky": the cluster name for scripts/local-slurm
     url: str  # http://127.0.0.1:6820
     version: str  # "v0.0.42"
     user: str  # X-SLURM-USER-NAME and the job user
     cluster: str  # Slurm ClusterName
     root: str  # where the job's filesystem starts, seen from the host
     workdir: str = WORKDIR  # a working directory writable by `user`, in the job's view
+    accounting: bool = False  # slurmdbd behind it (/slurmdb/ served)
+    slurm: str = ""  # the Slurm release ("26.05.5-1")
     _tokens: dict[str, str] = field(default_factory=dict, repr=False)
 
     def token(self, fresh: bool = False) -> str:
@@ -125,29 +132,35 @@ def _health(cluster: dict[str, Any]) -> str | None:
             )
             body = r.json() if r.status_code == 200 else {}
             pings = body.get("pings") or []
-            up = any((p.get("pinged") or p.get("ping")) == "UP" for p in pings)
+            # 22.05 says "ping", 24.11 "pinged", v0.0.45 only "responding"
+            up = any((p.get("pinged") or p.get("ping")) == "UP" or p.get("responding") is True
+                     for p in pings)
             _HEALTH[name] = None if up else f"{url} answered {r.status_code} without UP"
         except (requests.RequestException, ValueError) as exc:
             _HEALTH[name] = f"slurmrestd of cluster {name} does not answer at {url}: {exc}"
     return _HEALTH[name]
 
 
+def _release(cluster: dict[str, Any]) -> str:
+    """``26.05`` from clusters.json's ``slurm`` (``26.05.5-1``), else the cluster's name."""
+    parts = str(cluster.get("slurm") or "").split(".")
+    return ".".join(parts[:2]) if len(parts) >= 2 else RELEASES.get(cluster["name"], cluster["name"])
+
+
 def _target_params() -> list[Any]:
-    """(version, cluster name or None) per version served; expected ones always under CI."""
-    seen: list[tuple[str, str | None]] = []
+    """One param per (cluster, version) served, id ``<Slurm release>-<version>``; the
+    expected ones are always there (a missing cluster skips, or fails under CI)."""
+    seen: dict[tuple[str, str], str] = {}
     for c in read_clusters():
         for v in c.get("versions") or []:
-            seen.append((v, c["name"]))
-    versions = [v for v, _ in seen]
-    for v in EXPECTED_VERSIONS:
-        if v not in versions:
-            seen.append((v, None))  # shows up as a skip (fail under CI) naming the version
-    seen.sort(key=lambda p: tuple(int(x) for x in p[0][1:].split(".")))
-    params = []
-    for v, name in seen:
-        test_id = v if versions.count(v) <= 1 else f"{v}-{name}"
-        params.append(pytest.param((v, name), id=test_id, marks=pytest.mark.real_slurm))
-    return params
+            seen[(c["name"], v)] = _release(c)
+    for name, v in EXPECTED_TARGETS:
+        seen.setdefault((name, v), RELEASES[name])
+    order = sorted(seen, key=lambda t: (seen[t], tuple(int(x) for x in t[1][1:].split("."))))
+    return [
+        pytest.param((v, name), id=f"{seen[(name, v)]}-{v}", marks=pytest.mark.real_slurm)
+        for name, v in order
+    ]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -175,12 +188,12 @@ def slurm_clusters() -> dict[str, dict[str, Any]]:
 @pytest.fixture
 def slurm_target(request: pytest.FixtureRequest) -> SlurmTarget:
     version, name = request.param
-    if name is None:
-        not_available(f"no local cluster serves {version} ({CLUSTERS_FILE})")
     clusters = {c["name"]: c for c in read_clusters()}
     cluster = clusters.get(name)
     if cluster is None:
         not_available(f"cluster {name} not in {CLUSTERS_FILE}")
+    if version not in (cluster.get("versions") or ()):
+        not_available(f"cluster {name} does not serve {version} ({CLUSTERS_FILE})")
     problem = _health(cluster)
     if problem:
         not_available(problem)
@@ -192,6 +205,8 @@ def slurm_target(request: pytest.FixtureRequest) -> SlurmTarget:
         cluster=cluster.get("cluster", name),
         root=cluster.get("root") or "/",
         workdir=cluster.get("workdir") or WORKDIR,
+        accounting=bool(cluster.get("accounting")),
+        slurm=str(cluster.get("slurm") or ""),
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from chalicelib.cli import emit, settings_from_args
 from chalicelib.slurm import SlurmClient, build_client
 from chalicelib.slurm.dialects import DIALECTS
+from chalicelib.slurm.errors import SlurmNotFoundError
 from chalicelib.slurm.models import Job, JobSubmission
 
 JOB_COLUMNS = ("job_id", "name", "state", "reason", "exit_code", "user", "partition", "submit_time")
@@ -28,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
 
     add("ping", "Ask slurmctld through slurmrestd whether it is up (and the token good).", cmd_ping)
     add("diag", "Print slurmctld's diagnostics (sdiag).", cmd_diag)
-    add("versions", "Show the REST versions the server serves and the one negotiated.", cmd_versions)
+    add("versions", "Show the REST versions the server serves, the one negotiated, and whether "
+        "accounting (slurmdbd) is served.", cmd_versions)
     p = add("submit-job", "Submit a job described by a JobSubmission JSON file.", cmd_submit)
     p.add_argument("-j", "--job", required=True, metavar="FILE",
                    help="JobSubmission JSON (see examples/job.json); '-' reads stdin")
@@ -37,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     p = add("list-jobs", "List the jobs slurmctld holds (ended jobs leave after MinJobAge).", cmd_list)
     p.add_argument("--update-time", type=int, metavar="EPOCH",
                    help="only if something changed since this epoch")
-    p = add("describe-job", "Show one job.", cmd_describe)
+    p = add("describe-job", "Show one job (from accounting when slurmctld no longer knows it).",
+            cmd_describe)
     p.add_argument("-j", "--job-id", required=True, type=int, metavar="ID", help="Slurm job id")
     p = add("cancel-job", "Cancel a job (a job that already ended is left as it is).", cmd_cancel)
     p.add_argument("-j", "--job-id", required=True, type=int, metavar="ID", help="Slurm job id")
@@ -73,7 +76,7 @@ def cmd_ping(args: argparse.Namespace) -> int:
     pings = [
         {
             "hostname": p.get("hostname"),
-            "status": p.get("pinged") or p.get("ping"),
+            "status": client.dialect.ping_status(p),
             "mode": p.get("mode"),
             "latency": p.get("latency"),
         }
@@ -106,6 +109,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
         "known": list(DIALECTS),
         "pinned": settings.api_version,
         "negotiated": client.version,
+        "accounting": client.accounting,  # slurmdbd's /slurmdb/ served for that version
     }
     if args.format == "table":
         rows = [
@@ -155,7 +159,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    job = job_to_dict(_client(args).get_job(args.job_id))
+    client = _client(args)
+    try:
+        job, source = client.get_job(args.job_id), "slurmctld"
+    except SlurmNotFoundError:
+        # the job left slurmctld (MinJobAge): slurmdbd still knows it when there is accounting
+        found = client.get_accounting_job(args.job_id)
+        if found is None:
+            raise
+        job, source = found, "accounting"
+    job = {**job_to_dict(job), "source": source}
     if args.format == "table":
         emit([{"field": k, "value": v} for k, v in job.items()], "table", ("field", "value"))
     else:

@@ -1,4 +1,4 @@
-"""``SlurmClient``: one slurmrestd, any version from v0.0.38 to v0.0.43.
+"""``SlurmClient``: one slurmrestd, any version from v0.0.38 to v0.0.45.
 
 The client negotiates the version lazily (once, on first use), sends requests through
 the transport's session, and turns every answer that is not a success into a typed
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import ssl
-from typing import Any, Callable, Mapping
+import time
+from typing import Any, Callable, Iterable, Mapping
 
 import msgspec
 import requests
@@ -40,6 +41,10 @@ from chalicelib.slurm.models import Job, JobsPage, JobSubmission, SubmitResult
 from chalicelib.slurm.transport import verify_failed
 
 log = logging.getLogger(__name__)
+
+# How far back ``find_jobs_by_comment`` searches accounting: a takeover happens when a
+# retry of the same object comes back (minutes to hours; an SQS redrive within days).
+ACCOUNTING_SEARCH_SECONDS = 7 * 24 * 3600
 
 
 class SlurmClient:
@@ -88,6 +93,7 @@ class SlurmClient:
         self._pinned = api_version
         self._dialect: Dialect | None = DIALECTS[api_version] if api_version else None
         self._served: list[str] | None = None
+        self._served_db: list[str] = []
 
     def __repr__(self) -> str:
         version = self._dialect.version if self._dialect else "not negotiated"
@@ -121,19 +127,29 @@ class SlurmClient:
             try:
                 _, body = self._call("GET", "/openapi/v3")
                 self._served = served_versions(body or {})
+                self._served_db = served_versions(body or {}, "slurmdb")
             except SlurmNotFoundError:
-                self._served = self._probe()
+                self._served = self._probe(lambda d: d.path("ping"), DIALECTS)
+                self._served_db = self._probe(lambda d: d.accounting_path("ping"), self._served)
         return self._served
 
-    def _probe(self) -> list[str]:
+    def _probe(self, path: Callable[[Dialect], str], versions: Iterable[str]) -> list[str]:
         found = []
-        for version in sorted(DIALECTS, key=version_key, reverse=True):
+        for version in sorted(versions, key=version_key, reverse=True):
             try:
-                self._call("GET", DIALECTS[version].path("ping"))
+                self._call("GET", path(DIALECTS[version]))
             except (SlurmNotFoundError, SlurmRejectedError):
                 continue
             found.append(version)
         return sorted(found, key=version_key)
+
+    @property
+    def accounting(self) -> bool:
+        """Whether the cluster has accounting this client reads: the server serves slurmdbd's
+        ``/slurmdb/`` API for the version in use (slurmrestd with ``openapi/slurmdbd``)."""
+        dialect = self.dialect
+        self.served_versions()  # reads /slurmdb/ from the same document, once
+        return dialect.accounting and dialect.version in self._served_db
 
     # --- calls
     def ping(self) -> dict[str, Any]:
@@ -202,9 +218,45 @@ class SlurmClient:
                 raise
 
     def find_jobs_by_comment(self, substring: str) -> list[Job]:
-        """Jobs whose comment contains ``substring`` (an idempotency key): how the
-        trigger finds the job of a submit whose answer it never got."""
-        return [j for j in self.list_jobs().jobs if j.comment and substring in j.comment]
+        """Jobs whose comment contains ``substring`` (an idempotency key), by job id: how
+        the trigger finds the job of a submit whose answer it never got. With accounting
+        it also finds jobs that already left slurmctld (after MinJobAge), among this user's
+        jobs of the last ``ACCOUNTING_SEARCH_SECONDS``; slurmctld's view of a job wins."""
+        found = {j.job_id: j for j in self.list_jobs().jobs if j.comment and substring in j.comment}
+        if self.accounting:
+            since = int(time.time()) - ACCOUNTING_SEARCH_SECONDS
+            for job in self.list_accounting_jobs(since):
+                if job.comment and substring in job.comment:
+                    found.setdefault(job.job_id, job)
+        return [found[i] for i in sorted(found)]
+
+    # --- accounting (slurmdbd)
+    def get_accounting_job(self, job_id: int) -> Job | None:
+        """slurmdbd's record of a job: its final state, exit code and times, also long
+        after it left slurmctld. None when the cluster has no accounting or accounting does
+        not know the job (slurmdbd learns of a job's end about a second after it).
+        ``SlurmUnavailableError``/``SlurmAuthError`` when slurmdbd cannot be asked."""
+        if not self.accounting:
+            return None
+        path = self.dialect.accounting_path(f"job/{int(job_id)}")
+        try:
+            _, body = self._call("GET", path)
+        except SlurmNotFoundError:
+            return None
+        raws = [j for j in (body or {}).get("jobs") or () if number(j.get("job_id")) == int(job_id)]
+        return self.dialect.parse_accounting_job(raws[-1]) if raws else None
+
+    def list_accounting_jobs(self, since: int) -> list[Job]:
+        """This user's jobs in accounting that were eligible, ran or ended after ``since``
+        (epoch seconds); [] without accounting."""
+        if not self.accounting:
+            return []
+        dialect = self.dialect
+        _, body = self._call(
+            "GET", dialect.accounting_path("jobs"),
+            params=dialect.accounting_jobs_params(self._user(), since),
+        )
+        return [dialect.parse_accounting_job(j) for j in (body or {}).get("jobs") or ()]
 
     # --- plumbing
     def _user(self) -> str:
@@ -304,6 +356,11 @@ def _message(
     kind: type[SlurmError], method: str, path: str, status: int, user: str, text: str
 ) -> str:
     call = f"{method} {path}"
+    if kind is SlurmAuthError and path.startswith("/slurmdb/"):
+        return (
+            f"slurmrestd could not open a slurmdbd connection for user {user!r} on {call}: "
+            "the token is refused (check it, its user and its expiry) or slurmdbd is down"
+        )
     if kind is SlurmAuthError:
         return (
             f"slurmrestd refused the token for user {user!r} on {call} (a token from "

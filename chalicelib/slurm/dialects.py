@@ -1,10 +1,11 @@
-"""Every wire difference between Slurm REST v0.0.38 … v0.0.43, and nothing else.
+"""Every wire difference between Slurm REST v0.0.38 … v0.0.45, and nothing else.
 
 One class per version family; ``DIALECTS`` maps each version to an instance. The
 client only ever asks its dialect: which path, which body, which query, what does
-this answer mean. Facts below were observed on real slurmrestd (22.05.8 for v0.0.38,
-24.11.5 for v0.0.40–v0.0.42) or read from SchedMD's reference (23.02 for v0.0.39,
-25.05 for v0.0.43).
+this answer mean (of slurmctld's ``/slurm/`` and slurmdbd's ``/slurmdb/``). Facts below
+were observed on real slurmrestd (22.05.8 for v0.0.38, 24.11.5 for v0.0.40–v0.0.42,
+26.05.5 with slurmdbd for v0.0.42–v0.0.45) or read from SchedMD's reference (23.02 for
+v0.0.39).
 
 Error classification (``Dialect.classify``), from Slurm's own error numbers:
 
@@ -23,6 +24,12 @@ Error classification (``Dialect.classify``), from Slurm's own error numbers:
   (24.11 answers 500 for a malformed environment).
 * 429, 502, 503, 504 and any other 5xx without a job/parser error → unavailable.
 * Other 4xx (400 "Unable to parse query.", 404, 422) → rejected / not found.
+  26.05 answers 422 where 24.11 answered 500 for the same rejected body (2127
+  "Environment is missing in job", 2063 for no cwd, 2000 bad partition): rejected
+  either way, since the job error number decides, not the status.
+* slurmdbd (``/slurmdb/``): a bad token is **502** with 7000 "Unable to connect to
+  database" (slurmrestd cannot open the slurmdbd connection as that user) → auth, so
+  the token is fetched again once; the message says slurmdbd may be down instead.
 * HTTP 200 with a non-empty ``errors`` array is not a success: it is classified
   the same way (22.05 creates a job *and* reports 2015 for impossible cpus).
 
@@ -84,6 +91,7 @@ _FLAG_ONLY_STATES = {
     "RESV_DEL_HOLD": "PENDING",
     "SPECIAL_EXIT": "PENDING",
     "REVOKED": "CANCELLED",
+    "EXPEDITING": "PENDING",  # v0.0.44: an expedited requeue (a flag beside PENDING)
 }
 
 # 22.05 reports a job submitted with ``hold: true`` as an *error* 2042 next to its
@@ -92,6 +100,7 @@ INFORMATIONAL = frozenset({2042})
 NOT_FOUND = 2017
 ALREADY_DONE = 2021  # "Job/step already completing or completed": cancelling is a no-op
 AUTH_ERROR = 1007
+DBD_CONNECTION = 7000  # slurmdbd: "Unable to connect to database" (a bad token gives it too)
 _TRANSIENT_STATUS = frozenset({429, 502, 503, 504})
 _NO_CHANGE = re.compile(r"no job changes", re.IGNORECASE)
 
@@ -358,11 +367,60 @@ class Dialect:
         """Raise if a 2xx DELETE answer says the job was not signalled."""
 
     # --- ping
+    def ping_status(self, ping: Mapping[str, Any]) -> str:
+        """One controller's answer as ``UP`` or ``DOWN``; 22.05 says ``ping: UP``."""
+        return str(ping.get("ping") or "UNKNOWN")
+
     def ping_down(self, body: Mapping[str, Any]) -> list[str]:
-        """Controllers that did not answer; 22.05 says ``ping: DOWN``."""
+        """Controllers that did not answer (or refused the token)."""
         return [
-            p.get("hostname", "?") for p in body.get("pings") or () if p.get("ping") == "DOWN"
+            p.get("hostname", "?") for p in body.get("pings") or () if self.ping_status(p) == "DOWN"
         ]
+
+    # --- accounting (slurmdbd, /slurmdb/)
+    # Whether this client reads this version's slurmdbd answers: not v0.0.38/v0.0.39
+    # (string states, other field names), which no supported cluster pairs with slurmdbd.
+    accounting = False
+
+    def accounting_path(self, endpoint: str) -> str:
+        """``endpoint`` is one of ping, jobs, job/<id>."""
+        return f"/slurmdb/{self.version}/{endpoint}"
+
+    def accounting_jobs_params(self, user: str | None, since: int) -> dict[str, str]:
+        """The bounded ``GET /slurmdb/.../jobs`` query of a search: ``user``'s jobs that were
+        eligible, ran or ended after ``since`` (epoch seconds), without their steps. (slurmdbd
+        filters by user, name, state, partition and time; not by comment.)"""
+        params = {"start_time": f"uts{int(since)}", "skip_steps": "true"}
+        if user:
+            params["users"] = user
+        return params
+
+    def parse_accounting_job(self, raw: Mapping[str, Any]) -> Job:
+        """A slurmdbd job record as a ``Job``. Its shapes differ from slurmctld's: state is
+        ``{current: [..], reason}``, times are plain integers under ``time``, the comment is
+        ``{job, administrator, system}``, the output path is ``stdout``/``stdout_expanded``."""
+        state = raw.get("state") or {}
+        times = raw.get("time") or {}
+        comment = raw.get("comment")
+        array = raw.get("array") or {}
+        return self.parse_job({
+            "job_id": number(raw.get("job_id")),
+            "name": raw.get("name"),
+            "job_state": state.get("current"),
+            "state_reason": state.get("reason"),
+            "exit_code": raw.get("exit_code"),
+            "submit_time": times.get("submission"),
+            "start_time": times.get("start"),
+            "end_time": times.get("end"),
+            "partition": raw.get("partition"),
+            "user_name": raw.get("user"),
+            "comment": comment.get("job") if isinstance(comment, Mapping) else comment,
+            "current_working_directory": raw.get("working_directory"),
+            "stdout_expanded": raw.get("stdout_expanded"),
+            "standard_output": raw.get("stdout"),
+            "array_job_id": array.get("job_id"),
+            "array_task_id": array.get("task_id"),
+        })
 
     # --- errors
     def classify(
@@ -374,6 +432,8 @@ class Dialect:
             return None
         if status in (401, 511) or AUTH_ERROR in codes or self._auth_failure(status, codes):
             return SlurmAuthError
+        if status == 502 and DBD_CONNECTION in codes:
+            return SlurmAuthError  # slurmdbd: a bad token, or slurmdbd itself is down
         if NOT_FOUND in codes or status == 404:
             return SlurmNotFoundError
         if any(2000 <= c < 3000 or 9000 <= c < 10000 for c in codes):
@@ -420,12 +480,11 @@ class Dialect39(Dialect):
     def _nodes(self, value: int) -> Any:
         return str(value)
 
-    def ping_down(self, body: Mapping[str, Any]) -> list[str]:
-        return [
-            p.get("hostname", "?")
-            for p in body.get("pings") or ()
-            if p.get("pinged") == "DOWN" or p.get("responding") is False
-        ]
+    def ping_status(self, ping: Mapping[str, Any]) -> str:
+        """``pinged: UP``; 24.11 says ``pinged: DOWN`` or ``responding: false`` for a bad token."""
+        if ping.get("responding") is False:
+            return "DOWN"
+        return str(ping.get("pinged") or "UNKNOWN")
 
 
 class Dialect40(Dialect39):
@@ -461,13 +520,26 @@ class Dialect40(Dialect39):
         """24.11 says 511 + 1007; a 500 with -1 is not a token problem here."""
         return False
 
+    # slurmdbd records as 26.05 serves them for v0.0.42–v0.0.45; SchedMD's reference gives
+    # v0.0.40/v0.0.41 the same state, time and exit_code shapes.
+    accounting = True
+
 
 class Dialect42(Dialect40):
-    """v0.0.42, v0.0.43 (Slurm 24.11–25.11).
+    """v0.0.42, v0.0.43, v0.0.44 (Slurm 24.11–26.05).
 
     No ``result`` in the submit answer; ``update_time`` is a bare epoch again;
     DELETE answers ``status[]`` with one entry per job Slurm could not signal;
     ping adds ``responding: false``.
+
+    Differences within the family that need no code here:
+
+    * v0.0.43: ``standard_output`` is the raw pattern (``…-%j.out``) and the path is the
+      new ``stdout_expanded`` (v0.0.42 sends the expanded path as ``standard_output``);
+      ``parse_job`` prefers ``stdout_expanded`` in every version.
+    * v0.0.44: each job gains a ``step_id`` object (``{sluid, job_id, step_het_component,
+      step_id: "entire"}``) and ``submit_line``; the submit answer's ``step_id`` stays the
+      string ``"batch"``. ``job_state`` may carry the new flag ``EXPEDITING``.
     """
 
     def jobs_params(self, update_time: int | None) -> dict[str, str]:
@@ -485,6 +557,14 @@ class Dialect42(Dialect40):
             return
         kind = SlurmNotFoundError if codes == {NOT_FOUND} else SlurmRejectedError
         raise kind(f"Slurm could not cancel job {job_id}", status=200, errors=errors)
+
+
+class Dialect45(Dialect42):
+    """v0.0.45 (Slurm 26.05): ping has ``status`` ("No error", "Protocol authentication
+    error") instead of ``pinged`` and no ``mode``; ``responding`` still says who answered."""
+
+    def ping_status(self, ping: Mapping[str, Any]) -> str:
+        return "UP" if ping.get("responding") is True else "DOWN"
 
 
 def _wait_status(status: int | None) -> tuple[int | None, int | None]:
@@ -514,6 +594,8 @@ DIALECTS: dict[str, Dialect] = {
     "v0.0.41": Dialect40("v0.0.41"),
     "v0.0.42": Dialect42("v0.0.42"),
     "v0.0.43": Dialect42("v0.0.43"),
+    "v0.0.44": Dialect42("v0.0.44"),
+    "v0.0.45": Dialect45("v0.0.45"),
 }
 
 # Classifies answers before the version is known (GET /openapi/v3): the v0.0.38 rules
@@ -532,10 +614,14 @@ def newest(served: Iterable[str]) -> str | None:
     return max(known, key=version_key) if known else None
 
 
-_SERVED = re.compile(r"^/slurm/(v\d+\.\d+\.\d+)/")
+_SERVED = re.compile(r"^/(slurm|slurmdb)/(v\d+\.\d+\.\d+)/")
 
 
-def served_versions(openapi: Mapping[str, Any]) -> list[str]:
-    """The ``/slurm/vX`` versions listed in a ``GET /openapi/v3`` document."""
-    found = {m.group(1) for p in (openapi.get("paths") or {}) if (m := _SERVED.match(p))}
+def served_versions(openapi: Mapping[str, Any], api: str = "slurm") -> list[str]:
+    """The versions listed in a ``GET /openapi/v3`` document under ``/slurm/`` (slurmctld)
+    or, with ``api="slurmdb"``, under ``/slurmdb/`` (slurmdbd: the cluster has accounting)."""
+    found = {
+        m.group(2) for p in (openapi.get("paths") or {})
+        if (m := _SERVED.match(p)) and m.group(1) == api
+    }
     return sorted(found, key=version_key)

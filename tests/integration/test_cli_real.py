@@ -53,6 +53,7 @@ def test_ping_diag_versions(slurm_target: Any, capsys: pytest.CaptureFixture) ->
     assert code == 0 and "statistics" in data
     code, data, _ = cli(slurm_target, capsys, "versions")
     assert code == 0 and data["negotiated"] == slurm_target.version and slurm_target.version in data["served"]
+    assert data["accounting"] is slurm_target.accounting
 
 
 def test_submit_list_describe_cancel(slurm_target: Any, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:

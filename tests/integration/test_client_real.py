@@ -11,7 +11,7 @@ from chalicelib.slurm import SlurmClient
 from chalicelib.slurm.auth import StaticToken
 from chalicelib.slurm.dialects import newest
 from chalicelib.slurm.errors import SlurmAuthError, SlurmNotFoundError, SlurmRejectedError
-from chalicelib.slurm.models import Job, JobSubmission
+from chalicelib.slurm.models import Job, JobsPage, JobSubmission
 from chalicelib.settings import Settings
 from chalicelib.slurm.transport import build_session
 
@@ -136,5 +136,46 @@ def test_negotiates_newest_served(slurm_target: Any) -> None:
     served = c.served_versions()
     assert slurm_target.version in served
     assert c.version == newest(served)
-    assert c.version == ("v0.0.38" if slurm_target.version == "v0.0.38" else "v0.0.42")
+    assert c.version == {"host": "v0.0.38", "chroot": "v0.0.42", "forky": "v0.0.45"}[slurm_target.name]
     assert c.ping()["pings"]
+    assert c.accounting is slurm_target.accounting  # detected from /openapi/v3, no setting
+
+
+def test_accounting(slurm_target: Any) -> None:
+    """slurmdbd's record of finished jobs; a takeover finds a job that left slurmctld."""
+    c = client(slurm_target)
+    assert c.accounting is slurm_target.accounting
+    if not slurm_target.accounting:
+        assert c.get_accounting_job(1) is None and c.list_accounting_jobs(0) == []
+        return
+    tag = uuid.uuid4().hex[:8]
+    ok = c.submit(submission(slurm_target, f"{tag}-ok", "echo accounted"))
+    fail = c.submit(submission(slurm_target, f"{tag}-fail", "exit 3"))
+    wait_final(c, ok.job_id), wait_final(c, fail.job_id)
+    deadline = time.monotonic() + WAIT_SECONDS  # slurmdbd learns of the end ~1 s later
+    while True:
+        done, failed = c.get_accounting_job(ok.job_id), c.get_accounting_job(fail.job_id)
+        if (done and done.is_final and failed and failed.is_final) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert done and failed
+    assert (done.state, done.exit_code, done.signal) == ("COMPLETED", 0, None)
+    assert (failed.state, failed.exit_code) == ("FAILED", 3)  # slurmdbd keeps no reason here
+    assert done.comment == f"client-test {tag}-ok" and done.user == slurm_target.user
+    assert done.name == f"client-{tag}-ok" and done.partition
+    assert done.submit_time and done.start_time and done.end_time and done.end_time >= done.start_time
+    assert done.working_directory == slurm_target.workdir
+    assert done.standard_output == f"{slurm_target.workdir}/client-{tag}-ok-{ok.job_id}.out"
+    assert c.get_accounting_job(987654321) is None  # unknown: 200, jobs [] and a warning
+
+    # a takeover after MinJobAge: slurmctld no longer lists the job, accounting does
+    c.list_jobs = lambda update_time=None: JobsPage(jobs=())  # type: ignore[method-assign]
+    found = c.find_jobs_by_comment(f"client-test {tag}")
+    assert [j.job_id for j in found] == sorted([ok.job_id, fail.job_id])
+    assert c.find_jobs_by_comment(f"client-test {tag}-none") == []
+
+    bad = client(slurm_target, token="not-a-valid-token-" + uuid.uuid4().hex)
+    bad._served, bad._served_db = c.served_versions(), [slurm_target.version]  # skip /openapi/v3
+    with pytest.raises(SlurmAuthError) as exc:  # slurmdbd: 502 "Unable to connect to database"
+        bad.get_accounting_job(ok.job_id)
+    assert exc.value.status == 502 and "slurmdbd" in str(exc.value)

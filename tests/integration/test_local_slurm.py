@@ -15,8 +15,12 @@ def test_ping_is_up(slurm_target):
     assert (plugin.get("data_parser") or plugin["type"]).endswith(slurm_target.version)
     assert not body.get("errors"), body["errors"]
     pings = body["pings"]
-    # 22.05 (v0.0.38) says "ping", 24.11 says "pinged"
-    assert [p.get("pinged") or p.get("ping") for p in pings] == ["UP"] * len(pings) and pings
+    # 22.05 (v0.0.38) says "ping", 24.11 "pinged"; v0.0.45 only "responding" and "status"
+    if slurm_target.version == "v0.0.45":
+        assert [(p["responding"], p["status"]) for p in pings] == [(True, "No error")] * len(pings)
+    else:
+        assert [p.get("pinged") or p.get("ping") for p in pings] == ["UP"] * len(pings)
+    assert pings
 
 
 def test_version_is_served(slurm_target):

@@ -1,6 +1,6 @@
-"""The README's run command closes the loop: scripts/run-local --ci against both local clusters.
+"""The README's run command closes the loop: scripts/run-local --ci against every local cluster.
 
-Real Slurm (both clusters), moto in server mode, the app's own handlers: every sample
+Real Slurm (22.05, 24.11, 26.05 with slurmdbd), moto in server mode, the app's own handlers: every sample
 object becomes exactly one job (a repeated notification included), the job finishes,
 and its events reach the bus and come back through the example rule's SQS queue.
 """

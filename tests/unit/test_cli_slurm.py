@@ -1,5 +1,5 @@
 """The slurm subcommands end to end through ``chalicelib.cli.main``, against the local
-replay server of test_client_http (recorded answers of v0.0.38 and v0.0.42)."""
+replay server of test_client_http (recorded answers of v0.0.38, v0.0.42 and v0.0.45)."""
 from __future__ import annotations
 
 import io
@@ -17,7 +17,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "job.json"
 COMMANDS = ("ping", "diag", "versions", "submit-job", "list-jobs", "describe-job", "cancel-job")
 
 
-@pytest.fixture(params=["v0.0.38", "v0.0.42"])
+@pytest.fixture(params=["v0.0.38", "v0.0.42", "v0.0.45"])
 def server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeSlurm, str]]:
     for name in ("SLURM_URL", "SLURM_TOKEN", "SLURM_API_VERSION", "SLURM_USER"):
         monkeypatch.delenv(name, raising=False)
@@ -52,6 +52,7 @@ def test_versions_and_ping(server: tuple[FakeSlurm, str], capsys: pytest.Capture
     code, out, _ = run(fake, capsys, "versions")
     data = json.loads(out)
     assert code == 0 and data["negotiated"] == version and version in data["served"]
+    assert data["accounting"] is (version == "v0.0.45")  # only that recording has slurmdbd
     assert "v0.0.43" in data["known"]
     code, out, _ = run(fake, capsys, "ping")
     assert code == 0 and json.loads(out)["pings"][0]["status"] == "UP"
@@ -116,6 +117,22 @@ def test_describe_unknown_job_fails_with_slurms_error(server: tuple[FakeSlurm, s
     code, _, err = run(fake, capsys, "describe-job", "-j", "999999")
     assert code == 1
     assert "Invalid job id specified" in err and "SlurmNotFoundError" in err
+
+
+def test_describe_falls_back_to_accounting(server: tuple[FakeSlurm, str], capsys: pytest.CaptureFixture) -> None:
+    """A job that left slurmctld (404 there): slurmdbd's record when the cluster has accounting."""
+    fake, version = server
+    gone = job_id(version, "job-completed.json")
+    fake.add("GET", f"/slurm/{version}/job/{gone}", reply_from(version, "job-not-found.json"))
+    code, out, err = run(fake, capsys, "describe-job", "-j", gone)
+    if version != "v0.0.45":  # recorded without slurmdbd: still Slurm's own error
+        assert code == 1 and "SlurmNotFoundError" in err
+        return
+    job = json.loads(out)
+    assert code == 0 and job["source"] == "accounting" and job["job_id"] == int(gone)
+    assert (job["state"], job["exit_code"], job["is_final"]) == ("COMPLETED", 0, True)
+    code, out, _ = run(fake, capsys, "describe-job", "-j", job_id(version, "job-failed.json"))
+    assert json.loads(out)["source"] == "slurmctld"
 
 
 def test_cancel(server: tuple[FakeSlurm, str], capsys: pytest.CaptureFixture) -> None:

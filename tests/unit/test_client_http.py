@@ -31,7 +31,9 @@ from chalicelib.slurm.models import JobSubmission
 from chalicelib.slurm.transport import build_session
 
 RECORDED = Path(__file__).resolve().parent.parent / "fixtures" / "recorded"
-VERSIONS = ("v0.0.38", "v0.0.40", "v0.0.41", "v0.0.42")
+VERSIONS = ("v0.0.38", "v0.0.40", "v0.0.41", "v0.0.42", "v0.0.43", "v0.0.44", "v0.0.45")
+# recorded from 26.05 with slurmdbd: /slurmdb/ answers too
+ACCOUNTING = ("v0.0.43", "v0.0.44", "v0.0.45")
 GOOD = "good-token-value-0123456789"
 STALE = "stale-token-value-9876543210"
 
@@ -165,8 +167,11 @@ def job_path(version: str, name: str) -> int:
 def test_negotiates_newest_served(fake: FakeSlurm, version: str) -> None:
     replay(fake, version, ("openapi-paths.json",))
     client = client_for(fake)
-    expected = "v0.0.38" if version == "v0.0.38" else "v0.0.42"
+    # each recording's server: 22.05 (v0.0.38), 24.11 (up to v0.0.42), 26.05 (up to v0.0.45)
+    expected = {"v0.0.38": "v0.0.38", "v0.0.43": "v0.0.45", "v0.0.44": "v0.0.45",
+                "v0.0.45": "v0.0.45"}.get(version, "v0.0.42")
     assert client.version == expected and client.version == expected
+    assert client.accounting is (version in ACCOUNTING)
     assert [s.path for s in fake.seen] == ["/openapi/v3"]  # once per client
     assert fake.seen[0].headers["X-SLURM-USER-NAME"] == "alice"  # 22.05 wants auth here
 
@@ -249,9 +254,15 @@ def test_submit_on_recorded_answers(fake: FakeSlurm, version: str) -> None:
     assert "held" in " ".join(client.submit(sub).warnings)  # 22.05: error 2042, 24.11: warning
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("name", ["submit-rejected.json", "submit-rejected-no-script.json", "submit-invalid-json.txt"])
+REJECTED = ("submit-rejected.json", "submit-rejected-no-script.json", "submit-invalid-json.txt",
+            "submit-rejected-no-environment.json", "submit-rejected-no-cwd.json")
+
+
+@pytest.mark.parametrize("version,name", [
+    (v, n) for v in VERSIONS for n in REJECTED if n in json.loads((RECORDED / v / "index.json").read_text())
+])
 def test_rejected_submissions(fake: FakeSlurm, version: str, name: str) -> None:
+    """Permanent, never transient: 26.05 answers 422 (2127, 2063) where 24.11 said 500."""
     fake.add("POST", f"/slurm/{version}/job/submit", reply_from(version, name))
     client = client_for(fake, api_version=version)
     with pytest.raises(SlurmRejectedError) as exc:
@@ -275,7 +286,9 @@ def test_200_with_errors_is_not_success(fake: FakeSlurm) -> None:
 @pytest.mark.parametrize(
     "version,running_ok,unknown",
     [("v0.0.38", True, SlurmNotFoundError), ("v0.0.40", True, None),
-     ("v0.0.41", True, None), ("v0.0.42", True, SlurmNotFoundError)],
+     ("v0.0.41", True, None), ("v0.0.42", True, SlurmNotFoundError),
+     ("v0.0.43", True, SlurmNotFoundError), ("v0.0.44", True, SlurmNotFoundError),
+     ("v0.0.45", True, SlurmNotFoundError)],
 )
 def test_cancel(fake: FakeSlurm, version: str, running_ok: bool, unknown: Any) -> None:
     replay(fake, version, ("cancel-running.json", "cancel-pending.json", "cancel-finished.json",
@@ -465,11 +478,72 @@ def test_probe_when_openapi_is_missing(fake: FakeSlurm) -> None:
 
 
 def test_find_jobs_by_comment(fake: FakeSlurm) -> None:
-    replay(fake, "v0.0.42", ("jobs.json",))
+    replay(fake, "v0.0.42", ("jobs.json", "openapi-paths.json"))
     client = client_for(fake, api_version="v0.0.42")
     found = client.find_jobs_by_comment("recorded fixture")
     assert found and all("recorded fixture" in j.comment for j in found)
     assert client.find_jobs_by_comment("no-such-key") == []
+    assert not any(s.path.startswith("/slurmdb/") for s in fake.seen)  # no accounting there
+
+
+# ------------------------------------------------------------------ accounting (slurmdbd)
+
+
+@pytest.mark.parametrize("version", ACCOUNTING)
+def test_accounting_job_on_recorded_answers(fake: FakeSlurm, version: str) -> None:
+    replay(fake, version)
+    client = client_for(fake, api_version=version)
+    assert client.accounting
+    ok_id, fail_id = (job_path(version, n) for n in ("slurmdb-job-completed.json", "slurmdb-job-failed.json"))
+    done = client.get_accounting_job(ok_id)
+    assert done is not None
+    assert (done.job_id, done.state, done.exit_code, done.signal, done.is_final) == (ok_id, "COMPLETED", 0, None, True)
+    assert done.submit_time and done.start_time and done.end_time and done.end_time.tzinfo is not None
+    assert done.end_time >= done.start_time >= done.submit_time
+    assert (done.name, done.user, done.partition) == ("fixture-ok", "ciuser", "debug")
+    assert done.comment == "slurm-trigger recorded fixture"
+    assert done.working_directory == "/tmp/slurm-trigger-jobs"
+    assert done.standard_output == f"/tmp/slurm-trigger-jobs/{ok_id}.out"  # stdout_expanded
+    failed = client.get_accounting_job(fail_id)
+    assert failed and (failed.state, failed.exit_code) == ("FAILED", 3)
+    assert client.get_accounting_job(999999) is None  # 200, jobs [] and a warning
+
+
+@pytest.mark.parametrize("version", ACCOUNTING)
+def test_find_jobs_by_comment_in_accounting(fake: FakeSlurm, version: str) -> None:
+    """A takeover after MinJobAge: slurmctld lists nothing, slurmdbd still has the jobs."""
+    replay(fake, version, ("openapi-paths.json",))
+    fake.add("GET", f"/slurmdb/{version}/jobs", reply_from(version, "slurmdb-jobs.json"))
+    fake.add("GET", f"/slurm/{version}/jobs", Reply.json(200, {"jobs": [], "errors": [], "warnings": []}))
+    client = client_for(fake, api_version=version)
+    found = client.find_jobs_by_comment("recorded fixture")
+    listed = json.loads((RECORDED / version / "slurmdb-jobs.json").read_text())["jobs"]
+    assert [j.job_id for j in found] == sorted(j["job_id"] for j in listed) and len(found) == 3
+    assert {j.state for j in found} == {"COMPLETED", "FAILED", "CANCELLED"}
+    query = next(s.path for s in fake.seen if s.path.startswith(f"/slurmdb/{version}/jobs"))
+    assert "users=alice" in query and "skip_steps=true" in query and "start_time=uts" in query
+    since = int(query.split("start_time=uts")[1].split("&")[0])
+    assert time.time() - 8 * 86400 < since < time.time() - 6 * 86400  # a bounded window
+    assert client.find_jobs_by_comment("no-such-key") == []
+
+
+@pytest.mark.parametrize("version", ACCOUNTING)
+def test_accounting_bad_token_is_502(fake: FakeSlurm, version: str) -> None:
+    replay(fake, version, ("openapi-paths.json",))
+    meta = recorded(version)["slurmdb-error-bad-token.json"]
+    fake.add("GET", meta["path"], reply_from(version, "slurmdb-error-bad-token.json"))
+    client = client_for(fake, token=STALE, api_version=version)
+    with pytest.raises(SlurmAuthError) as exc:
+        client.get_accounting_job(int(meta["path"].rsplit("/", 1)[1]))
+    assert exc.value.status == 502 and exc.value.transient and "slurmdbd is down" in str(exc.value)
+    assert STALE not in str(exc.value)
+
+
+def test_no_accounting_without_slurmdb_paths(fake: FakeSlurm) -> None:
+    replay(fake, "v0.0.42", ("openapi-paths.json",))
+    client = client_for(fake)
+    assert client.accounting is False and client.get_accounting_job(5) is None
+    assert [s.path for s in fake.seen] == ["/openapi/v3"]
 
 
 # ------------------------------------------------------------------ build_client

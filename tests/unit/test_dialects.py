@@ -1,5 +1,6 @@
 """Each version's translation, on answers recorded from real slurmrestd (v0.0.38,
-v0.0.40–v0.0.42) and on answers derived from SchedMD's reference (v0.0.39, v0.0.43)."""
+v0.0.40–v0.0.42 from 22.05/24.11; v0.0.43–v0.0.45 from 26.05 with slurmdbd) and on answers
+derived from SchedMD's reference (v0.0.39, v0.0.43)."""
 from __future__ import annotations
 
 import json
@@ -19,11 +20,17 @@ from chalicelib.slurm.models import JobSubmission
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 REFERENCE = FIXTURES / "reference"
+RECORDED = FIXTURES / "recorded"
 ALL = list(DIALECTS)
+NEW = ("v0.0.43", "v0.0.44", "v0.0.45")  # recorded from Slurm 26.05
 
 
 def ref(version: str, name: str) -> dict:
     return json.loads((REFERENCE / version / name).read_text())
+
+
+def rec(version: str, name: str) -> dict:
+    return json.loads((RECORDED / version / name).read_text())
 
 
 def by_id(page) -> dict:
@@ -169,8 +176,100 @@ def test_negotiation_picks_newest_known() -> None:
     assert served_versions(ref("v0.0.39", "openapi-paths.json")) == ["v0.0.37", "v0.0.38", "v0.0.39"]
     assert newest(served_versions(ref("v0.0.39", "openapi-paths.json"))) == "v0.0.39"
     assert newest(served_versions(ref("v0.0.43", "openapi-paths.json"))) == "v0.0.43"
-    assert newest(["v0.0.41", "v0.0.44", "v0.0.43"]) == "v0.0.43"  # 25.11 serves v0.0.44
+    assert newest(["v0.0.41", "v0.0.44", "v0.0.43"]) == "v0.0.44"  # 25.11 (ParallelCluster 3.15/3.16)
+    assert newest(["v0.0.42", "v0.0.45", "v0.0.46"]) == "v0.0.45"  # a newer one than we know
     assert newest(["v0.0.36", "v0.0.37"]) is None
+
+
+def test_26_05_serves_v0042_to_v0045_and_slurmdb() -> None:
+    doc = {"paths": {p: {} for p in rec("v0.0.45", "openapi-paths.json")}}
+    assert served_versions(doc) == ["v0.0.42", "v0.0.43", "v0.0.44", "v0.0.45"]
+    assert served_versions(doc, "slurmdb") == ["v0.0.42", "v0.0.43", "v0.0.44", "v0.0.45"]
+    assert newest(served_versions(doc)) == "v0.0.45"
+    no_dbd = {"paths": {p: {} for p in rec("v0.0.42", "openapi-paths.json")}}
+    assert served_versions(no_dbd, "slurmdb") == []
+
+
+# ------------------------------------------------------------------ v0.0.43–v0.0.45 (26.05, recorded)
+
+
+@pytest.mark.parametrize("version", NEW)
+def test_stdout_expanded_is_the_path_and_standard_output_the_pattern(version: str) -> None:
+    raw = rec(version, "job-completed.json")["jobs"][0]
+    assert raw["standard_output"].endswith("/%j.out")  # the raw pattern from v0.0.43
+    job = DIALECTS[version].parse_job(raw)
+    assert job.standard_output == raw["stdout_expanded"] == f"/tmp/slurm-trigger-jobs/{job.job_id}.out"
+    assert (job.state, job.exit_code) == ("COMPLETED", 0)
+
+
+@pytest.mark.parametrize("version", ("v0.0.44", "v0.0.45"))
+def test_v0044_step_id_object_and_submit_line_change_nothing(version: str) -> None:
+    raw = rec(version, "job-running.json")["jobs"][0]
+    assert raw["step_id"]["step_id"] == "entire" and "submit_line" in raw
+    job = DIALECTS[version].parse_job(raw)
+    assert (job.state, job.exit_code, job.end_time) == ("RUNNING", None, None)
+    assert DIALECTS[version].parse_submit(rec(version, "submit.json")).step_id == "batch"
+
+
+@pytest.mark.parametrize("version", ("v0.0.44", "v0.0.45"))
+def test_expediting_is_a_flag(version: str) -> None:
+    d = DIALECTS[version]
+    raw = {**rec(version, "job-pending.json")["jobs"][0], "job_state": ["PENDING", "REQUEUED", "EXPEDITING"]}
+    job = d.parse_job(raw)
+    assert (job.state, job.state_flags, job.is_final) == ("PENDING", ("REQUEUED", "EXPEDITING"), False)
+    assert d.parse_job({**raw, "job_state": ["EXPEDITING"]}).state == "PENDING"
+
+
+def test_v0045_ping_has_status_not_pinged() -> None:
+    d = DIALECTS["v0.0.45"]
+    up = rec("v0.0.45", "ping.json")
+    assert "pinged" not in up["pings"][0] and up["pings"][0]["status"] == "No error"
+    assert [d.ping_status(p) for p in up["pings"]] == ["UP"] and d.ping_down(up) == []
+    bad = rec("v0.0.45", "error-bad-token-ping.json")  # 200, responding false
+    assert bad["pings"][0]["status"] == "Protocol authentication error"
+    assert d.ping_down(bad) == ["vm"]
+    for version in ("v0.0.42", "v0.0.43", "v0.0.44"):
+        assert DIALECTS[version].ping_down(rec(version, "error-bad-token-ping.json")) == ["vm"]
+        assert [DIALECTS[version].ping_status(p) for p in rec(version, "ping.json")["pings"]] == ["UP"]
+
+
+@pytest.mark.parametrize("version", NEW)
+@pytest.mark.parametrize("name,status,code", [
+    ("submit-rejected-no-environment.json", 422, 2127),  # 24.11: 500 / 2019
+    ("submit-rejected-no-cwd.json", 422, 2063),  # 24.11: 500
+    ("submit-rejected-no-script.json", 422, 9000),
+    ("submit-rejected.json", 500, 9208),  # environment as a string
+])
+def test_26_05_rejections_are_permanent(version: str, name: str, status: int, code: int) -> None:
+    index = rec(version, "index.json")
+    errors = rec(version, name)["errors"]
+    assert index[name]["status"] == status and code in [e["error_number"] for e in errors]
+    assert DIALECTS[version].classify(status, errors) is SlurmRejectedError
+
+
+@pytest.mark.parametrize("version", NEW)
+def test_accounting_records(version: str) -> None:
+    d = DIALECTS[version]
+    assert d.accounting and d.accounting_path("job/5") == f"/slurmdb/{version}/job/5"
+    raw = rec(version, "slurmdb-job-completed.json")["jobs"][0]
+    assert isinstance(raw["time"]["end"], int) and raw["state"]["current"] == ["COMPLETED"]
+    job = d.parse_accounting_job(raw)
+    assert (job.state, job.exit_code, job.reason, job.user) == ("COMPLETED", 0, None, "ciuser")
+    assert job.end_time == datetime.fromtimestamp(raw["time"]["end"], tz=timezone.utc)
+    assert job.comment == raw["comment"]["job"] == "slurm-trigger recorded fixture"
+    assert job.standard_output == raw["stdout_expanded"]
+    failed = d.parse_accounting_job(rec(version, "slurmdb-job-failed.json")["jobs"][0])
+    assert (failed.state, failed.exit_code, failed.signal) == ("FAILED", 3, None)
+    assert d.accounting_jobs_params("ciuser", 1700000000) == {
+        "start_time": "uts1700000000", "skip_steps": "true", "users": "ciuser"}
+    bad = rec(version, "slurmdb-error-bad-token.json")
+    assert rec(version, "index.json")["slurmdb-error-bad-token.json"]["status"] == 502
+    assert d.classify(502, bad["errors"]) is SlurmAuthError  # fetch the token again once
+    assert d.classify(502, []) is SlurmUnavailableError
+
+
+def test_no_accounting_before_v0040() -> None:
+    assert not DIALECTS["v0.0.38"].accounting and not DIALECTS["v0.0.39"].accounting
 
 
 # ------------------------------------------------------------------ update_time forms
@@ -179,7 +278,8 @@ def test_negotiation_picks_newest_known() -> None:
 @pytest.mark.parametrize(
     "version,expected",
     [("v0.0.38", "1700000000"), ("v0.0.39", "1700000000"), ("v0.0.40", "uts1700000000"),
-     ("v0.0.41", "uts1700000000"), ("v0.0.42", "1700000000"), ("v0.0.43", "1700000000")],
+     ("v0.0.41", "uts1700000000"), ("v0.0.42", "1700000000"), ("v0.0.43", "1700000000"),
+     ("v0.0.44", "1700000000"), ("v0.0.45", "1700000000")],
 )
 def test_update_time_param(version: str, expected: str) -> None:
     assert DIALECTS[version].jobs_params(1700000000) == {"update_time": expected}
