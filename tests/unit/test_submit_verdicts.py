@@ -21,10 +21,9 @@ from chalicelib.slurm.dialects import DIALECTS
 from chalicelib.slurm.errors import SlurmError
 from chalicelib.slurm.models import JobSubmission
 from chalicelib.slurm.transport import build_session
-from test_client_http import GOOD, STALE, FakeSlurm, Reply, client_for, reply_from  # noqa: I001 - same folder
+from test_client_http import GOOD, STALE, VERSIONS, FakeSlurm, Reply, client_for, recorded, reply_from  # noqa: I001
 
 JOB = JobSubmission(script="#!/bin/sh\ntrue\n")
-VERSIONS = ("v0.0.38", "v0.0.40", "v0.0.41", "v0.0.42")
 
 
 @pytest.fixture
@@ -56,12 +55,22 @@ RECORDED_VERDICTS = {
     "submit-failing.json": "ok",  # a job that will fail when it runs: accepted
     "submit-invalid-json.txt": "no",  # 400 "Unable to parse query": slurmrestd refused it
     "submit-rejected.json": "no",  # 400 (22.05) / 500 + 2xxx (24.11): slurmctld refused the job
-    "submit-rejected-no-script.json": "no",  # 500 + 2009 (22.05) / 422 (24.11)
+    "submit-rejected-no-script.json": "no",  # 500 + 2009 (22.05) / 422 (24.11, 26.05)
+    "submit-rejected-no-cwd.json": "no",  # 422 (26.05)
+    "submit-rejected-no-environment.json": "no",  # 422 (26.05)
 }
+RECORDED_SUBMITS = [
+    (version, name) for version in VERSIONS for name, meta in sorted(recorded(version).items())
+    if meta.get("method") == "POST" and name in RECORDED_VERDICTS
+]
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("name", sorted(RECORDED_VERDICTS))
+def test_every_recorded_submit_answer_has_a_verdict() -> None:
+    names = {n for v in VERSIONS for n, m in recorded(v).items() if m.get("method") == "POST"}
+    assert names - {"error-bad-token-submit.json"} <= set(RECORDED_VERDICTS)
+
+
+@pytest.mark.parametrize("version,name", RECORDED_SUBMITS)
 def test_recorded_submit_answers(fake: FakeSlurm, version: str, name: str) -> None:
     fake.add("POST", f"/slurm/{version}/job/submit", reply_from(version, name))
     assert verdict(lambda: client_for(fake, api_version=version).submit(JOB)) == RECORDED_VERDICTS[name]
@@ -102,9 +111,10 @@ def test_2205_error_5005_is_a_maybe_and_never_posted_again(fake: FakeSlurm) -> N
     assert fake.seen[-1].headers["X-SLURM-USER-TOKEN"] == GOOD
 
 
-@pytest.mark.parametrize("version", ["v0.0.40", "v0.0.41", "v0.0.42"])
-def test_2411_token_refusal_is_a_no_and_posted_again_with_a_fresh_token(fake: FakeSlurm, version: str) -> None:
-    """511 + 1007: slurmctld refused the credential before acting, so once is safe."""
+@pytest.mark.parametrize("version", [v for v in VERSIONS if v != "v0.0.38"])
+def test_later_token_refusal_is_a_no_and_posted_again_with_a_fresh_token(fake: FakeSlurm, version: str) -> None:
+    """511 + 1007 (24.11, 26.05): slurmctld refused the credential before acting, so once
+    more is safe."""
     fake.add("POST", f"/slurm/{version}/job/submit", reply_from(version, "error-bad-token-submit.json"),
              reply_from(version, "submit.json"))
     client, tokens = refreshable(fake, version)
@@ -140,7 +150,7 @@ SYNTHETIC = [
 ]
 
 
-@pytest.mark.parametrize("version", ["v0.0.38", "v0.0.42"])
+@pytest.mark.parametrize("version", ["v0.0.38", "v0.0.42", "v0.0.45"])
 @pytest.mark.parametrize("reply,expected", [c[1:] for c in SYNTHETIC], ids=[c[0] for c in SYNTHETIC])
 def test_other_answers(fake: FakeSlurm, version: str, reply: Reply, expected: str) -> None:
     fake.add("POST", f"/slurm/{version}/job/submit", reply)
