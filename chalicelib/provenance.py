@@ -7,7 +7,7 @@ so the two share no table and a job stays traceable from ``squeue`` too.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 MARKER = "slurm-trigger:"
@@ -45,25 +45,49 @@ class Source:
 
 
 def encode(source: Source, comment: str | None = None) -> str:
-    """A Slurm comment: the template's own comment (if any), then the marker and JSON."""
+    """A Slurm comment: the template's own comment (if any), then the marker and JSON.
+
+    Inside the JSON the marker's colon is written ``\\u003a``, so the real marker is
+    always the last one in the comment, whatever the key or the template's comment
+    (which may carry the key through ``${basename}``) hold."""
     payload = json.dumps(
         {k: v for k, v in asdict(source).items() if v is not None},
         separators=(",", ":"),
         ensure_ascii=True,
-    )
+    ).replace(MARKER, _ESCAPED_MARKER)
     prefix = f"{comment.strip()} " if comment and comment.strip() else ""
     return f"{prefix}{MARKER}{payload}"
 
 
 def decode(comment: str | None) -> Source | None:
-    """The source stamped by ``encode``, or None for jobs slurm-trigger did not submit."""
-    if not comment or MARKER not in comment:
-        return None
-    # The first marker: the template's comment is trusted and comes first; the object
-    # key (untrusted, may contain the marker) only ever appears inside the JSON.
-    _, _, payload = comment.partition(MARKER)
+    """The source stamped by ``encode``, or None for jobs slurm-trigger did not submit.
+
+    The payload always ends the comment, so the answer is the last marker whose rest
+    is exactly one JSON object of a ``Source``. Looking further back only matters for
+    comments written before the marker was escaped in the JSON (jobs in flight during
+    an upgrade): a marker inside a key there is followed by the rest of a JSON string
+    and ``","pipeline":...``, which never parses; the real marker before it does."""
+    end = len(comment or "")
+    while comment and (at := comment.rfind(MARKER, 0, end)) >= 0:
+        source = _source(comment[at + len(MARKER) :])
+        if source is not None:
+            return source
+        end = at  # the marker cannot overlap itself: the previous one ends before it
+    return None
+
+
+_ESCAPED_MARKER = MARKER[:-1] + "\\u003a"
+_FIELDS = frozenset(f.name for f in fields(Source))
+
+
+def _source(payload: str) -> Source | None:
+    """A ``Source`` from exactly one JSON object of string fields, else None."""
     try:
         data = json.loads(payload)
-        return Source(**data)
-    except (ValueError, TypeError):
+    except ValueError:
         return None
+    if not isinstance(data, dict) or not _FIELDS.issuperset(data) or not all(isinstance(v, str) for v in data.values()):
+        return None
+    if not all(name in data for name in ("bucket", "key", "pipeline")):
+        return None
+    return Source(**data)

@@ -64,6 +64,7 @@ class Settings:
     # --- the tracker
     jobs_table: str = "slurm-trigger-jobs"
     track_all_jobs: bool = False
+    tracker_max_lookups: int = 200  # vanished jobs looked up per poll at most
 
     # --- events and metrics
     event_bus: str = "default"
@@ -106,6 +107,7 @@ class Settings:
             sqs_report_batch_item_failures=_bool(g("SQS_REPORT_BATCH_ITEM_FAILURES")),
             jobs_table=g("JOBS_TABLE", "slurm-trigger-jobs"),
             track_all_jobs=_bool(g("TRACK_ALL_JOBS")),
+            tracker_max_lookups=_int(g("TRACKER_MAX_LOOKUPS"), 200),
             event_bus=g("EVENT_BUS_NAME", "default"),
             event_source=g("EVENT_SOURCE", "slurm-trigger"),
             metrics_namespace=g("POWERTOOLS_METRICS_NAMESPACE", "SlurmTrigger"),

@@ -138,6 +138,13 @@ def timestamp(value: Any) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
+def server_time(diag: Mapping[str, Any]) -> int | None:
+    """slurmctld's clock when it answered ``GET /diag`` (``statistics.req_time``, plain
+    or struct in every version): the tracker's cursor where ``/jobs`` has no
+    ``last_update`` (v0.0.38, v0.0.39)."""
+    return epoch((diag.get("statistics") or {}).get("req_time"))
+
+
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value and value != "None" else None
 
@@ -210,6 +217,7 @@ class RawJob(_Fields):
     batch_flag: Any = msgspec.UNSET
     array_job_id: Any = msgspec.UNSET
     array_task_id: Any = msgspec.UNSET
+    restart_cnt: Any = msgspec.UNSET
 
 
 class JobsAnswer(_Fields):
@@ -350,6 +358,7 @@ class Dialect:
             working_directory=_text(raw.get("current_working_directory")),
             standard_output=_text(raw.get("stdout_expanded"))
             or _expand_path(_text(raw.get("standard_output")) or _default_output(raw), raw),
+            restarts=number(raw.get("restart_cnt")) or 0,
         )
 
     def _state(self, value: Any) -> tuple[str, tuple[str, ...]]:
@@ -420,6 +429,7 @@ class Dialect:
             "standard_output": raw.get("stdout"),
             "array_job_id": array.get("job_id"),
             "array_task_id": array.get("task_id"),
+            "restart_cnt": raw.get("restart_cnt"),  # a requeued, then purged job stays one job
         })
 
     # --- errors

@@ -32,7 +32,9 @@ class Job:
     ``exit_code`` is the process exit status (``exit 3`` reads 3 in every version,
     although v0.0.38 sends the raw wait status 768); ``signal`` the number of the
     signal that ended it. Both are ``None`` while the job has not ended or when Slurm
-    does not say. Times are timezone-aware UTC or ``None`` when unset.
+    does not say. Times are timezone-aware UTC or ``None`` when unset. ``restarts``
+    counts Slurm's requeues of the job (``restart_cnt``): a requeue keeps the job id
+    and sets a new submit time.
     """
 
     job_id: int
@@ -50,6 +52,7 @@ class Job:
     comment: str | None = None
     working_directory: str | None = None
     standard_output: str | None = None
+    restarts: int = 0
 
     @property
     def is_final(self) -> bool:
