@@ -9,7 +9,7 @@ from chalicelib.observability import metrics
 from chalicelib.settings import Settings
 from chalicelib.slurm import build_client
 from chalicelib.tracker import Tracker, build_tracker, record_metrics
-from chalicelib.trigger import Trigger, build_trigger
+from chalicelib.trigger import Trigger, build_trigger, lambda_deadline
 
 app = Chalice(app_name="slurm-trigger")
 
@@ -73,9 +73,11 @@ def _trigger() -> Trigger:
 
 def _objects(event) -> list:
     """S3 notification or EventBridge event: transient errors raise, Lambda retries and
-    then hands the event to the function's on-failure destination (docs/deploy.md)."""
+    then hands the event to the function's on-failure destination (docs/deploy.md).
+    Claims last as long as this invocation may, plus the settle time of a submit."""
+    deadline = lambda_deadline(getattr(event, "context", None))
     try:
-        return [o.to_dict() for o in _trigger().handle_event(event.to_dict())]
+        return [o.to_dict() for o in _trigger().handle_event(event.to_dict(), deadline=deadline)]
     finally:
         metrics.flush_metrics()
 

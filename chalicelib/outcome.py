@@ -11,7 +11,7 @@ class Outcome:
     """What became of one object for one pipeline (or of an unmatched object).
     For a set's job, ``key`` is the set's name and ``idempotency_key`` the set's."""
 
-    status: str  # submitted | adopted | duplicate | unmatched | failed | collected | late
+    status: str  # submitted | adopted | duplicate | superseded | unmatched | failed | collected | late
     bucket: str
     key: str
     pipeline: str | None = None

@@ -139,9 +139,9 @@ class SetCollector:
         self.clock = clock
 
     # --- one object
-    def collect(self, ref: ObjectRef, pipeline: Pipeline) -> Any:
+    def collect(self, ref: ObjectRef, pipeline: Pipeline, *, deadline: float | None = None) -> Any:
         """One object for a set pipeline: record it, and fire its set if it is the
-        one that completes it."""
+        one that completes it (before ``deadline``, the attempt's end)."""
         spec = pipeline.collect
         assert spec is not None
         if self.store is None:
@@ -156,7 +156,7 @@ class SetCollector:
         if spec.kind == "marker":
             if not spec.is_control(ref):  # members wait for the marker: nothing to record
                 return Outcome("collected", ref.bucket, ref.key, pipeline.name, idempotency_key=None)
-            return self._fire(pipeline, ref.bucket, place, self._listed(ref, pipeline), record=False)
+            return self._fire(pipeline, ref.bucket, place, self._listed(ref, pipeline), record=False, deadline=deadline)
         where = Where(place.set_id, pipeline.name, ref.bucket, place.name, spec.span)
         if spec.kind == "manifest" and spec.is_control(ref):
             try:
@@ -173,9 +173,11 @@ class SetCollector:
                 )
                 self.trigger.metrics.add_metric(name="LateSetMembers", unit=MetricUnit.Count, value=1)
                 return Outcome("late", ref.bucket, ref.key, pipeline.name, state.job_id, place.set_id)
-        return self._advance(pipeline, place, state, ref)
+        return self._advance(pipeline, place, state, ref, deadline=deadline)
 
-    def _advance(self, pipeline: Pipeline, place: Place, state: SetState, ref: ObjectRef | None) -> Any:
+    def _advance(
+        self, pipeline: Pipeline, place: Place, state: SetState, ref: ObjectRef | None, *, deadline: float | None = None
+    ) -> Any:
         spec = pipeline.collect
         assert spec is not None
         key = ref.key if ref else place.name
@@ -193,9 +195,18 @@ class SetCollector:
         if state.status != COMPLETE:  # FAILED: reported already
             return Outcome("failed", state.bucket, key, pipeline.name, idempotency_key=place.set_id, reason="the set's job was refused")
         members = [(m, state.members[m]) for m in spec.order(state.members, state.expected)]
-        return self._fire(pipeline, state.bucket, place, members, record=True)
+        return self._fire(pipeline, state.bucket, place, members, record=True, deadline=deadline)
 
-    def _fire(self, pipeline: Pipeline, bucket: str, place: Place, members: list[tuple[str, Member]], *, record: bool) -> Any:
+    def _fire(
+        self,
+        pipeline: Pipeline,
+        bucket: str,
+        place: Place,
+        members: list[tuple[str, Member]],
+        *,
+        record: bool,
+        deadline: float | None = None,
+    ) -> Any:
         source = set_source(pipeline, bucket, place)
         if not members:
             outcome = self.trigger._failed(source, TemplateError("the set has no member"))
@@ -207,6 +218,7 @@ class SetCollector:
                 pipeline.jobs,
                 lambda step, src: render_set_job(pipeline, bucket, place, members, step if step.name else None, src),
                 detail,
+                deadline=deadline,
             )
         if record and (outcome.job_id is not None or outcome.status == "failed"):
             self.store.finished(place.set_id, outcome.job_id)

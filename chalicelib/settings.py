@@ -46,6 +46,9 @@ class Settings:
     insecure: bool = False  # turn TLS verification off (logs a warning)
     connect_timeout: float = 3.05
     read_timeout: float = 30.0
+    # slurmctld's slowest answer: a submit's job may still appear this long after the
+    # read timeout, so an unknown outcome keeps its claim read_timeout + this long
+    submit_settle_seconds: float = 60.0
     retries: int = 3
     max_connections: int = 4  # per container; the head node kit caps slurmrestd's side
 
@@ -53,7 +56,7 @@ class Settings:
     pipelines_path: str = str(PROJECT_ROOT / "pipelines")
     idempotency_table: str = "slurm-trigger-idempotency"
     idempotency_ttl_days: int = 30
-    idempotency_in_progress_seconds: int = 90  # a little over the Lambda timeout
+    idempotency_in_progress_seconds: int = 60  # an attempt's deadline where none is known (not Lambda)
     include_object_metadata: bool = False
     sets_table: str = "slurm-trigger-sets"  # membership of sets (pipelines with `collect`)
     site: Mapping[str, str] = field(default_factory=dict)  # SITE_<NAME>: @{name} in pipeline files
@@ -96,12 +99,13 @@ class Settings:
             insecure=_bool(g("SLURM_INSECURE")),
             connect_timeout=float(g("SLURM_CONNECT_TIMEOUT") or 3.05),
             read_timeout=float(g("SLURM_READ_TIMEOUT") or 30.0),
+            submit_settle_seconds=float(g("SLURM_SUBMIT_SETTLE_SECONDS") or 60.0),
             retries=_int(g("SLURM_RETRIES"), 3),
             max_connections=_int(g("SLURM_MAX_CONNECTIONS"), 4),
             pipelines_path=g("PIPELINES_PATH") or str(PROJECT_ROOT / "pipelines"),
             idempotency_table=g("IDEMPOTENCY_TABLE", "slurm-trigger-idempotency"),
             idempotency_ttl_days=_int(g("IDEMPOTENCY_TTL_DAYS"), 30),
-            idempotency_in_progress_seconds=_int(g("IDEMPOTENCY_IN_PROGRESS_SECONDS"), 90),
+            idempotency_in_progress_seconds=_int(g("IDEMPOTENCY_IN_PROGRESS_SECONDS"), 60),
             include_object_metadata=_bool(g("INCLUDE_OBJECT_METADATA")),
             sets_table=g("SETS_TABLE", "slurm-trigger-sets"),
             site={k[len(SITE_PREFIX):].lower(): v for k, v in e.items() if k.startswith(SITE_PREFIX) and len(k) > len(SITE_PREFIX)},

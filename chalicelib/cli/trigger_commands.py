@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,7 +27,7 @@ from chalicelib.slurm.dialects import DIALECTS
 from chalicelib.trigger import Outcome, build_trigger, render_job
 
 SUMMARY = ("submitted", "duplicates", "unmatched", "failed")
-_COUNTED_AS = {"submitted": "submitted", "adopted": "submitted", "duplicate": "duplicates"}
+_COUNTED_AS = {"submitted": "submitted", "adopted": "submitted", "superseded": "submitted", "duplicate": "duplicates"}
 
 
 def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -63,6 +64,10 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     )
     p.add_argument("uri", metavar="s3://BUCKET/PREFIX", help="bucket and key prefix to list")
     p.add_argument("--pipelines", metavar="PATH", help="pipeline folder or file (default: env PIPELINES_PATH)")
+    p.add_argument("--object-seconds", type=float, default=60.0, metavar="N",
+                   help="the deadline of each object (default 60): its claims last N seconds plus the "
+                        "settle time, so if backfill is killed a later delivery takes the object over "
+                        "after that; nothing is submitted past it")
 
 
 def parse_uri(uri: str) -> tuple[str, str]:
@@ -210,7 +215,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     errors: list[dict[str, Any]] = []
     for done, ref in enumerate(refs, 1):
         try:
-            outcomes = trigger.handle(ref)
+            outcomes = trigger.handle(ref, deadline=time.time() + args.object_seconds)
         except Exception as exc:  # noqa: BLE001 - reported per object, the rest go on
             outcomes = [Outcome("failed", ref.bucket, ref.key, reason=f"{type(exc).__name__}: {exc}")]
         tally(outcomes, counts, errors)
