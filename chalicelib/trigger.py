@@ -338,6 +338,9 @@ class Trigger:
             except BaseException:
                 self._quietly(self.store.expire, claim)  # not asked: the next attempt asks
                 raise
+            # Slurm matches a substring: a hostile key or template comment may carry
+            # another object's key, so only a job stamped with exactly this key counts.
+            found = [j for j in found if _stamped_key(j.comment) == claim.key]
             if found:
                 job_id = min(j.job_id for j in found)
                 return job_id, self._submitted_event(source, job_id, adopted=True, extra=detail)
@@ -443,6 +446,11 @@ class Trigger:
         if ref.version_id:
             args["VersionId"] = ref.version_id
         return dict(self.s3.head_object(**args).get("Metadata") or {})
+
+
+def _stamped_key(comment: str | None) -> str | None:
+    source = provenance.decode(comment)
+    return source.idempotency_key if source else None
 
 
 def _event(outbox: Mapping[str, Any]) -> Event:

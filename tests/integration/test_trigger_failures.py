@@ -456,3 +456,22 @@ def test_asking_slurm_fails_the_next_attempt_asks_again(setup, clock):
     slurm.find_jobs_by_comment = real_find  # type: ignore[assignment]
     assert trigger.handle(REF)[0].status == "submitted"  # handed over at once, asked again
     assert slurm.finds == 1 and len(slurm.jobs) == 1
+
+
+def test_a_takeover_adopts_only_the_job_stamped_with_its_own_key(setup, clock):
+    """Slurm's comment search matches substrings: another object's job whose key or
+    template comment carries this key is not this object's job."""
+    from chalicelib import provenance
+    from chalicelib.provenance import Source
+
+    trigger, slurm, _, _ = setup
+    key = idempotency_key("p", REF)
+    impostor = Source("b", f"in/{key}.fastq", "p", "v9", idempotency_key=idempotency_key("p", ObjectRef("b", "in/y", version_id="v9")))
+    slurm.jobs.append(Job(7, comment=provenance.encode(impostor, f"align {key}")))
+    slurm.fail = raiser(SlurmUnavailableError("read timeout", maybe_submitted=True))
+    with pytest.raises(SlurmUnavailableError):
+        trigger.handle(REF)  # no job made, but the outcome is unknown: held
+    clock.offset += SETTLE + 1
+    [outcome] = trigger.handle(REF)  # taken over: Slurm asked, the impostor is not adopted
+    assert (outcome.status, outcome.job_id) == ("submitted", 101)
+    assert slurm.finds == 1
