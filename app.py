@@ -9,7 +9,7 @@ from chalicelib.observability import metrics
 from chalicelib.settings import Settings
 from chalicelib.slurm import build_client
 from chalicelib.tracker import Tracker, build_tracker, record_metrics
-from chalicelib.trigger import Trigger, build_trigger
+from chalicelib.trigger import Trigger, build_trigger, lambda_deadline
 
 app = Chalice(app_name="slurm-trigger")
 
@@ -83,9 +83,25 @@ def _trigger() -> Trigger:
 
 def _objects(event) -> list:
     """S3 notification or EventBridge event: transient errors raise, Lambda retries and
-    then hands the event to the function's on-failure destination (docs/deploy.md)."""
+    then hands the event to the function's on-failure destination (docs/deploy.md).
+    Claims last as long as this invocation may, plus the settle time of a submit."""
+    deadline = lambda_deadline(getattr(event, "context", None))
     try:
-        return [o.to_dict() for o in _trigger().handle_event(event.to_dict())]
+        return [o.to_dict() for o in _trigger().handle_event(event.to_dict(), deadline=deadline)]
+    finally:
+        metrics.flush_metrics()
+
+
+# Minutes between two checks of waiting sets (windows that end, deadlines that pass).
+SET_CHECK_MINUTES = int(os.environ.get("SET_CHECK_MINUTES") or 5)
+
+
+@app.schedule(Rate(SET_CHECK_MINUTES, unit=Rate.MINUTES))
+def check_sets(event):
+    """Fire window sets, report sets past their deadline, finish sets whose job a
+    dead attempt left unmade (docs/trigger.md#sets)."""
+    try:
+        return [o.to_dict() for o in _trigger().check_sets()]
     finally:
         metrics.flush_metrics()
 

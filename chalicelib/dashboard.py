@@ -12,7 +12,8 @@ DEFAULT_NAME = "slurm-trigger"
 DEFAULT_REGION = "us-east-1"
 
 TRIGGER_METRICS = ("JobsSubmitted", "SubmissionFailures", "DuplicateObjectsSkipped", "UnmatchedObjects")
-TRACKER_METRICS = ("JobStateTransitions", "JobsPending", "JobsRunning", "PollDuration", "JobsSeenPerPoll", "PollsSkipped")
+TRACKER_METRICS = ("JobStateTransitions", "JobsPending", "JobsRunning", "PollDuration", "JobsSeenPerPoll", "PollsSkipped",
+                   "VanishedJobsToLookUp")
 
 WIDTH, HEIGHT = 12, 6
 
@@ -75,8 +76,9 @@ def build(namespace: str = "SlurmTrigger", service: str = "slurm-trigger", regio
             unit="ms",
         ),
         graph(
-            "Jobs seen per poll and overlapping polls skipped",
-            [metric("JobsSeenPerPoll", "Maximum", "jobs seen"), metric("PollsSkipped", "Sum", "polls skipped")],
+            "Jobs seen per poll, vanished jobs to look up, overlapping polls skipped",
+            [metric("JobsSeenPerPoll", "Maximum", "jobs seen"), metric("VanishedJobsToLookUp", "Maximum", "to look up"),
+             metric("PollsSkipped", "Sum", "polls skipped")],
             period=60,
         ),
         {

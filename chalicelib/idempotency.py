@@ -1,25 +1,48 @@
-"""Exactly one job per object version: claims on an idempotency key.
+"""Exactly one job per object version: owned claims on an idempotency key, with an outbox.
 
 The shape follows Powertools' idempotency utility (a record IN_PROGRESS, then
 COMPLETED with the result, an expiry on the in-progress state) but the trigger needs
-what it does not give: the job id kept as the result, a claim released when Slurm
-certainly did not accept the job, and a flag when an expired claim is taken over, so
-the caller asks Slurm before submitting again. ``IdempotencyStore`` is the contract;
-``DynamoDBIdempotencyStore`` the one backend, and the trigger never names it.
+what it does not give:
+
+* an **owner** token on every claim, checked by every later write, so an attempt whose
+  claim was taken over (it ran past its lease) can change nothing;
+* a **SUBMITTED** state between the two, the outbox: the job id is recorded the moment
+  Slurm answers, before the "Submitted" event is published, so a failure after that
+  point never loses the job: the next attempt publishes the recorded event and never
+  submits;
+* a claim **released** when Slurm certainly has no job, **held** longer when the
+  outcome of a submit is unknown, and a flag when an expired claim is **taken over**,
+  so the caller asks Slurm before submitting again.
+
+States of a record and who moves it (every arrow after the first is conditional on
+the owner)::
+
+    (none) --claim--> IN_PROGRESS --record(job, event)--> SUBMITTED --complete--> COMPLETED
+                      |  ^ lease over: claim() takes over     | lease over: claim() takes over
+                      |  | (taken_over: ask Slurm first)      | (submitted: publish the event)
+                      +--release--> (none)                    +--expire: lease over now
+
+``IdempotencyStore`` is the contract; ``DynamoDBIdempotencyStore`` the one backend,
+and the trigger never names it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import time
+import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from chalicelib.s3events import ObjectRef
 
 IN_PROGRESS = "IN_PROGRESS"
+SUBMITTED = "SUBMITTED"
 COMPLETED = "COMPLETED"
+# What a claim found, for its taker (Claim.state)
+FRESH = "FRESH"  # no record: no earlier attempt can have made a job
+TAKEN_OVER = "TAKEN_OVER"  # an earlier attempt's lease ran out with no job recorded
 
 
 def idempotency_key(pipeline: str, ref: ObjectRef) -> str:
@@ -44,52 +67,86 @@ class ClaimInProgressError(Exception):
         self.key = key
 
 
+class ClaimLostError(Exception):
+    """The claim is no longer ours (its lease ran out and another attempt took it
+    over, or it was completed): the write was refused and changed nothing."""
+
+    transient = True
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"idempotency key {key} was taken over by another attempt; this attempt's write changed nothing")
+        self.key = key
+
+
 @dataclass(frozen=True)
 class Claim:
     """The outcome of ``IdempotencyStore.claim``.
 
-    ``job_id`` set: the key is COMPLETED, nothing to do. Otherwise the caller holds
-    the claim; ``taken_over`` says an earlier attempt held it and ended without a
-    word (crash, timeout, unknown outcome), so a job may already exist.
+    ``state`` COMPLETED: nothing to do, ``job_id`` is the object's job. Otherwise the
+    caller holds the claim as ``owner`` until its lease ends: FRESH (submit),
+    TAKEN_OVER (an earlier attempt ended without a word: ask Slurm first) or SUBMITTED
+    (an earlier attempt recorded ``job_id`` and ``outbox`` but did not publish: publish
+    ``outbox`` and complete; never submit).
     """
 
     key: str
+    state: str = FRESH
+    owner: str | None = None
     job_id: int | None = None
-    taken_over: bool = False
+    outbox: Mapping[str, Any] | None = None
 
     @property
     def completed(self) -> bool:
-        return self.job_id is not None
+        return self.state == COMPLETED
+
+    @property
+    def taken_over(self) -> bool:
+        return self.state == TAKEN_OVER
+
+    @property
+    def submitted(self) -> bool:
+        return self.state == SUBMITTED
 
 
 class IdempotencyStore(ABC):
-    """Claims keyed by idempotency key."""
+    """Claims keyed by idempotency key. Every write but ``claim`` raises
+    ``ClaimLostError`` (and changes nothing) when ``claim.owner`` no longer holds it."""
 
     @abstractmethod
-    def claim(self, key: str) -> Claim:
-        """Take the key IN_PROGRESS, or say it is COMPLETED; raise
-        ``ClaimInProgressError`` while another attempt holds it."""
+    def claim(self, key: str, lease_seconds: float | None = None) -> Claim:
+        """Take ``key`` for ``lease_seconds`` (the store's default when None), or say
+        it is COMPLETED; raise ``ClaimInProgressError`` while another lease runs."""
 
     @abstractmethod
-    def complete(self, key: str, job_id: int) -> None:
-        """Record the job: every later claim of ``key`` answers with it."""
+    def record(self, claim: Claim, job_id: int, outbox: Mapping[str, Any]) -> None:
+        """IN_PROGRESS → SUBMITTED: Slurm made ``job_id``; ``outbox`` (JSON-able) is
+        what remains to be published. From here on the job is never lost."""
 
     @abstractmethod
-    def release(self, key: str) -> None:
-        """Drop our claim: Slurm certainly has no job, a retry must submit."""
+    def complete(self, claim: Claim) -> None:
+        """SUBMITTED → COMPLETED: the outbox was published; every later claim of the
+        key answers with the job."""
 
     @abstractmethod
-    def expire(self, key: str) -> None:
-        """End our claim now with an unknown outcome: the next claim takes it over
-        (``taken_over``) and checks Slurm first."""
+    def release(self, claim: Claim) -> None:
+        """Drop an IN_PROGRESS claim: Slurm certainly has no job for it, a retry submits."""
+
+    @abstractmethod
+    def hold(self, claim: Claim, seconds: float) -> None:
+        """End an IN_PROGRESS claim's lease ``seconds`` from now (longer or shorter):
+        a submit's outcome is unknown and its job may still appear until then."""
+
+    @abstractmethod
+    def expire(self, claim: Claim) -> None:
+        """End the lease now: the next claim takes over at once (and asks Slurm first,
+        or publishes a SUBMITTED record's outbox)."""
 
 
 class DynamoDBIdempotencyStore(IdempotencyStore):
-    """Items ``{id, status, in_progress_until, expires_at, job_id}``; ``expires_at``
-    is the table's TTL attribute.
+    """Items ``{id, status, owner, in_progress_until, expires_at, job_id, outbox}``;
+    ``expires_at`` is the table's TTL attribute, ``outbox`` a JSON string.
 
-    ``in_progress_seconds`` should be a little longer than the Lambda timeout: a
-    claim outlives the attempt that took it only if that attempt died.
+    ``in_progress_seconds`` is the lease of a claim whose caller gives none.
     """
 
     def __init__(
@@ -98,7 +155,7 @@ class DynamoDBIdempotencyStore(IdempotencyStore):
         table_name: str,
         *,
         ttl_days: int = 30,
-        in_progress_seconds: int = 90,
+        in_progress_seconds: float = 90,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._ddb = dynamodb_client
@@ -107,67 +164,118 @@ class DynamoDBIdempotencyStore(IdempotencyStore):
         self._in_progress = in_progress_seconds
         self._clock = clock
 
-    def claim(self, key: str) -> Claim:
-        now = int(self._clock())
+    def claim(self, key: str, lease_seconds: float | None = None) -> Claim:
+        now = self._clock()
+        owner = uuid.uuid4().hex
+        until = _n(now + (self._in_progress if lease_seconds is None else lease_seconds))
         try:
             answer = self._ddb.put_item(
                 TableName=self._table,
                 Item={
                     "id": {"S": key},
                     "status": {"S": IN_PROGRESS},
-                    "in_progress_until": {"N": str(now + self._in_progress)},
-                    "expires_at": {"N": str(now + self._ttl)},
+                    "owner": {"S": owner},
+                    "in_progress_until": until,
+                    "expires_at": {"N": str(int(now) + self._ttl)},
                 },
                 ConditionExpression=(
                     "attribute_not_exists(id) OR expires_at < :now"
                     " OR (#status = :in_progress AND in_progress_until < :now)"
                 ),
                 ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={":now": {"N": str(now)}, ":in_progress": {"S": IN_PROGRESS}},
+                ExpressionAttributeValues={":now": _n(now), ":in_progress": {"S": IN_PROGRESS}},
                 ReturnValues="ALL_OLD",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except self._ddb.exceptions.ConditionalCheckFailedException as exc:
             item = exc.response.get("Item") or {}
-            if item.get("status", {}).get("S") == COMPLETED and "job_id" in item:
-                return Claim(key, job_id=int(item["job_id"]["N"]))
+            status = item.get("status", {}).get("S")
+            if status == COMPLETED and "job_id" in item:
+                return Claim(key, COMPLETED, job_id=int(item["job_id"]["N"]))
+            if status == SUBMITTED and float(item.get("in_progress_until", {}).get("N", 0)) < now:
+                return self._take_submitted(key, item, owner, until, now)
             raise ClaimInProgressError(key) from None
         old = answer.get("Attributes") or {}
-        return Claim(key, taken_over=old.get("status", {}).get("S") == IN_PROGRESS)
+        state = TAKEN_OVER if old.get("status", {}).get("S") == IN_PROGRESS else FRESH
+        return Claim(key, state, owner)
 
-    def complete(self, key: str, job_id: int) -> None:
-        self._ddb.update_item(
-            TableName=self._table,
-            Key={"id": {"S": key}},
-            UpdateExpression="SET #status = :completed, job_id = :job REMOVE in_progress_until",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={":completed": {"S": COMPLETED}, ":job": {"N": str(job_id)}},
-        )
-
-    def release(self, key: str) -> None:
-        try:
-            self._ddb.delete_item(
-                TableName=self._table,
-                Key={"id": {"S": key}},
-                ConditionExpression="#status = :in_progress",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={":in_progress": {"S": IN_PROGRESS}},
-            )
-        except self._ddb.exceptions.ConditionalCheckFailedException:
-            pass  # never delete a COMPLETED record
-
-    def expire(self, key: str) -> None:
+    def _take_submitted(self, key: str, item: dict[str, Any], owner: str, until: dict[str, str], now: float) -> Claim:
+        """A SUBMITTED record whose lease ran out: take it over, job and outbox kept."""
         try:
             self._ddb.update_item(
                 TableName=self._table,
                 Key={"id": {"S": key}},
-                UpdateExpression="SET in_progress_until = :zero",
-                ConditionExpression="#status = :in_progress",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={":zero": {"N": "0"}, ":in_progress": {"S": IN_PROGRESS}},
+                UpdateExpression="SET #owner = :me, in_progress_until = :until",
+                ConditionExpression="#status = :submitted AND #owner = :old AND in_progress_until < :now",
+                ExpressionAttributeNames={"#status": "status", "#owner": "owner"},
+                ExpressionAttributeValues={
+                    ":me": {"S": owner}, ":until": until, ":submitted": {"S": SUBMITTED},
+                    ":old": item.get("owner", {"S": ""}), ":now": _n(now),
+                },
             )
         except self._ddb.exceptions.ConditionalCheckFailedException:
-            pass  # completed meanwhile: nothing left to expire
+            raise ClaimInProgressError(key) from None  # another attempt took it first
+        outbox = json.loads(item["outbox"]["S"]) if "outbox" in item else None
+        return Claim(key, SUBMITTED, owner, job_id=int(item["job_id"]["N"]), outbox=outbox)
+
+    def record(self, claim: Claim, job_id: int, outbox: Mapping[str, Any]) -> None:
+        self._update(
+            claim,
+            "SET #status = :submitted, job_id = :job, outbox = :outbox",
+            "#status = :in_progress",
+            {":submitted": {"S": SUBMITTED}, ":job": {"N": str(int(job_id))},
+             ":outbox": {"S": json.dumps(outbox, separators=(",", ":"))}, ":in_progress": {"S": IN_PROGRESS}},
+        )
+
+    def complete(self, claim: Claim) -> None:
+        self._update(
+            claim,
+            "SET #status = :completed REMOVE in_progress_until, outbox",
+            "#status = :submitted",
+            {":completed": {"S": COMPLETED}, ":submitted": {"S": SUBMITTED}},
+        )
+
+    def release(self, claim: Claim) -> None:
+        try:
+            self._ddb.delete_item(
+                TableName=self._table,
+                Key={"id": {"S": claim.key}},
+                ConditionExpression="#owner = :me AND #status = :in_progress",
+                ExpressionAttributeNames={"#status": "status", "#owner": "owner"},
+                ExpressionAttributeValues={":me": {"S": claim.owner or ""}, ":in_progress": {"S": IN_PROGRESS}},
+            )
+        except self._ddb.exceptions.ConditionalCheckFailedException:
+            raise ClaimLostError(claim.key) from None
+
+    def hold(self, claim: Claim, seconds: float) -> None:
+        self._update(
+            claim, "SET in_progress_until = :until", "#status = :in_progress",
+            {":until": _n(self._clock() + seconds), ":in_progress": {"S": IN_PROGRESS}},
+        )
+
+    def expire(self, claim: Claim) -> None:
+        self._update(
+            claim, "SET in_progress_until = :zero", "#status IN (:in_progress, :submitted)",
+            {":zero": {"N": "0"}, ":in_progress": {"S": IN_PROGRESS}, ":submitted": {"S": SUBMITTED}},
+        )
+
+    def _update(self, claim: Claim, update: str, condition: str, values: dict[str, Any]) -> None:
+        """One write conditional on ``claim.owner`` still holding the record."""
+        try:
+            self._ddb.update_item(
+                TableName=self._table,
+                Key={"id": {"S": claim.key}},
+                UpdateExpression=update,
+                ConditionExpression=f"#owner = :me AND {condition}",
+                ExpressionAttributeNames={"#status": "status", "#owner": "owner"},
+                ExpressionAttributeValues={":me": {"S": claim.owner or ""}, **values},
+            )
+        except self._ddb.exceptions.ConditionalCheckFailedException:
+            raise ClaimLostError(claim.key) from None
+
+
+def _n(value: float) -> dict[str, str]:
+    return {"N": f"{value:.3f}"}
 
 
 def create_table(dynamodb_client: Any, name: str) -> None:

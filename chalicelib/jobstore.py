@@ -11,7 +11,8 @@ kinds of items per cluster:
   tracked job still listed by Slurm. Slurm answers ``update_time`` with *every* job
   as soon as *any* job changed, so the tracker diffs the page against ``known`` in
   memory and reads and writes the job items of only the jobs that changed. ``known``
-  is a filter, never the truth: a stale entry only costs one extra read.
+  is a filter, never the truth: a stale entry only costs one extra read. Beside it
+  ``vanished``, the checkpoint of the lookups of jobs a sweep no longer found.
 * ``lease#<cluster>``: who is polling now, and until when.
 """
 from __future__ import annotations
@@ -55,6 +56,7 @@ class TrackedJob:
     exit_code: int | None = None
     reason: str | None = None
     updated_at: str | None = None
+    restarts: int = 0
 
     @property
     def final(self) -> bool:
@@ -78,11 +80,15 @@ class TrackedJob:
 @dataclass
 class Cursor:
     """Where the last poll left off. ``known`` maps job id to an opaque ``STATE|...``
-    string the tracker compares; ``version`` makes saving it a compare-and-set."""
+    string the tracker compares; ``vanished`` maps each tracked job that a sweep no
+    longer found, and that is still to be looked up, to when slurmctld first said it
+    does not know it (None: not asked yet), in the order found; ``version`` makes
+    saving it a compare-and-set."""
 
     update_time: int | None = None
     last_sweep: float | None = None
     known: dict[int, str] = field(default_factory=dict)
+    vanished: dict[int, float | None] = field(default_factory=dict)
     version: int = 0
 
 
@@ -179,21 +185,25 @@ class DynamoDBJobStore(JobStore):
         ).get("Item")
         if not item:
             return Cursor()
-        known = json.loads(zlib.decompress(item["known"]["B"])) if "known" in item else {}
+        known, vanished = (_unpack(item[name]["B"]) if name in item else {} for name in ("known", "vanished"))
         return Cursor(
             update_time=int(item["update_time"]["N"]) if "update_time" in item else None,
             last_sweep=float(item["last_sweep"]["N"]) if "last_sweep" in item else None,
             known={int(k): v for k, v in known.items()},
+            vanished={int(k): v for k, v in vanished.items()},
             version=int(item["version"]["N"]),
         )
 
     def save_cursor(self, cluster: str, cursor: Cursor) -> bool:
-        known = zlib.compress(json.dumps(cursor.known, separators=(",", ":")).encode(), 6)
-        if len(known) > MAX_KNOWN_BYTES:  # about 6 bytes a job: ~65,000 live tracked jobs
+        known = _pack(cursor.known)
+        vanished = _pack(cursor.vanished) if cursor.vanished else b""
+        if len(known) + len(vanished) > MAX_KNOWN_BYTES:  # about 6 bytes a job: ~65,000 live tracked jobs
             raise ValueError(
                 f"{len(cursor.known)} tracked jobs do not fit in one cursor item ({len(known)} bytes compressed)"
             )
         item: dict[str, Any] = {"pk": _s(f"cursor#{cluster}"), "version": _n(cursor.version + 1), "known": {"B": known}}
+        if vanished:
+            item["vanished"] = {"B": vanished}
         if cursor.update_time is not None:
             item["update_time"] = _n(cursor.update_time)
         if cursor.last_sweep is not None:
@@ -258,6 +268,14 @@ class DynamoDBJobStore(JobStore):
         return sorted(jobs, key=lambda j: j.job_id)
 
 
+def _pack(mapping: Mapping[int, Any]) -> bytes:
+    return zlib.compress(json.dumps(mapping, separators=(",", ":")).encode(), 6)
+
+
+def _unpack(blob: bytes) -> dict[str, Any]:
+    return json.loads(zlib.decompress(blob))
+
+
 def _job_pk(cluster: str, job_id: int) -> str:
     return f"job#{cluster}#{job_id}"
 
@@ -270,7 +288,7 @@ def _n(value: float) -> dict[str, str]:
     return {"N": str(value)}
 
 
-_INT_FIELDS = {"job_id", "exit_code"}
+_INT_FIELDS = {"job_id", "exit_code", "restarts"}
 
 
 def _to_item(job: TrackedJob) -> dict[str, Any]:

@@ -69,16 +69,27 @@ class Sample:
     body: bytes
     pipeline: str | None  # the pipeline expected to take it; None: no job expected
     why: str
+    reported_as: str | None = None  # a set's job: the set's name, which its events carry as key
+
+    @property
+    def name(self) -> str:
+        """What this sample's job is reported under: the object, or its set."""
+        return self.reported_as or self.key
 
 
 def samples(run: str) -> list[Sample]:
-    """Objects for both example pipelines (pipelines/align-reads.yaml, forecast-tile.yaml)."""
+    """Objects for the example pipelines align-reads, forecast-tile and paired-reads (a
+    pair with Illumina's names: the first mate waits, the second completes the set)."""
+    pair = f"fastq/{run}/sampleB_S2_L001"
     return [
         Sample(f"reads/{run}-sampleA_R1.fastq.gz", b"@r1\nACGT\n+\nIIII\n", "align-reads", "first mate of a pair"),
         Sample(f"reads/{run}-sampleA_R2.fastq.gz", b"@r2\nTGCA\n+\nIIII\n", None, "second mate: its R1's job reads it"),
         Sample(f"reads/{run}-single.fastq.gz", b"@s\nGGCC\n+\nIIII\n", "align-reads", "single-end reads"),
         Sample(f"tiles/{run}/tile 042.tif", b"II*\x00fake tile", "forecast-tile", "a tile (space in the key)"),
         Sample(f"notes/{run}-readme.txt", b"not data", None, "matches no pipeline"),
+        Sample(f"{pair}_R1_001.fastq.gz", b"@r1\nACGT\n+\nIIII\n", None, "first mate: its set waits for R2"),
+        Sample(f"{pair}_R2_001.fastq.gz", b"@r2\nTGCA\n+\nIIII\n", "paired-reads",
+               "second mate: the pair is complete, one job for both", reported_as=f"fastq/{run}/sampleB_L001"),
     ]
 
 
@@ -96,6 +107,7 @@ class Names:
     secret: str
     idempotency_table: str
     jobs_table: str
+    sets_table: str
 
     @classmethod
     def for_cluster(cls, cluster: str) -> "Names":
@@ -110,6 +122,7 @@ class Names:
             secret=f"slurm_token_{cluster}",
             idempotency_table="slurm-trigger-local-idempotency",
             jobs_table="slurm-trigger-local-jobs",
+            sets_table="slurm-trigger-local-sets",
         )
 
 
@@ -143,6 +156,11 @@ def app_env(cluster: dict[str, Any], names: Names, endpoint: str, via: str, kit_
         "SQS_REPORT_BATCH_ITEM_FAILURES": "true",
         "IDEMPOTENCY_TABLE": names.idempotency_table,
         "JOBS_TABLE": names.jobs_table,
+        "SETS_TABLE": names.sets_table,
+        # the site values of the example pipelines, pointed at the local clusters
+        "SITE_ROOT": "/tmp/slurm-trigger-jobs",
+        "SITE_PARTITION": "debug",
+        "SITE_DATA": "/tmp/slurm-trigger-jobs/data",
         "EVENT_BUS_NAME": names.bus,
         "EVENT_SOURCE": "slurm-trigger",
         "POWERTOOLS_SERVICE_NAME": "slurm-trigger",
@@ -169,7 +187,7 @@ def _queue(sqs: Any, name: str) -> tuple[str, str]:
 def create_aws(names: Names, token: str | None, via: str) -> dict[str, str]:
     """Everything the deployed stack (infra + chalice) would provide. Idempotent. No
     ``token``: the head node kit keeps the secret (it must exist already)."""
-    from chalicelib import idempotency, jobstore
+    from chalicelib import idempotency, jobstore, setstore
 
     s3, sqs, sm, ddb, ev = (_client(s) for s in ("s3", "sqs", "secretsmanager", "dynamodb", "events"))
     tables = ddb.list_tables()["TableNames"]
@@ -177,6 +195,8 @@ def create_aws(names: Names, token: str | None, via: str) -> dict[str, str]:
         idempotency.create_table(ddb, names.idempotency_table)
     if names.jobs_table not in tables:
         jobstore.create_table(ddb, names.jobs_table)
+    if names.sets_table not in tables:
+        setstore.create_table(ddb, names.sets_table)
     if token is None:
         sm.describe_secret(SecretId=names.secret)  # written by the kit's rotation
     else:
@@ -309,7 +329,7 @@ class Pass:
         self.s3 = _client("s3")
         self.run = datetime.now(timezone.utc).strftime("%H%M%S") + uuid.uuid4().hex[:4]
         self.samples = samples(self.run)
-        self.t = Tracking({f"s3://{names.bucket}/{s.key}": s for s in self.samples if s.pipeline})
+        self.t = Tracking({f"s3://{names.bucket}/{s.name}": s for s in self.samples if s.pipeline})
         self.last_notification: dict[str, Any] | None = None
         self.redelivered = False
         self.polls = 0
@@ -537,7 +557,7 @@ class Pass:
         if not self.slurm_seen and self.slurm_error:
             problems.append(f"could not list jobs from Slurm: {self.slurm_error}")
         for s in self.samples:
-            uri = f"s3://{self.n.bucket}/{s.key}"
+            uri = f"s3://{self.n.bucket}/{s.name}"
             jobs = sorted(self.t.jobs_by_uri.get(uri, set()))
             states = [st for j in jobs for st in self.t.states.get(j, [])]
             final = next((st for st in reversed(states) if st in FINAL), None)

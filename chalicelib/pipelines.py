@@ -21,12 +21,17 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from chalicelib import collect, steps as step_section
+from chalicelib.collect import Collect
+from chalicelib.steps import Step
 from chalicelib.s3events import ObjectRef
 from chalicelib.slurm.models import JobSubmission
 from chalicelib.templating import check_template
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
-_TOP_FIELDS = {"name", "description", "match", "metadata", "job"}
+# A site value: the deployment's own setting, e.g. its partition or shared filesystem.
+_SITE = re.compile(r"@\{([a-z][a-z0-9_]*)(?::-([^}]*))?\}")
+_TOP_FIELDS = {"name", "description", "match", "metadata", "job", "steps", "collect"}
 _MATCH_FIELDS = {"bucket", "prefix", "suffix", "glob", "exclude", "min_size"}
 
 
@@ -46,10 +51,13 @@ class Match:
     exclude: tuple[str, ...] = ()
     min_size: int | None = None
 
+    def in_scope(self, ref: ObjectRef) -> bool:
+        """Bucket and prefix: where a set's marker or manifest may land."""
+        return (not self.buckets or ref.bucket in self.buckets) and ref.key.startswith(self.prefix)
+
     def __call__(self, ref: ObjectRef) -> bool:
         return (
-            (not self.buckets or ref.bucket in self.buckets)
-            and ref.key.startswith(self.prefix)
+            self.in_scope(ref)
             and ref.key.endswith(self.suffix)
             and (self.glob is None or fnmatchcase(ref.key, self.glob))
             and not any(fnmatchcase(ref.key, g) for g in self.exclude)
@@ -65,6 +73,19 @@ class Pipeline:
     metadata: bool = False  # fetch the object's user metadata (one HeadObject per object)
     file: str = ""
     description: str = ""
+    collect: Collect | None = None  # a set of objects makes one job (docs/trigger.md#sets)
+    steps: tuple[Step, ...] = ()  # several jobs chained by dependencies, instead of ``template``
+
+    @property
+    def jobs(self) -> tuple[Step, ...]:
+        """What to submit, in order: the steps, or the one job."""
+        return self.steps or (Step(None, self.template),)
+
+    def accepts(self, ref: ObjectRef) -> bool:
+        """A member (``match``), or the marker or manifest of a set."""
+        if self.collect is not None and self.collect.is_control(ref):
+            return self.match.in_scope(ref)
+        return self.match(ref)
 
 
 def _strings(value: Any, what: str) -> tuple[str, ...]:
@@ -96,11 +117,32 @@ def _match(data: Any) -> Match:
     )
 
 
-def _template(data: Any, folder: Path) -> tuple[JobSubmission, str]:
+def _site(value: Any, site: Mapping[str, str]) -> Any:
+    """``@{name}`` (or ``@{name:-default}``) in a job's fields → the deployment's
+    ``SITE_<NAME>`` setting, so one pipeline file runs on every cluster: the partition,
+    the shared filesystem. Trusted (the operator's), so allowed in every field; the
+    script gets them through its ``environment``."""
+    if isinstance(value, str):
+        def one(m: re.Match[str]) -> str:
+            if m.group(1) in site:
+                return site[m.group(1)]
+            if m.group(2) is not None:
+                return m.group(2)
+            raise ValueError(f"@{{{m.group(1)}}} needs the setting SITE_{m.group(1).upper()}")
+
+        return _SITE.sub(one, value)
+    if isinstance(value, Mapping):
+        return {k: v if k == "script" else _site(v, site) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_site(v, site) for v in value]
+    return value
+
+
+def _template(data: Any, folder: Path, site: Mapping[str, str] | None = None) -> tuple[JobSubmission, str]:
     """The job template, and how errors name its script."""
     if not isinstance(data, Mapping):
         raise ValueError("'job' must be an object in the JobSubmission form")
-    job = dict(data)
+    job = {k: v for k, v in _site(data, site or {}).items() if v != ""}  # "@{partition:-}": Slurm's default
     script_file = job.pop("script_file", None)
     if script_file is not None:
         if "script" in job:
@@ -109,9 +151,9 @@ def _template(data: Any, folder: Path) -> tuple[JobSubmission, str]:
     return JobSubmission.from_dict(job), "'script'" if script_file is None else f"script_file {script_file}"
 
 
-def parse(data: Any, file: Path) -> Pipeline:
+def parse(data: Any, file: Path, site: Mapping[str, str] | None = None) -> Pipeline:
     """One pipeline from the parsed YAML of ``file`` (relative script files resolve
-    against its folder)."""
+    against its folder; ``@{name}`` is the site value ``site[name]``)."""
     if not isinstance(data, Mapping):
         raise PipelineError(f"{file}: a pipeline file holds one YAML object")
     name = data.get("name")
@@ -125,8 +167,34 @@ def parse(data: Any, file: Path) -> Pipeline:
         metadata = data.get("metadata", False)
         if not isinstance(metadata, bool):
             raise ValueError("'metadata' must be true or false")
-        template, script_name = _template(data.get("job"), file.parent)
-        check_template(template, metadata=metadata, script_name=script_name)
+        if "steps" in data and "job" in data:
+            raise ValueError("give either 'job' or 'steps', not both")
+        script_names: dict[int, str] = {}
+
+        def template_of(job: Any) -> JobSubmission:
+            template, script_names[id(template)] = _template(job, file.parent, site)
+            return template
+
+        steps: tuple[Step, ...] = ()
+        if "steps" in data:
+            steps = step_section.parse(data["steps"], template_of)
+            template = steps[0].template
+        else:
+            template = template_of(data.get("job"))
+        jobs = steps or (Step(None, template),)
+        arrays = [j.template.array for j in jobs if j.template.array]
+        spec = collect.parse(data["collect"], template_array=arrays[0] if arrays else None) if "collect" in data else None
+        if spec is not None and metadata:
+            raise ValueError("'metadata' is per object: a set pipeline cannot use it")
+        if spec is None and any(j.array for j in jobs):
+            raise ValueError("'as: array' makes one task per member of a set: it needs 'collect'")
+        for job in jobs:
+            script_name = script_names.get(id(job.template), "'script'")
+            if spec is None:
+                check_template(job.template, metadata=metadata, script_name=script_name)
+            else:
+                check_template(job.template, metadata=False, script_name=script_name,
+                               variables=collect.template_variables(spec))
         return Pipeline(
             name=name,
             match=_match(data.get("match")),
@@ -134,6 +202,8 @@ def parse(data: Any, file: Path) -> Pipeline:
             metadata=metadata,
             file=str(file),
             description=str(data.get("description") or ""),
+            collect=spec,
+            steps=steps,
         )
     except (ValueError, OSError) as exc:  # TemplateError is a ValueError
         raise PipelineError(f"{label}: {exc}") from exc
@@ -147,14 +217,14 @@ def _files(path: Path) -> list[Path]:
     raise PipelineError(f"{path}: no such pipeline file or directory")
 
 
-def load_all(path: str | Path) -> tuple[list[Pipeline], list[PipelineError]]:
+def load_all(path: str | Path, site: Mapping[str, str] | None = None) -> tuple[list[Pipeline], list[PipelineError]]:
     """Every pipeline that loads, and an error for every one that does not."""
     pipelines: list[Pipeline] = []
     errors: list[PipelineError] = []
     seen: dict[str, str] = {}
     for file in _files(Path(path)):
         try:
-            pipeline = parse(yaml.safe_load(file.read_text(encoding="utf-8")), file)
+            pipeline = parse(yaml.safe_load(file.read_text(encoding="utf-8")), file, site)
         except PipelineError as exc:
             errors.append(exc)
             continue
@@ -169,15 +239,15 @@ def load_all(path: str | Path) -> tuple[list[Pipeline], list[PipelineError]]:
     return pipelines, errors
 
 
-def load(path: str | Path) -> list[Pipeline]:
+def load(path: str | Path, site: Mapping[str, str] | None = None) -> list[Pipeline]:
     """All pipelines, or a ``PipelineError`` listing every problem."""
-    pipelines, errors = load_all(path)
+    pipelines, errors = load_all(path, site)
     if errors:
         raise PipelineError("\n".join(map(str, errors)))
     return pipelines
 
 
 def matching(pipelines: Iterable[Pipeline], ref: ObjectRef) -> list[Pipeline]:
-    """Every pipeline whose match accepts ``ref``, in file order."""
-    return [p for p in pipelines if p.match(ref)]
+    """Every pipeline that accepts ``ref``, in file order."""
+    return [p for p in pipelines if p.accepts(ref)]
 

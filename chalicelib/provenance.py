@@ -6,11 +6,13 @@ so the two share no table and a job stays traceable from ``squeue`` too.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 MARKER = "slurm-trigger:"
+MAX_COMMENT = 1024  # slurmctld refuses longer comments ("Pathname ... too long")
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class Source:
     version_id: str | None = None
     etag: str | None = None
     idempotency_key: str | None = None
+    step: str | None = None  # the step of a pipeline with ``steps``
 
     @property
     def s3_uri(self) -> str:
@@ -35,35 +38,78 @@ class Source:
 
     def to_detail(self) -> dict[str, Any]:
         """The camelCase form used in EventBridge events."""
-        return {
+        detail = {
             "bucket": self.bucket,
             "key": self.key,
             "versionId": self.version_id,
             "s3Uri": self.s3_uri,
             "pipeline": self.pipeline,
         }
+        if self.step is not None:
+            detail["step"] = self.step
+        return detail
 
 
 def encode(source: Source, comment: str | None = None) -> str:
-    """A Slurm comment: the template's own comment (if any), then the marker and JSON."""
+    """A Slurm comment: the template's own comment (if any), then the marker and JSON.
+
+    Inside the JSON the marker's colon is written ``\\u003a``, so the real marker is
+    always the last one in the comment, whatever the key or the template's comment
+    (which may carry the key through ``${basename}``) hold."""
     payload = json.dumps(
         {k: v for k, v in asdict(source).items() if v is not None},
         separators=(",", ":"),
         ensure_ascii=True,
-    )
+    ).replace(MARKER, _ESCAPED_MARKER)
     prefix = f"{comment.strip()} " if comment and comment.strip() else ""
     return f"{prefix}{MARKER}{payload}"
 
 
+def comment(source: Source, template_comment: str | None) -> str:
+    """The provenance comment, within Slurm's limit. Long keys (up to 1,024 bytes, and
+    JSON escapes non-ASCII six-fold) first lose the template's comment, then the
+    key is shortened, ending in "...". The idempotency key always stays whole, and
+    the job's environment and the trigger's event carry the full object key."""
+    text = encode(source, template_comment)
+    if len(text.encode()) <= MAX_COMMENT:
+        return text
+    key = source.key
+    text = encode(source)
+    while len(text.encode()) > MAX_COMMENT:
+        key = key[: max(0, len(key) - (len(text.encode()) - MAX_COMMENT) - 3)]
+        text = encode(dataclasses.replace(source, key=key + "..."))
+    return text
+
+
 def decode(comment: str | None) -> Source | None:
-    """The source stamped by ``encode``, or None for jobs slurm-trigger did not submit."""
-    if not comment or MARKER not in comment:
-        return None
-    # The first marker: the template's comment is trusted and comes first; the object
-    # key (untrusted, may contain the marker) only ever appears inside the JSON.
-    _, _, payload = comment.partition(MARKER)
+    """The source stamped by ``encode``, or None for jobs slurm-trigger did not submit.
+
+    The payload always ends the comment, so the answer is the last marker whose rest
+    is exactly one JSON object of a ``Source``. Looking further back only matters for
+    comments written before the marker was escaped in the JSON (jobs in flight during
+    an upgrade): a marker inside a key there is followed by the rest of a JSON string
+    and ``","pipeline":...``, which never parses; the real marker before it does."""
+    end = len(comment or "")
+    while comment and (at := comment.rfind(MARKER, 0, end)) >= 0:
+        source = _source(comment[at + len(MARKER) :])
+        if source is not None:
+            return source
+        end = at  # the marker cannot overlap itself: the previous one ends before it
+    return None
+
+
+_ESCAPED_MARKER = MARKER[:-1] + "\\u003a"
+_FIELDS = frozenset(f.name for f in fields(Source))
+
+
+def _source(payload: str) -> Source | None:
+    """A ``Source`` from exactly one JSON object of string fields, else None."""
     try:
         data = json.loads(payload)
-        return Source(**data)
-    except (ValueError, TypeError):
+    except ValueError:
         return None
+    if not isinstance(data, dict) or not _FIELDS.issuperset(data) or not all(isinstance(v, str) for v in data.values()):
+        return None
+    if not all(name in data for name in ("bucket", "key", "pipeline")):
+        return None
+    return Source(**data)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Mapping
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SITE_PREFIX = "SITE_"  # SITE_PARTITION=compute is @{partition} in pipeline files
 
 
 def _bool(value: str | None, default: bool = False) -> bool:
@@ -104,6 +105,9 @@ class Settings:
     allow_http: bool = False  # plain HTTP to a non-loopback address (logs a warning); PCS implies it
     connect_timeout: float = 3.05
     read_timeout: float = 30.0
+    # slurmctld's slowest answer: a submit's job may still appear this long after the
+    # read timeout, so an unknown outcome keeps its claim read_timeout + this long
+    submit_settle_seconds: float = 60.0
     retries: int = 3
     max_connections: int = 4  # per container; the head node kit caps slurmrestd's side
     # More clusters, by name: JSON {"<name>": {"SLURM_...": "...", ...}} (see targets())
@@ -113,8 +117,10 @@ class Settings:
     pipelines_path: str = str(PROJECT_ROOT / "pipelines")
     idempotency_table: str = "slurm-trigger-idempotency"
     idempotency_ttl_days: int = 30
-    idempotency_in_progress_seconds: int = 90  # a little over the Lambda timeout
+    idempotency_in_progress_seconds: int = 60  # an attempt's deadline where none is known (not Lambda)
     include_object_metadata: bool = False
+    sets_table: str = "slurm-trigger-sets"  # membership of sets (pipelines with `collect`)
+    site: Mapping[str, str] = field(default_factory=dict)  # SITE_<NAME>: @{name} in pipeline files
     # True only where the SQS event source mapping has ReportBatchItemFailures (the
     # `chalice package` route sets both); elsewhere a partial batch must fail whole.
     sqs_report_batch_item_failures: bool = False
@@ -122,6 +128,7 @@ class Settings:
     # --- the tracker
     jobs_table: str = "slurm-trigger-jobs"
     track_all_jobs: bool = False
+    tracker_max_lookups: int = 200  # vanished jobs looked up per poll at most
 
     # --- events and metrics
     event_bus: str = "default"
@@ -194,17 +201,21 @@ class Settings:
             allow_http=_bool(g("SLURM_ALLOW_HTTP")),
             connect_timeout=float(g("SLURM_CONNECT_TIMEOUT") or 3.05),
             read_timeout=float(g("SLURM_READ_TIMEOUT") or 30.0),
+            submit_settle_seconds=float(g("SLURM_SUBMIT_SETTLE_SECONDS") or 60.0),
             retries=_int(g("SLURM_RETRIES"), 3),
             max_connections=_int(g("SLURM_MAX_CONNECTIONS"), 4),
             targets_json=g("SLURM_TARGETS") or None,
             pipelines_path=g("PIPELINES_PATH") or str(PROJECT_ROOT / "pipelines"),
             idempotency_table=g("IDEMPOTENCY_TABLE", "slurm-trigger-idempotency"),
             idempotency_ttl_days=_int(g("IDEMPOTENCY_TTL_DAYS"), 30),
-            idempotency_in_progress_seconds=_int(g("IDEMPOTENCY_IN_PROGRESS_SECONDS"), 90),
+            idempotency_in_progress_seconds=_int(g("IDEMPOTENCY_IN_PROGRESS_SECONDS"), 60),
             include_object_metadata=_bool(g("INCLUDE_OBJECT_METADATA")),
+            sets_table=g("SETS_TABLE", "slurm-trigger-sets"),
+            site={k[len(SITE_PREFIX):].lower(): v for k, v in e.items() if k.startswith(SITE_PREFIX) and len(k) > len(SITE_PREFIX)},
             sqs_report_batch_item_failures=_bool(g("SQS_REPORT_BATCH_ITEM_FAILURES")),
             jobs_table=g("JOBS_TABLE", "slurm-trigger-jobs"),
             track_all_jobs=_bool(g("TRACK_ALL_JOBS")),
+            tracker_max_lookups=_int(g("TRACKER_MAX_LOOKUPS"), 200),
             event_bus=g("EVENT_BUS_NAME", "default"),
             event_source=g("EVENT_SOURCE", "slurm-trigger"),
             metrics_namespace=g("POWERTOOLS_METRICS_NAMESPACE", "SlurmTrigger"),

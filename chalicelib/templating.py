@@ -21,7 +21,7 @@ import functools
 import posixpath
 import re
 import string
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 from chalicelib import shellscan
 from chalicelib.s3events import ObjectRef
@@ -208,13 +208,16 @@ _FIELDS: dict[str, Callable[[str], str]] = {
     "standard_output": _path_safe,
     "standard_error": _path_safe,
 }
-_VERBATIM_FIELDS = ("partition", "array")
+_VERBATIM_FIELDS = ("partition", "array", "dependency")
 
 
-def check_template(sub: JobSubmission, *, metadata: bool, script_name: str = "'script'") -> None:
-    """Every variable used is known, and variables appear only where they are
-    referenced safely or sanitized. Run when pipelines load, so errors surface before
-    any object. ``script_name`` names the script in errors (its ``script_file``)."""
+def check_template(
+    sub: JobSubmission, *, metadata: bool, script_name: str = "'script'", variables: Collection[str] = VARIABLES
+) -> None:
+    """Every variable used is known (``variables``: an object's, or a set's), and
+    variables appear only where they are referenced safely or sanitized. Run when
+    pipelines load, so errors surface before any object. ``script_name`` names the
+    script in errors (its ``script_file``)."""
     texts: list[tuple[str, str]] = [(f, getattr(sub, f)) for f in ("script", *_FIELDS) if getattr(sub, f)]
     texts += [(f"environment.{k}", v) for k, v in sub.environment.items()]
     for name in sub.environment:
@@ -231,7 +234,7 @@ def check_template(sub: JobSubmission, *, metadata: bool, script_name: str = "'s
             raise TemplateError(f"template variables are not allowed in {field!r}")
     for field, text in texts:
         for var in identifiers(text):
-            if var in VARIABLES or (metadata and var.startswith(METADATA_PREFIX)):
+            if var in variables or (metadata and var.startswith(METADATA_PREFIX)):
                 continue
             hint = " (set 'metadata: true' to use object metadata)" if var.startswith(METADATA_PREFIX) else ""
             raise TemplateError(f"unknown template variable ${{{var}}} in {field!r}{hint}")

@@ -8,9 +8,12 @@ and every save is conditional on the state it replaces.
 Slurm answers ``GET /jobs?update_time=`` with every job as soon as any job changed, so
 the page is diffed in memory against the cursor's ``known`` map first: the store is
 read and written for the jobs whose state moved, not for every job of the cluster.
-Every ``sweep_seconds`` the poll lists all jobs without ``update_time`` and looks up by
-id each tracked unfinished job that is no longer listed; one Slurm does not know any
-more becomes ``LOST`` (final); docs/tracker.md says why and what it carries.
+The next ``update_time`` is Slurm's own clock from that answer. Every ``sweep_seconds``
+the poll lists all jobs without ``update_time``; each tracked unfinished job no longer
+listed joins the cursor's ``vanished`` queue, which every poll works through a bounded
+share of: by id in slurmctld, then in accounting (slurmdbd) where the cluster has it;
+a job neither knows becomes ``LOST`` (final). A requeued job (same id, a restart more,
+a new submit time) is followed, not taken for a new job. docs/tracker.md says why.
 """
 from __future__ import annotations
 
@@ -31,18 +34,32 @@ from chalicelib.jobevents import DETAIL_TYPE, event_id, job_resources
 from chalicelib.jobstore import LOST, TRACKER_FINAL_STATES, Cursor, DynamoDBJobStore, JobStore, TrackedJob
 from chalicelib.observability import SERVICE, logger, tracer
 from chalicelib.provenance import Source
+from chalicelib.slurm.dialects import server_time
 from chalicelib.slurm.errors import SlurmError, SlurmNotFoundError
 from chalicelib.slurm.models import Job, JobKey, JobsPage, job_key
 
 LOST_REASON = "job no longer known to Slurm"
+REQUEUED = "REQUEUED"  # in stateFlags of the event of a requeue (Slurm itself shows no such flag)
+COMPLETING = "COMPLETING"
 
 
 class SlurmJobs(Protocol):
-    """The part of ``SlurmClient`` the tracker uses."""
+    """The part of ``SlurmClient`` the tracker uses. ``diag``, ``accounting`` and
+    ``get_accounting_job`` are read with ``getattr``: a client without them works,
+    with the cursor from ``last_update`` only and ``LOST`` instead of accounting."""
 
     def list_jobs(self, update_time: int | None = None) -> JobsPage: ...
 
     def get_job(self, job_id: int) -> Job: ...
+
+    def diag(self) -> dict[str, Any]: ...
+
+    @property
+    def accounting(self) -> bool:
+        """The server serves ``/slurmdb/`` (slurmdbd behind it)."""
+
+    def get_accounting_job(self, job_id: int) -> Job | None:
+        """The job as accounting knows it; None when it does not (yet)."""
 
 
 @dataclass
@@ -60,6 +77,8 @@ class PollResult:
     conflicts: int = 0
     lost: int = 0
     deferred: int = 0
+    looked_up: int = 0
+    to_look_up: int = 0
     pending: int = 0
     running: int = 0
     duration_ms: float = 0.0
@@ -71,7 +90,7 @@ class PollResult:
 @dataclass
 class _Change:
     """A transition about to be published: the job as Slurm shows it now, its event,
-    and its ``known`` entry (None for LOST, which leaves ``known``)."""
+    and its ``known`` entry (None when the job left slurmctld: LOST or accounting's)."""
 
     new: TrackedJob
     old: TrackedJob | None
@@ -82,12 +101,15 @@ class _Change:
 class Tracker:
     """Poll one cluster.
 
-    ``margin``: seconds subtracted from our own clock for the next ``update_time``
-    (clock skew with the head node, second granularity). ``sweep_seconds``: how often
-    a poll lists every job and looks up vanished ones. ``lease_seconds``: longer than
-    any poll (the Lambda timeout). ``max_changes``: jobs diffed against the store per
-    poll at most (0: no limit), so a first poll over a busy cluster fits in one
-    invocation; the others wait for the next poll.
+    ``sweep_seconds``: how often a poll lists every job and queues the vanished ones.
+    ``lease_seconds``: longer than any poll (the Lambda timeout). ``max_changes``:
+    jobs diffed against the store per poll at most (0: no limit), so a first poll over
+    a busy cluster fits in one invocation; the others wait for the next poll.
+    ``max_lookups``: vanished jobs looked up per poll at most (0: no limit); lookups
+    also stop once a third of the lease has passed or at the first Slurm error, and
+    the next poll goes on where this one stopped. ``lost_after``: seconds accounting
+    may take to know a job slurmctld forgot (slurmdbd lags, or queues its records
+    while down) before the job is ``LOST``.
     """
 
     def __init__(
@@ -98,10 +120,11 @@ class Tracker:
         cluster: str,
         *,
         track_all: bool = False,
-        margin: int = 10,
         sweep_seconds: float = 600,
         lease_seconds: float = 300,
         max_changes: int = 2000,
+        max_lookups: int = 200,
+        lost_after: float = 600,
         owner: str | None = None,
         clock: Any = time.time,
     ) -> None:
@@ -110,10 +133,11 @@ class Tracker:
         self.bus = bus
         self.cluster = cluster
         self.track_all = track_all
-        self.margin = margin
         self.sweep_seconds = sweep_seconds
         self.lease_seconds = lease_seconds
         self.max_changes = max_changes
+        self.max_lookups = max_lookups
+        self.lost_after = lost_after
         self.owner = owner or uuid.uuid4().hex
         self._clock = clock
 
@@ -129,42 +153,48 @@ class Tracker:
         """
         began = time.perf_counter()
         result = PollResult(self.cluster)
-        if not self.store.acquire_lease(self.cluster, self.owner, lease_seconds or self.lease_seconds):
+        lease = lease_seconds or self.lease_seconds
+        if not self.store.acquire_lease(self.cluster, self.owner, lease):
             logger.info("another poll holds the lease; skipping", extra={"cluster": self.cluster})
             result.skipped = True
             return result
         try:
             with _gc_paused():
-                self._poll(result, sweep)
+                self._poll(result, sweep, lookups_until=self._clock() + lease / 3)
         finally:
             self.store.release_lease(self.cluster, self.owner)
             result.duration_ms = (time.perf_counter() - began) * 1000
         return result
 
-    def _poll(self, result: PollResult, sweep: bool | None) -> None:
+    def _poll(self, result: PollResult, sweep: bool | None, lookups_until: float) -> None:
         cursor = self.store.load_cursor(self.cluster)
         now = self._clock()
         if sweep is None:
             sweep = cursor.update_time is None or cursor.last_sweep is None or now - cursor.last_sweep >= self.sweep_seconds
         result.sweep = sweep
+        asked = time.monotonic()
         page = self.client.list_jobs(None if sweep else cursor.update_time)
-        result.changed, last_update = page.changed, page.last_update
+        result.changed = page.changed
+        slurm_now = (page.last_update or self._server_time(asked)) if page.changed else None
         moved, listed = self._scan(page, cursor, result)
         del page  # the decoded answer (~200 MB at 10,000 jobs) goes before the events are built
-        vanished: list[int] = []
         if sweep:
             for job_id in [i for i in cursor.known if i not in listed]:
                 if _state_of(cursor.known[job_id]) in TRACKER_FINAL_STATES:
                     del cursor.known[job_id]  # gone after MinJobAge, as expected
                 else:
-                    vanished.append(job_id)
+                    cursor.vanished.setdefault(job_id, None)
+        for job_id in [i for i in cursor.vanished if i in listed or i not in cursor.known]:
+            del cursor.vanished[job_id]  # listed again (diffed as usual), or no longer tracked
 
         if self.max_changes and len(moved) > self.max_changes:
             # Bounded work per invocation: the rest stay unsaved and the cursor does not
             # advance, so the next poll lists them again and takes the next share.
             result.deferred = len(moved) - self.max_changes
             moved = moved[: self.max_changes]
-        stored = self.store.get_jobs(self.cluster, [j.job_id for j, _, _ in moved] + vanished) if (moved or vanished) else {}
+        todo = list(cursor.vanished)[: self.max_lookups or None]
+        ids = [j.job_id for j, _, _ in moved] + todo
+        stored = self.store.get_jobs(self.cluster, ids) if ids else {}
         changes: list[_Change] = []
         updated_at = iso(now)
         for job, src, fp in moved:
@@ -173,10 +203,7 @@ class Tracker:
                 changes.append(change)
             else:  # known was stale (e.g. a crash after saving the job): refresh only
                 cursor.known[job.job_id] = fp
-        for job_id in vanished:
-            change = self._vanished(job_id, stored.get(job_id), cursor, updated_at)
-            if change:
-                changes.append(change)
+        changes += self._look_up(todo, stored, cursor, updated_at, lookups_until, result)
 
         failed_ids: set[str | None] = set()
         error: EventBusError | None = None
@@ -195,22 +222,39 @@ class Tracker:
             else:
                 result.conflicts += 1
                 logger.warning("job state changed under us; not saved", extra={"cluster": self.cluster, "job_id": change.new.job_id})
-            if change.fingerprint is None:  # LOST: Slurm will never list it again
+            cursor.vanished.pop(change.new.job_id, None)
+            if change.fingerprint is None:  # gone from slurmctld: it will never list it again
                 cursor.known.pop(change.new.job_id, None)
-                result.lost += 1
+                result.lost += change.new.state == LOST
             else:
                 cursor.known[change.new.job_id] = change.fingerprint
 
-        if error is None and result.changed and not result.deferred:
-            cursor.update_time = max(last_update or 0, int(now) - self.margin)
+        if error is None and slurm_now is not None and not result.deferred:
+            cursor.update_time = slurm_now
         if sweep and error is None:
             cursor.last_sweep = now
         states = Counter(_state_of(v) for v in cursor.known.values())
         result.pending, result.running = states["PENDING"], states["RUNNING"]
+        result.to_look_up = len(cursor.vanished)
         if not self.store.save_cursor(self.cluster, cursor):
             logger.warning("cursor saved by someone else meanwhile; keeping theirs", extra={"cluster": self.cluster})
         if error is not None:
             raise error
+
+    def _server_time(self, asked: float) -> int | None:
+        """Slurm's clock for answers without ``last_update`` (v0.0.38, v0.0.39): diag's
+        time less the whole seconds since the listing was asked for, and one more for
+        the rounding, so it is never later than the moment slurmctld built the listing.
+        None (the cursor stays) when there is no diag or it fails."""
+        diag = getattr(self.client, "diag", None)
+        if diag is None:
+            return None
+        try:
+            seconds = server_time(diag() or {})
+        except SlurmError as exc:
+            logger.warning("GET /diag failed; update_time stays", extra={"cluster": self.cluster, "error": str(exc)})
+            return None
+        return None if seconds is None else seconds - 1 - int(time.monotonic() - asked)
 
     def _scan(self, page: JobsPage, cursor: Cursor, result: PollResult) -> tuple[list[tuple[Job, Source | None, str]], set[int]]:
         """The tracked jobs whose key differs from ``known`` (parsed, with their source
@@ -233,31 +277,98 @@ class Tracker:
         return moved, listed
 
     def _diff(self, job: Job, src: Source | None, old: TrackedJob | None, updated_at: str | None) -> _Change | None:
+        """The transition from ``old`` to ``job``, or None when there is none.
+
+        A requeue keeps the job id, counts a restart and gives a new submit time: the
+        job is followed (``previousState`` is its last state, ``REQUEUED`` is flagged).
+        While the requeue is still completing Slurm shows the old submit time; the event
+        waits for the new one, which makes its eventId that of the new run's state (the
+        same whichever poll, or the head node's push, publishes it) and keeps it apart
+        from the old run's. A new submit time without a restart more is another job that
+        got the same id."""
         previous = old.state if old is not None else None
         submitted_at = iso(job.submit_time)
-        if old is not None and old.submitted_at and submitted_at and old.submitted_at != submitted_at:
-            previous = None  # Slurm reused the id: a new job in the same item
-        elif previous == job.state:
+        requeued = old is not None and job.restarts > old.restarts
+        if old is not None and old.submitted_at and submitted_at and old.submitted_at != submitted_at and not (
+            job.restarts and job.restarts >= old.restarts
+        ):
+            previous, requeued = None, False  # Slurm reused the id: a new job in the same item
+        elif requeued and old is not None and submitted_at == old.submitted_at and COMPLETING in job.state_flags:
+            return None  # the requeue is still completing
+        elif previous == job.state and not requeued:
             return None
         new = tracked_from_job(self.cluster, job, src, previous_state=previous, updated_at=updated_at)
-        return _Change(new, old, self._event(new, job.state_flags, job.signal), _fingerprint(job_key(job)))
+        flags = job.state_flags + (REQUEUED,) if requeued and REQUEUED not in job.state_flags else job.state_flags
+        return _Change(new, old, self._event(new, flags, job.signal), _fingerprint(job_key(job)))
+
+    def _look_up(
+        self, todo: list[int], stored: dict[int, TrackedJob], cursor: Cursor, updated_at: str | None, until: float, result: PollResult
+    ) -> list[_Change]:
+        """Work through ``todo`` (the head of the ``vanished`` queue) until the time is
+        up or Slurm fails: what is left stays queued for the next poll."""
+        changes = []
+        for job_id in todo:
+            if self._clock() >= until:
+                logger.info("lookup time used up; the next poll goes on", extra={"cluster": self.cluster, "left": len(cursor.vanished)})
+                break
+            result.looked_up += 1
+            try:
+                change = self._vanished(job_id, stored.get(job_id), cursor, updated_at)
+            except SlurmError as exc:
+                logger.warning("could not look up a vanished job; the next poll goes on from it", extra={"cluster": self.cluster, "job_id": job_id, "error": str(exc)})
+                break
+            if change:
+                changes.append(change)
+        return changes
 
     def _vanished(self, job_id: int, old: TrackedJob | None, cursor: Cursor, updated_at: str | None) -> _Change | None:
-        """A tracked unfinished job missing from the full listing: ask for it by id."""
-        try:
-            job = self.client.get_job(job_id)
-        except SlurmNotFoundError:
-            job = None
-        except SlurmError as exc:
-            logger.warning("could not look up a vanished job; next sweep will", extra={"job_id": job_id, "error": str(exc)})
-            return None
-        if job is not None:
-            return self._diff(job, provenance.decode(job.comment), old, updated_at)
+        """A tracked unfinished job missing from the full listing: by id in slurmctld
+        (once), then in accounting (each poll until ``lost_after``), else ``LOST``.
+        None when there is nothing to publish (yet); raises ``SlurmError`` to stop."""
+        now = self._clock()
+        missing_since = cursor.vanished[job_id]
+        if missing_since is None:
+            try:
+                job: Job | None = self.client.get_job(job_id)
+            except SlurmNotFoundError:
+                job = None
+            if job is not None:
+                change = self._diff(job, provenance.decode(job.comment), old, updated_at)
+                if change is None:
+                    self._forget(job_id, cursor, _fingerprint(job_key(job)))
+                return change
+            missing_since = cursor.vanished[job_id] = now
         if old is None:  # only in known: nothing to say about it
-            cursor.known.pop(job_id, None)
+            self._forget(job_id, cursor)
             return None
+        if getattr(self.client, "accounting", False):
+            try:
+                job = self.client.get_accounting_job(job_id)  # type: ignore[attr-defined]
+            except SlurmError:
+                if now - missing_since < self.lost_after:
+                    raise
+                job = None
+            if job is not None and job.is_final and not _earlier(job, old):
+                change = self._diff(job, provenance.decode(job.comment) or old.source, old, updated_at)
+                if change is None:
+                    self._forget(job_id, cursor)
+                    return None
+                change.fingerprint = None  # gone from slurmctld: leaves known when saved
+                return change
+            if now - missing_since < self.lost_after:
+                del cursor.vanished[job_id]  # slurmdbd may not have it yet: ask again at the
+                cursor.vanished[job_id] = missing_since  # queue's end, after the others
+                return None
         new = replace(old, state=LOST, previous_state=old.state, reason=LOST_REASON, updated_at=updated_at)
         return _Change(new, old, self._event(new, (), None), None)
+
+    @staticmethod
+    def _forget(job_id: int, cursor: Cursor, fingerprint: str | None = None) -> None:
+        cursor.vanished.pop(job_id, None)
+        if fingerprint is None:
+            cursor.known.pop(job_id, None)
+        else:
+            cursor.known[job_id] = fingerprint
 
     def _event(self, job: TrackedJob, flags: tuple[str, ...], signal: int | None) -> Event:
         return Event(
@@ -266,6 +377,12 @@ class Tracker:
             resources=resources(job),
             event_id=event_id(job.cluster, job.job_id, job.state, job.submitted_at),
         )
+
+
+def _earlier(job: Job, old: TrackedJob) -> bool:
+    """Accounting's record is of an earlier job that had the same id (submitted before ours)."""
+    submitted = iso(job.submit_time)
+    return bool(submitted and old.submitted_at and submitted < old.submitted_at)
 
 
 @contextmanager
@@ -320,6 +437,7 @@ def tracked_from_job(cluster: str, job: Job, src: Source | None, **extra: Any) -
         ended_at=iso(job.end_time),
         exit_code=job.exit_code,
         reason=job.reason,
+        restarts=job.restarts,
         **extra,
     )
 
@@ -360,6 +478,7 @@ def record_metrics(result: PollResult, metrics: Any) -> None:
     metrics.add_metric(name="JobsPending", unit=MetricUnit.Count, value=result.pending)
     metrics.add_metric(name="JobsRunning", unit=MetricUnit.Count, value=result.running)
     metrics.add_metric(name="JobsSeenPerPoll", unit=MetricUnit.Count, value=result.jobs_seen)
+    metrics.add_metric(name="VanishedJobsToLookUp", unit=MetricUnit.Count, value=result.to_look_up)
     metrics.add_metric(name="PollDuration", unit=MetricUnit.Milliseconds, value=result.duration_ms)
     for state, count in sorted(result.by_state().items()):
         with single_metric(
@@ -376,4 +495,5 @@ def build_tracker(settings: Any, slurm_client: SlurmJobs, dynamodb_client: Any, 
     """The tracker as ``settings`` describe it (the scheduled handler and the CLI)."""
     store = DynamoDBJobStore(dynamodb_client, settings.jobs_table)
     bus = EventBus(events_client, settings.event_bus, settings.event_source)
+    options.setdefault("max_lookups", settings.tracker_max_lookups)
     return Tracker(slurm_client, store, bus, settings.cluster_name, track_all=settings.track_all_jobs, **options)

@@ -1,23 +1,27 @@
 """Object → exactly one Slurm job per matching pipeline: the path all subscriptions share.
 
-For each pipeline an object matches: render the job, claim the object version's
-idempotency key, submit (or adopt the job an earlier, silent attempt made), publish
-"Slurm Job Submitted", then record the job id. Failures split in two:
+For each pipeline an object matches: render the job, then ``Trigger.submit_rendered``:
+claim the object version's idempotency key (an owned lease), submit (or adopt the job
+an earlier, silent attempt made), record the job id with its event (the outbox), publish
+"Slurm Job Submitted" from that record, complete. Failures split in two:
 
 * transient (Slurm unreachable or 5xx, token refused twice, a claim in progress,
-  AWS errors): raised, so Lambda or SQS delivers the object again later; the claim is
-  released when Slurm certainly has no job, else expired so the retry asks Slurm first.
+  AWS errors): raised, so Lambda or SQS delivers the object again later. The claim is
+  released when Slurm certainly has no job; held for the settle time when a submit's
+  outcome is unknown, then taken over by a retry that asks Slurm first; a recorded job
+  is published by the retry and never submitted again.
 * permanent (template error, control characters, Slurm rejects the body): a
   "Slurm Job Submission Failed" event, a log line, ``SubmissionFailures``; the claim is
   released (a fixed pipeline can run again, e.g. by ``backfill``); nothing is raised.
 
 Everything per container (clients, pipelines, the negotiated version) is built once and
-handed in; a ``Trigger`` holds no per-event state.
+handed in; a ``Trigger`` holds no per-event state. docs/trigger.md#exactly-once has the
+state machine and its limits.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import time
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -26,37 +30,24 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from chalicelib import provenance, s3events
 from chalicelib.eventbus import Event, EventBus
-from chalicelib.idempotency import Claim, DynamoDBIdempotencyStore, IdempotencyStore, idempotency_key
+from chalicelib.idempotency import Claim, ClaimLostError, DynamoDBIdempotencyStore, IdempotencyStore, idempotency_key
 from chalicelib.observability import logger, metrics as default_metrics, tracer
+from chalicelib.outcome import Outcome
 from chalicelib.pipelines import Pipeline, load, matching
 from chalicelib.provenance import Source
 from chalicelib.s3events import ObjectRef
+from chalicelib.sets import SetCollector
+from chalicelib.setstore import DynamoDBSetStore, SetStore
 from chalicelib.settings import Settings
 from chalicelib.slurm import build_client
-from chalicelib.slurm.errors import SlurmAuthError, SlurmError
+from chalicelib.slurm.errors import SlurmError
 from chalicelib.slurm.models import JobSubmission
+from chalicelib.steps import Step
 from chalicelib.templating import TemplateError, object_variables, render
 
 SUBMITTED = "Slurm Job Submitted"
 FAILED = "Slurm Job Submission Failed"
-MAX_COMMENT = 1024  # slurmctld refuses longer comments ("Pathname ... too long")
 T = TypeVar("T")
-
-
-def _comment(source: Source, template_comment: str | None) -> str:
-    """The provenance comment, within Slurm's limit. Long keys (up to 1,024 bytes, and
-    JSON escapes non-ASCII six-fold) first lose the template's comment, then the
-    key is shortened, ending in "...". The idempotency key always stays whole, and
-    the job's environment and the trigger's event carry the full object key."""
-    text = provenance.encode(source, template_comment)
-    if len(text.encode()) <= MAX_COMMENT:
-        return text
-    key = source.key
-    text = provenance.encode(source)
-    while len(text.encode()) > MAX_COMMENT:
-        key = key[: max(0, len(key) - (len(text.encode()) - MAX_COMMENT) - 3)]
-        text = provenance.encode(dataclasses.replace(source, key=key + "..."))
-    return text
 
 
 def _source(ref: ObjectRef, pipeline: Pipeline) -> Source:
@@ -69,12 +60,15 @@ def render_job(
     pipeline: Pipeline,
     metadata: Mapping[str, str] | None = None,
     source: Source | None = None,
+    step: Step | None = None,
 ) -> JobSubmission:
-    """The job ``pipeline`` makes of ``ref``, its provenance stamped in the comment.
-    Raises ``TemplateError`` (permanent) for values it must refuse."""
-    source = source or _source(ref, pipeline)
-    job = render(pipeline.template, object_variables(ref, pipeline.name, source.idempotency_key or "", metadata))
-    return dataclasses.replace(job, comment=_comment(source, job.comment))
+    """The job ``pipeline`` (or one of its steps) makes of ``ref``, its provenance
+    stamped in the comment. Raises ``TemplateError`` (permanent) for values it must
+    refuse."""
+    source = source or (step.source(_source(ref, pipeline)) if step else _source(ref, pipeline))
+    template = step.template if step else pipeline.template
+    job = render(template, object_variables(ref, pipeline.name, source.idempotency_key or "", metadata))
+    return dataclasses.replace(job, comment=provenance.comment(source, job.comment))
 
 
 def _each(items: Iterable[T], work: Callable[[T], list[Outcome]]) -> list[Outcome]:
@@ -104,24 +98,32 @@ class BatchNotDone(Exception):
         )
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one object for one pipeline (or of an unmatched object)."""
+class DeadlinePassedError(Exception):
+    """The attempt's deadline came before its submit was sent: nothing was sent, the
+    claim is given back. Transient: retry later."""
 
-    status: str  # submitted | adopted | duplicate | unmatched | failed
-    bucket: str
-    key: str
-    pipeline: str | None = None
-    job_id: int | None = None
-    idempotency_key: str | None = None
-    reason: str | None = None
+    transient = True
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+    def __init__(self, key: str) -> None:
+        super().__init__(f"the deadline passed before {key} was submitted; nothing was sent")
+        self.key = key
+
+
+def lambda_deadline(context: Any) -> float | None:
+    """When Lambda ends this invocation (epoch seconds); None outside Lambda."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return time.time() + remaining() / 1000 if remaining else None
 
 
 class Trigger:
-    """The exactly-once path from ``ObjectRef`` to Slurm job."""
+    """The exactly-once path from ``ObjectRef`` to Slurm job.
+
+    ``settle_seconds``: how long after a POST was sent its job may still appear (the
+    read timeout plus slurmctld's slowest answer). A claim lasts the attempt's deadline
+    plus this, and a submit whose outcome is unknown keeps its claim this long, so no
+    other attempt asks Slurm before that job could exist. ``window_seconds``: the
+    deadline of an attempt that is given none (outside Lambda).
+    """
 
     def __init__(
         self,
@@ -131,8 +133,13 @@ class Trigger:
         store: IdempotencyStore,
         bus: EventBus,
         cluster: str,
-        s3_client: Any = None,  # only for pipelines with ``metadata: true``
+        s3_client: Any = None,  # pipelines with ``metadata: true``, marker and manifest sets
         metrics: Any = default_metrics,
+        sets: SetStore | None = None,  # set membership, for pipelines with ``collect``
+        redrive_after: int = 90,  # seconds before the set check finishes a silent set's job
+        settle_seconds: float = 90.0,
+        window_seconds: float = 60.0,
+        clock: Callable[[], float] = time.time,
         report_batch_item_failures: bool = False,  # the SQS mapping has ReportBatchItemFailures
     ) -> None:
         self.pipelines = list(pipelines)
@@ -142,13 +149,17 @@ class Trigger:
         self.cluster = cluster
         self.s3 = s3_client
         self.metrics = metrics
+        self.settle_seconds = settle_seconds
+        self.window_seconds = window_seconds
+        self.clock = clock
         self.report_batch_item_failures = report_batch_item_failures
         self._batch = BatchProcessor(event_type=EventType.SQS)
+        self.sets = SetCollector(self, sets, redrive_after=redrive_after)
 
     # --- entry points, one per subscription shape
-    def handle_event(self, event: Mapping[str, Any]) -> list[Outcome]:
+    def handle_event(self, event: Mapping[str, Any], *, deadline: float | None = None) -> list[Outcome]:
         """A direct S3 notification or an EventBridge "Object Created" event."""
-        return self.handle_objects(s3events.parse(event))
+        return self.handle_objects(s3events.parse(event), deadline=deadline)
 
     def handle_sqs(self, event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
         """An SQS batch. A message fails when its body is unreadable or any of its
@@ -168,16 +179,21 @@ class Trigger:
             raise BatchNotDone(failed, len(event.get("Records") or []))
         return answer
 
-    def _sqs_record(self, record: SQSRecord) -> list[dict[str, Any]]:
-        return [o.to_dict() for o in self.handle_objects(s3events.parse_sqs_body(record.body))]
+    def _sqs_record(self, record: SQSRecord, lambda_context: Any = None) -> list[dict[str, Any]]:
+        refs = s3events.parse_sqs_body(record.body)
+        return [o.to_dict() for o in self.handle_objects(refs, deadline=lambda_deadline(lambda_context))]
+
+    def check_sets(self) -> list[Outcome]:
+        """The scheduled check of sets: window ends, deadlines, silent winners."""
+        return self.sets.check(self.pipelines)
 
     # --- the core
-    def handle_objects(self, refs: Iterable[ObjectRef]) -> list[Outcome]:
+    def handle_objects(self, refs: Iterable[ObjectRef], *, deadline: float | None = None) -> list[Outcome]:
         """Every object, every matching pipeline."""
-        return _each(refs, self.handle)
+        return _each(refs, lambda ref: self.handle(ref, deadline=deadline))
 
     @tracer.capture_method
-    def handle(self, ref: ObjectRef) -> list[Outcome]:
+    def handle(self, ref: ObjectRef, *, deadline: float | None = None) -> list[Outcome]:
         """One object: one job per matching pipeline."""
         matched = matching(self.pipelines, ref)
         if not matched:
@@ -188,7 +204,7 @@ class Trigger:
 
         def one(pipeline: Pipeline) -> list[Outcome]:
             try:
-                return [self.submit(ref, pipeline, metadata if pipeline.metadata else None)]
+                return [self.submit(ref, pipeline, metadata if pipeline.metadata else None, deadline=deadline)]
             except Exception as exc:
                 logger.warning(
                     "submission will be retried",
@@ -198,86 +214,213 @@ class Trigger:
 
         return _each(matched, one)
 
-    def submit(self, ref: ObjectRef, pipeline: Pipeline, metadata: Mapping[str, str] | None = None) -> Outcome:
-        """At most one job for (pipeline, object version), however often called."""
-        source = _source(ref, pipeline)
+    def submit(
+        self,
+        ref: ObjectRef,
+        pipeline: Pipeline,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> Outcome:
+        """At most one job for (pipeline, object version) (one per step), however often called."""
+        if pipeline.collect is not None:
+            return self.sets.collect(ref, pipeline, deadline=deadline)
+        return self.submit_steps(
+            _source(ref, pipeline),
+            pipeline.jobs,
+            lambda step, source: render_job(ref, pipeline, metadata, source, step),
+            deadline=deadline,
+        )
+
+    def submit_steps(
+        self,
+        source: Source,
+        steps: Sequence[Step],
+        render_step: Callable[[Step, Source], JobSubmission],
+        detail: Mapping[str, Any] | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> Outcome:
+        """Every step through ``submit_rendered``, in order, each under its own key and
+        depending on the ids of the steps before it (docs/trigger.md#steps). A step
+        that fails for good stops the rest; one that fails transiently raises, and
+        the retry finds the steps already made."""
+        job_ids: dict[str, int] = {}
+        outcomes: list[Outcome] = []
+        for step in steps:
+            step_source = step.source(source)
+            try:
+                job = render_step(step, step_source)
+            except TemplateError as exc:
+                return self._failed(step_source, exc)
+            dependency = step.dependency(job_ids)
+            if dependency:
+                job = dataclasses.replace(job, dependency=dependency)
+            outcome = self.submit_rendered(step_source, job, detail, deadline=deadline)
+            if outcome.job_id is None or outcome.status == "failed":
+                return outcome
+            outcomes.append(outcome)
+            if step.name is not None:
+                job_ids[step.name] = outcome.job_id
+        if len(outcomes) == 1:
+            return outcomes[0]
+        first = outcomes[0]
+        fresh = [o.status for o in outcomes if o.status != "duplicate"]
+        return dataclasses.replace(
+            first, status=fresh[0] if fresh else "duplicate", idempotency_key=source.idempotency_key, steps=job_ids
+        )
+
+    def submit_rendered(
+        self,
+        source: Source,
+        job: JobSubmission,
+        detail: Mapping[str, Any] | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> Outcome:
+        """The exactly-once unit, for any rendered job whose comment carries
+        ``source.idempotency_key``: claim the key, adopt the job an earlier attempt made
+        or submit ``job``, record the job id with its event (the outbox), publish the
+        event from that record, complete. A retry that finds the job recorded publishes
+        the recorded event and never submits. ``detail`` is added to the "Submitted"
+        event (a set's members). ``deadline`` (epoch seconds) is when this attempt may
+        be killed; no submit is sent after it."""
         key = source.idempotency_key
-        try:
-            job = render_job(ref, pipeline, metadata, source)
-        except TemplateError as exc:
-            return self._failed(source, exc)
-        claim = self.store.claim(key)
+        if not key:
+            raise ValueError("submit_rendered needs a source with its idempotency key")
+        if deadline is None:
+            deadline = self.clock() + self.window_seconds
+        claim = self.store.claim(key, max(0.0, deadline - self.clock()) + self.settle_seconds)
         if claim.completed:
             logger.info("object version already has its job", extra={"key": key, "job_id": claim.job_id})
             self.metrics.add_metric(name="DuplicateObjectsSkipped", unit=MetricUnit.Count, value=1)
-            return Outcome("duplicate", ref.bucket, ref.key, pipeline.name, claim.job_id, key)
+            return Outcome("duplicate", source.bucket, source.key, source.pipeline, claim.job_id, key)
+        if claim.submitted:
+            # an earlier attempt recorded the job but did not publish: publish what it recorded
+            return self._publish(claim, source, _event(claim.outbox or {}), resumed=True)
+        made = self._adopt_or_submit(claim, source, job, deadline, detail)
+        if isinstance(made, Outcome):
+            return made
+        job_id, event = made
         try:
-            job_id, adopted = self._adopt_or_submit(claim, job)
+            self.store.record(claim, job_id, dataclasses.asdict(event))
+        except ClaimLostError:
+            # This attempt outlived its lease and another took the claim over; that one
+            # asked Slurm after this job could exist, so it adopts it: nothing to do here.
+            logger.warning(
+                "claim taken over while this attempt submitted: the attempt holding it adopts the job",
+                extra={"key": key, "job_id": job_id, "pipeline": source.pipeline},
+            )
+            return Outcome("superseded", source.bucket, source.key, source.pipeline, job_id, key)
+        except Exception:
+            # The residual window: the job exists but could not be recorded. Hand the
+            # claim over now (if the table takes that), so the retry asks Slurm soon,
+            # while the job is still in /jobs (or accounting), and adopts it.
+            logger.error(
+                "job submitted but not recorded: the next attempt adopts it by its comment",
+                extra={"key": key, "job_id": job_id, "pipeline": source.pipeline},
+            )
+            self._quietly(self.store.expire, claim)
+            raise
+        return self._publish(claim, source, event, resumed=False)
+
+    def _adopt_or_submit(
+        self, claim: Claim, source: Source, job: JobSubmission, deadline: float, detail: Mapping[str, Any] | None
+    ) -> tuple[int, Event] | Outcome:
+        """The job id and the event to record, or the ``Outcome`` of a failure that
+        made no job. Whatever may have made a job keeps the claim (it is ``hold``),
+        whatever certainly made none gives it back (``release``)."""
+        if claim.taken_over:
+            # An earlier attempt ended without a word after its lease, which outlasts
+            # any job its submit could make: if Slurm has none now, it never will.
+            try:
+                found = self.client.find_jobs_by_comment(claim.key)
+            except BaseException:
+                self._quietly(self.store.expire, claim)  # not asked: the next attempt asks
+                raise
+            # Slurm matches a substring: a hostile key or template comment may carry
+            # another object's key, so only a job stamped with exactly this key counts.
+            found = [j for j in found if _stamped_key(j.comment) == claim.key]
+            if found:
+                job_id = min(j.job_id for j in found)
+                return job_id, self._submitted_event(source, job_id, adopted=True, extra=detail)
+        if self.clock() >= deadline:
+            self._quietly(self.store.release, claim)
+            raise DeadlinePassedError(claim.key)
+        try:
+            result = self.client.submit(job)
         except SlurmError as exc:
-            return self._submit_failed(claim, source, exc)
+            if exc.job_id:
+                # Slurm made the job but reported errors (e.g. 22.05's 200 + errors): keep
+                # it as the object's job so no second one is made, and report the errors.
+                return exc.job_id, self._failure_event(source, exc, exc.job_id)
+            if exc.maybe_submitted:
+                self._quietly(self.store.hold, claim, self.settle_seconds)
+                raise
+            self._quietly(self.store.release, claim)
+            if exc.transient:
+                raise
+            return self._failed(source, exc)
         except BaseException:
-            self.store.expire(key)  # outcome unknown: the next attempt asks Slurm
+            self._quietly(self.store.hold, claim, self.settle_seconds)  # after sending? unknown
+            raise
+        return result.job_id, self._submitted_event(source, result.job_id, adopted=False, extra=detail)
+
+    def _publish(self, claim: Claim, source: Source, event: Event, *, resumed: bool) -> Outcome:
+        """Publish a recorded job's event, then complete the record."""
+        try:
+            self.bus.put([event])
+        except BaseException:
+            self._quietly(self.store.expire, claim)  # the next attempt publishes the record at once
             raise
         try:
-            self._publish_submitted(source, job_id, adopted)
-            self.store.complete(key, job_id)
-        except BaseException:
-            self.store.expire(key)  # the job exists: the next attempt adopts and publishes
-            raise
+            self.store.complete(claim)
+        except ClaimLostError:
+            # taken over after recording: the new owner publishes the same event (same
+            # eventId, which consumers drop) and completes
+            logger.info("claim taken over after the job was recorded", extra={"key": claim.key})
+        return self._report(source, event, resumed=resumed)
+
+    def _report(self, source: Source, event: Event, *, resumed: bool) -> Outcome:
+        """Log, count and describe a published outcome."""
+        job_id = event.detail.get("jobId")
+        key = source.idempotency_key
+        if event.detail_type == FAILED:
+            reason = str(event.detail.get("reason"))
+            logger.error(
+                "submission failed permanently",
+                extra={"bucket": source.bucket, "key": source.key, "pipeline": source.pipeline, "reason": reason},
+            )
+            self.metrics.add_metric(name="SubmissionFailures", unit=MetricUnit.Count, value=1)
+            return Outcome("failed", source.bucket, source.key, source.pipeline, job_id, key, reason)
+        adopted = resumed or bool(event.detail.get("adopted"))
         logger.info(
             "job adopted" if adopted else "job submitted",
-            extra={"job_id": job_id, "pipeline": pipeline.name, "bucket": ref.bucket, "key": ref.key, "idempotency_key": key},
+            extra={"job_id": job_id, "pipeline": source.pipeline, "bucket": source.bucket, "key": source.key,
+                   "idempotency_key": key},
         )
         self.metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
-        return Outcome("adopted" if adopted else "submitted", ref.bucket, ref.key, pipeline.name, job_id, key)
+        return Outcome("adopted" if adopted else "submitted", source.bucket, source.key, source.pipeline, job_id, key)
 
-    def _adopt_or_submit(self, claim: Claim, job: JobSubmission) -> tuple[int, bool]:
-        if claim.taken_over:
-            # An earlier attempt ended without a word: its job may exist.
-            found = self.client.find_jobs_by_comment(claim.key)
-            if found:
-                return min(j.job_id for j in found), True
-        return self.client.submit(job).job_id, False
+    def _failed(self, source: Source, exc: Exception) -> Outcome:
+        """Report a permanent failure that made no job; the caller returns normally."""
+        event = self._failure_event(source, exc)
+        self.bus.put([event])
+        return self._report(source, event, resumed=False)
 
-    def _submit_failed(self, claim: Claim, source: Source, exc: SlurmError) -> Outcome:
-        if exc.job_id:
-            # Slurm made the job but reported errors (e.g. 22.05's 200 + errors): keep
-            # it as the object's job so no second one is made, and report the errors.
-            outcome = self._failed(source, exc, job_id=exc.job_id)
-            self.store.complete(claim.key, exc.job_id)
-            return outcome
-        # Slurm certainly has no job when it refused the request itself (a rejection,
-        # the token) or it was never reached. A 5xx may come from a proxy that did
-        # forward the POST: like a timeout, the next attempt asks Slurm first.
-        never_accepted = not exc.transient or isinstance(exc, SlurmAuthError) or (
-            exc.status is None and not exc.maybe_submitted
-        )
-        if never_accepted and not claim.taken_over:
-            self.store.release(claim.key)
-        else:
-            self.store.expire(claim.key)
-        if exc.transient:
-            raise exc
-        return self._failed(source, exc)
-
-    def _failed(self, source: Source, exc: Exception, job_id: int | None = None) -> Outcome:
-        """Report a permanent failure; the caller returns normally (no retry)."""
-        reason = str(exc)
-        detail: dict[str, Any] = {"source": source.to_detail(), "cluster": self.cluster, "reason": reason}
+    def _failure_event(self, source: Source, exc: Exception, job_id: int | None = None) -> Event:
+        detail: dict[str, Any] = {"source": source.to_detail(), "cluster": self.cluster, "reason": str(exc)}
         if isinstance(exc, SlurmError):
             detail["error"] = exc.to_dict()
         if job_id is not None:
             detail["jobId"] = job_id
-        logger.error(
-            "submission failed permanently",
-            extra={"bucket": source.bucket, "key": source.key, "pipeline": source.pipeline, "reason": reason},
-        )
-        self.metrics.add_metric(name="SubmissionFailures", unit=MetricUnit.Count, value=1)
-        self.bus.put([Event(FAILED, detail, (source.object_arn,), f"{source.idempotency_key}:failed")])
-        return Outcome("failed", source.bucket, source.key, source.pipeline, job_id, source.idempotency_key, reason)
+        return Event(FAILED, detail, (source.object_arn,), f"{source.idempotency_key}:failed")
 
-    def _publish_submitted(self, source: Source, job_id: int, adopted: bool) -> None:
+    def _submitted_event(
+        self, source: Source, job_id: int, adopted: bool, extra: Mapping[str, Any] | None = None
+    ) -> Event:
         detail = {
+            **(extra or {}),
             "source": source.to_detail(),
             "jobId": job_id,
             "cluster": self.cluster,
@@ -285,7 +428,17 @@ class Trigger:
             "idempotencyKey": source.idempotency_key,
             "adopted": adopted,
         }
-        self.bus.put([Event(SUBMITTED, detail, (source.object_arn,), source.idempotency_key)])
+        return Event(SUBMITTED, detail, (source.object_arn,), source.idempotency_key)
+
+    @staticmethod
+    def _quietly(write: Callable[..., None], claim: Claim, *args: Any) -> None:
+        """A store write on a failure path: it must not hide the failure being raised,
+        and its own failure is safe (the lease then simply runs out; a lost claim is
+        someone else's)."""
+        try:
+            write(claim, *args)
+        except Exception as exc:  # noqa: BLE001 - logged; the caller raises the real failure
+            logger.warning("claim not updated", extra={"key": claim.key, "write": write.__name__, "error": str(exc)})
 
     def _metadata(self, ref: ObjectRef) -> dict[str, str]:
         """User metadata of exactly this version (one HeadObject per object)."""
@@ -293,6 +446,16 @@ class Trigger:
         if ref.version_id:
             args["VersionId"] = ref.version_id
         return dict(self.s3.head_object(**args).get("Metadata") or {})
+
+
+def _stamped_key(comment: str | None) -> str | None:
+    source = provenance.decode(comment)
+    return source.idempotency_key if source else None
+
+
+def _event(outbox: Mapping[str, Any]) -> Event:
+    """An ``Event`` back from its recorded form (``dataclasses.asdict``)."""
+    return Event(outbox["detail_type"], dict(outbox["detail"]), tuple(outbox.get("resources") or ()), outbox.get("event_id"))
 
 
 def build_trigger(
@@ -308,16 +471,15 @@ def build_trigger(
     """A ``Trigger`` from ``Settings`` and boto3 clients (moto's in tests): pipelines
     loaded and checked, the Slurm client built (its version is negotiated on first use)."""
     return Trigger(
-        pipelines=load(settings.pipelines_path),
+        pipelines=load(settings.pipelines_path, settings.site),
         client=build_client(settings, secrets_client=secrets_client, ec2_client=ec2_client, ssm_client=ssm_client),
-        store=DynamoDBIdempotencyStore(
-            dynamodb_client,
-            settings.idempotency_table,
-            ttl_days=settings.idempotency_ttl_days,
-            in_progress_seconds=settings.idempotency_in_progress_seconds,
-        ),
+        store=DynamoDBIdempotencyStore(dynamodb_client, settings.idempotency_table, ttl_days=settings.idempotency_ttl_days),
         bus=EventBus(events_client, settings.event_bus, settings.event_source),
         cluster=settings.cluster_name,
         s3_client=s3_client,
+        sets=DynamoDBSetStore(dynamodb_client, settings.sets_table, ttl_days=settings.idempotency_ttl_days),
+        redrive_after=settings.idempotency_in_progress_seconds,
+        settle_seconds=settings.read_timeout + settings.submit_settle_seconds,
+        window_seconds=settings.idempotency_in_progress_seconds,
         report_batch_item_failures=settings.sqs_report_batch_item_failures,
     )

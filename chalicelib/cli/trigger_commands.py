@@ -9,21 +9,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Iterator
 
 import boto3
 
 from chalicelib.cli import emit, settings_from_args
 from chalicelib.idempotency import idempotency_key
-from chalicelib.pipelines import load, load_all, matching
+from chalicelib.pipelines import load, load_all
 from chalicelib.s3events import ObjectRef, clean_etag
+from chalicelib.sets import dry_run
+from chalicelib.steps import Step
 from chalicelib.slurm import build_client
 from chalicelib.slurm.dialects import DIALECTS
 from chalicelib.trigger import Outcome, build_trigger, render_job
 
 SUMMARY = ("submitted", "duplicates", "unmatched", "failed")
-_COUNTED_AS = {"submitted": "submitted", "adopted": "submitted", "duplicate": "duplicates"}
+_COUNTED_AS = {"submitted": "submitted", "adopted": "submitted", "superseded": "submitted", "duplicate": "duplicates"}
 
 
 def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -41,8 +45,10 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
         "(exit 1 if none matches). With --api-version no cluster is needed.",
         cmd_render,
     )
-    p.add_argument("uri", metavar="s3://BUCKET/KEY", help="the object (key as stored, not URL-encoded)")
+    p.add_argument("uris", nargs="+", metavar="s3://BUCKET/KEY",
+                   help="the object (key as stored, not URL-encoded); several: a dry run of sets, in landing order")
     p.add_argument("--pipelines", metavar="PATH", help="pipeline folder or file (default: env PIPELINES_PATH)")
+    p.add_argument("--manifest", metavar="FILE", help="the text of a manifest set's manifest (a local file)")
     p.add_argument("--size", type=int, help="object size in bytes")
     p.add_argument("--etag", help="object ETag")
     p.add_argument("--version-id", help="object version id (versioned buckets)")
@@ -58,6 +64,10 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     )
     p.add_argument("uri", metavar="s3://BUCKET/PREFIX", help="bucket and key prefix to list")
     p.add_argument("--pipelines", metavar="PATH", help="pipeline folder or file (default: env PIPELINES_PATH)")
+    p.add_argument("--object-seconds", type=float, default=60.0, metavar="N",
+                   help="the deadline of each object (default 60): its claims last N seconds plus the "
+                        "settle time, so if backfill is killed a later delivery takes the object over "
+                        "after that; nothing is submitted past it")
 
 
 def parse_uri(uri: str) -> tuple[str, str]:
@@ -74,41 +84,77 @@ def _settings(args: argparse.Namespace) -> Any:
     return dataclasses.replace(settings, pipelines_path=path) if path else settings
 
 
+def _collects(pipeline: Any) -> str | None:
+    """What a set pipeline waits for, in a few words (None: one job per object)."""
+    spec = pipeline.collect
+    if spec is None:
+        return None
+    what = {"members": f"members {'+'.join(spec.members)}", "count": f"{spec.count} objects" if spec.count else "a window",
+            "manifest": f"manifest {spec.manifest}", "marker": f"marker {spec.marker}"}[spec.kind]
+    if spec.window:
+        what += f" within {spec.window}s"
+    if spec.deadline:
+        what += f", deadline {spec.deadline}s"
+    return what + (f" -> array (%{spec.throttle})" if spec.array and spec.throttle else " -> array" if spec.array else " -> job")
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    pipelines, errors = load_all(settings.pipelines_path)
-    rows = [{"pipeline": p.name, "file": p.file, "ok": True} for p in pipelines]
-    rows += [{"pipeline": None, "file": None, "ok": False, "error": str(e)} for e in errors]
-    emit(rows, args.format, ["pipeline", "file", "ok", "error"])
+    pipelines, errors = load_all(settings.pipelines_path, settings.site)
+    rows = [{"pipeline": p.name, "file": p.file, "collect": _collects(p), "ok": True} for p in pipelines]
+    rows += [{"pipeline": None, "file": None, "collect": None, "ok": False, "error": str(e)} for e in errors]
+    emit(rows, args.format, ["pipeline", "file", "collect", "ok", "error"])
     for e in errors:
         print(f"slurm-trigger: {e}", file=sys.stderr)
     return 1 if errors or not pipelines else 0
 
 
+def _bodies(jobs: list[tuple[Step, Any]], body_of: Any) -> dict[str, Any]:
+    """``body`` for one job; ``steps`` (each step's name and body) for a pipeline with
+    steps, the earlier steps' ids shown as ``<step>``: Slurm gives them."""
+    if len(jobs) == 1 and jobs[0][0].name is None:
+        return {"body": body_of(jobs[0][1])}
+    names = {s.name: f"<{s.name}>" for s, _ in jobs if s.name}
+    return {"steps": [
+        {"step": s.name, "body": body_of(dataclasses.replace(job, dependency=s.dependency(names) or job.dependency))}
+        for s, job in jobs
+    ]}
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    bucket, key = parse_uri(args.uri)
-    if not key:
-        raise ValueError(f"{args.uri!r} names no object")
-    ref = ObjectRef(bucket, key, size=args.size, etag=clean_etag(args.etag),
-                    version_id=args.version_id, sequencer=args.sequencer)
+    refs = []
+    for uri in args.uris:
+        bucket, key = parse_uri(uri)
+        if not key:
+            raise ValueError(f"{uri!r} names no object")
+        refs.append(ObjectRef(bucket, key, size=args.size, etag=clean_etag(args.etag),
+                              version_id=args.version_id, sequencer=args.sequencer))
     metadata = dict(item.split("=", 1) for item in args.metadata if "=" in item)
-    matched = matching(load(settings.pipelines_path), ref)
-    if not matched:
-        emit([], "json")
-        print(f"slurm-trigger: {ref.s3_uri} matches no pipeline: it would be skipped", file=sys.stderr)
-        return 1
+    pipelines = load(settings.pipelines_path, settings.site)
     if settings.api_version:  # pinned: the body is known without asking a cluster
         version, body_of = settings.api_version, DIALECTS[settings.api_version].submit_body
     else:
         client = build_client(settings)
         version, body_of = client.version, client.submit_body
-    out = []
-    for pipeline in matched:
-        job = render_job(ref, pipeline, metadata if pipeline.metadata else None)
-        out.append({"pipeline": pipeline.name, "idempotency_key": idempotency_key(pipeline.name, ref),
-                    "api_version": version, "body": body_of(job)})
+    manifest = Path(args.manifest).read_text(encoding="utf-8") if args.manifest else None
+    out: list[dict[str, Any]] = []
+    for pipeline in pipelines:
+        if pipeline.collect is not None:
+            for row in dry_run(pipeline, refs, manifest):
+                if "jobs" in row:
+                    row.update(api_version=version, **_bodies(row.pop("jobs"), body_of))
+                out.append(row)
+            continue
+        for ref in (r for r in refs if pipeline.accepts(r)):
+            jobs = [(s, render_job(ref, pipeline, metadata if pipeline.metadata else None, step=s)) for s in pipeline.jobs]
+            out.append({"pipeline": pipeline.name, "object": ref.s3_uri, "idempotency_key": idempotency_key(pipeline.name, ref),
+                        "api_version": version, **_bodies(jobs, body_of)})
     emit(out, "json")  # always: the body is nested JSON, no table can show it
+    if not out:
+        verb = "matches" if len(refs) == 1 else "match"
+        print(f"slurm-trigger: {', '.join(r.s3_uri for r in refs)} {verb} no pipeline: skipped", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -169,7 +215,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     errors: list[dict[str, Any]] = []
     for done, ref in enumerate(refs, 1):
         try:
-            outcomes = trigger.handle(ref)
+            outcomes = trigger.handle(ref, deadline=time.time() + args.object_seconds)
         except Exception as exc:  # noqa: BLE001 - reported per object, the rest go on
             outcomes = [Outcome("failed", ref.bucket, ref.key, reason=f"{type(exc).__name__}: {exc}")]
         tally(outcomes, counts, errors)

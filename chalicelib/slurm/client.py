@@ -7,12 +7,13 @@ the transport's session, and turns every answer that is not a success into a typ
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from typing import TYPE_CHECKING, Any, AnyStr, Callable, Iterable, Mapping
 
 import msgspec
 import requests
-from urllib3.exceptions import ConnectTimeoutError
+from urllib3.exceptions import ConnectTimeoutError, ProxyError
 
 from chalicelib.settings import Settings
 from chalicelib.slurm.auth import REDACTED, StaticToken, Token, TokenProvider
@@ -58,17 +59,21 @@ class SlurmClient:
     """Calls to one slurmrestd with one identity.
 
     Submitting is never retried blindly: a POST whose body may have reached slurmrestd
-    (read timeout, connection dropped after sending) could already have made a job, and
-    sending it again could make a second one. Instead ``submit()`` raises
-    ``SlurmUnavailableError`` with ``maybe_submitted=True``. The caller (the trigger)
-    holds an idempotency record for the object and stamps the same key into the job's
-    comment (``provenance.encode``), so on its next attempt it first calls
-    ``find_jobs_by_comment(key)`` and adopts a job it finds instead of submitting again.
-    Failures before anything was sent (connection refused, connect timeout) are retried
-    by the transport, as are GET and DELETE.
+    could already have made a job, and sending it again could make a second one. Every
+    failed submit says whether it may have (``SlurmError.maybe_submitted``): transport
+    failures after the body may have left (read timeout, connection reset, TLS error
+    after the handshake), and answers the dialect cannot rule out (``Dialect.submit_maybe_made``:
+    5xx, 22.05's 5005, 404, a 2xx without job id). The caller (the trigger) holds an
+    idempotency claim for the object and stamps the same key into the job's comment
+    (``provenance.encode``), so a later attempt first calls ``find_jobs_by_comment(key)``
+    and adopts a job it finds instead of submitting again. Failures before anything was
+    sent (connection refused, connect timeout) are retried by the transport, as are GET
+    and DELETE.
 
     An auth failure (any version's form, see ``dialects``) makes the client fetch the
     token again once and repeat the call once; a second refusal raises ``SlurmAuthError``.
+    A submit is not repeated when its answer may also mean a job (22.05's 5005): the
+    fresh token waits for the next attempt.
     """
 
     def __init__(
@@ -283,24 +288,38 @@ class SlurmClient:
         ``decode`` when the body does not have that shape)."""
         token = self._auth.token()
         status, body, text = self._send(method, path, token, params, json, decoder)
-        kind = self._classify(status, body)
+        kind, maybe = self._verdict(method, status, body)
         if kind is SlurmAuthError:
             fresh = self._auth.refresh()
-            if fresh != token:
+            if fresh != token and not maybe:  # never POST again when the first may have made a job
                 log.info("slurmrestd refused the token; fetched it again and retrying once")
                 status, body, text = self._send(method, path, fresh, params, json, decoder)
-                kind = self._classify(status, body)
+                kind, maybe = self._verdict(method, status, body)
         if kind is None:
             return status, body
+        if maybe and not kind.transient:
+            kind = SlurmUnavailableError  # unknown, not refused: retried, and the retry asks Slurm
         errors = list((body or {}).get("errors") or ()) or ([{"error": text}] if text else [])
+        message = _message(kind, method, path, status, self._user(), text)
         raise kind(
-            _message(kind, method, path, status, self._user(), text),
+            message + ("; the job may exist: Slurm must be asked before submitting again" if maybe else ""),
             status=status,
             errors=errors,
             warnings=(body or {}).get("warnings") or (),
             url=self.base_url + path,
             job_id=number((body or {}).get("job_id")) or None,
+            maybe_submitted=maybe,
         )
+
+    def _verdict(self, method: str, status: int, body: dict[str, Any] | None) -> tuple[type[SlurmError] | None, bool]:
+        """The error type of an answer (None: success) and, for a failed POST (a
+        submit) without a job id, whether Slurm may have made the job anyway."""
+        errors = list((body or {}).get("errors") or ())
+        dialect = self._dialect or BEFORE_NEGOTIATION
+        kind = dialect.classify(status, errors)
+        made = number((body or {}).get("job_id")) is not None
+        maybe = kind is not None and method == "POST" and not made and dialect.submit_maybe_made(status, errors)
+        return kind, maybe
 
     def _send(
         self,
@@ -338,10 +357,6 @@ class SlurmClient:
         body = decode(content, decoder)
         text = content.decode(resp.encoding or "utf-8", "replace").strip()[:300] if body is None else ""
         return resp.status_code, body, text
-
-    def _classify(self, status: int, body: dict[str, Any] | None) -> type[SlurmError] | None:
-        errors = list((body or {}).get("errors") or ())
-        return (self._dialect or BEFORE_NEGOTIATION).classify(status, errors)
 
 
 def decode(content: bytes, decoder: Callable[[bytes], Any] | None = None) -> Any:
@@ -407,10 +422,10 @@ def _unavailable(
                    f"SLURM_CA_SECRET or SLURM_CA_BUNDLE ({method} {url}: {_reason(exc)})", token),
             url=url,
         )
-    if isinstance(exc, requests.exceptions.SSLError):
+    if maybe:
+        hint = "the request may have been sent but no answer came: the job may exist"
+    elif isinstance(exc, requests.exceptions.SSLError):
         hint = "TLS verification failed; set ca_bundle, ca_secret or ca_parameter"
-    elif maybe:
-        hint = "the request was sent but no answer came: the job may exist"
     else:
         hint = "could not reach slurmrestd"
     return SlurmUnavailableError(
@@ -432,8 +447,6 @@ def redact(data: AnyStr, token: Token) -> AnyStr:
 
 def _reason(exc: BaseException) -> str:
     """The innermost SSL message ("... certificate verify failed: certificate has expired")."""
-    import ssl
-
     err: Any = exc
     for _ in range(8):  # requests' SSLError > MaxRetryError > urllib3 SSLError > ssl error
         if isinstance(err, ssl.SSLError):
@@ -442,14 +455,44 @@ def _reason(exc: BaseException) -> str:
     return str(exc)
 
 
+# Built by requests before anything is sent: a bad header (a token with CR/LF), a bad URL.
+_NOT_SENT = (
+    requests.ConnectTimeout,
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.InvalidURL,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.InvalidJSONError,
+    requests.exceptions.URLRequired,
+)
+# OpenSSL reasons that only a TLS handshake gives: before the request is written.
+_HANDSHAKE_REASONS = (
+    "WRONG_VERSION_NUMBER", "UNSUPPORTED_PROTOCOL", "HANDSHAKE_FAILURE",
+    "PROTOCOL_VERSION", "UNKNOWN_CA", "NO_PROTOCOLS_AVAILABLE", "TLSV1_UNRECOGNIZED_NAME",
+)
+
+
 def _maybe_sent(exc: requests.RequestException) -> bool:
-    """True unless the failure happened before the body could leave (connect phase)."""
-    if isinstance(exc, (requests.ConnectTimeout, requests.exceptions.SSLError)):
+    """May the request have reached slurmrestd? No only when it failed before any of it
+    left: built wrong, the connect phase (refused, DNS, connect timeout) or the TLS
+    handshake. Anything later (a read timeout, a reset or a TLS error after sending, a
+    broken answer) may have."""
+    if isinstance(exc, _NOT_SENT):
         return False
-    if isinstance(exc, requests.ReadTimeout):
-        return True
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return not isinstance(reason, ConnectTimeoutError)
+    if isinstance(exc, requests.exceptions.SSLError):
+        return not _handshake_failure(exc)
+    if isinstance(exc, requests.ConnectionError):
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        if isinstance(reason, ProxyError):
+            reason = reason.original_error
+        return not isinstance(reason, ConnectTimeoutError)  # NewConnectionError is one
+    return True
+
+
+def _handshake_failure(exc: BaseException) -> bool:
+    """The TLS failure is the handshake's: certificate verification, or an OpenSSL
+    reason only a handshake gives (requests' message carries the wrapped ones)."""
+    return verify_failed(exc) or any(r in str(exc) for r in _HANDSHAKE_REASONS)
 
 
 def build_client(

@@ -32,6 +32,16 @@ Error classification (``Dialect.classify``), from Slurm's own error numbers:
   the token is fetched again once; the message says slurmdbd may be down instead.
 * HTTP 200 with a non-empty ``errors`` array is not a success: it is classified
   the same way (22.05 creates a job *and* reports 2015 for impossible cpus).
+
+"May Slurm have made a job?" (``Dialect.submit_maybe_made``), for a failed answer to
+``POST job/submit`` that carries no ``job_id``: **no** when someone refused the request
+before slurmctld acted on it: the token (401, 511, 1007), slurmrestd's parser (9xxx),
+slurmctld's job checks (2xxx), any other 4xx, or a 429 (a rate limit never forwards).
+**Maybe** for everything else: a 5xx without such a code (a proxy's 502/504 after it
+forwarded, 503, a bare 500), 22.05's 500 with only 5005 "Zero Bytes were transmitted
+or received" (a refused token *or* a socket that broke after slurmctld got the RPC:
+the two look the same), a 404 (a version dropped by a restarted slurmrestd, or a
+proxy's page: we cannot tell), and a 2xx without a job id.
 """
 from __future__ import annotations
 
@@ -128,6 +138,13 @@ def timestamp(value: Any) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
+def server_time(diag: Mapping[str, Any]) -> int | None:
+    """slurmctld's clock when it answered ``GET /diag`` (``statistics.req_time``, plain
+    or struct in every version): the tracker's cursor where ``/jobs`` has no
+    ``last_update`` (v0.0.38, v0.0.39)."""
+    return epoch((diag.get("statistics") or {}).get("req_time"))
+
+
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value and value != "None" else None
 
@@ -151,6 +168,12 @@ def _expand_path(path: str | None, raw: Mapping[str, Any]) -> str | None:
         "%": "%",
     }
     return re.sub(r"%([juxAa%])", lambda m: values[m.group(1)], path)
+
+
+def _task_id(raw: Mapping[str, Any]) -> int | None:
+    """An array task's index; None outside arrays (0 / unset / NO_VAL 0xfffffffe)."""
+    task = number(raw.get("array_task_id"))
+    return task if number(raw.get("array_job_id")) and task is not None and task < 0xFFFFFFFE else None
 
 
 def _default_output(raw: Mapping[str, Any]) -> str | None:
@@ -200,6 +223,8 @@ class RawJob(_Fields):
     batch_flag: Any = msgspec.UNSET
     array_job_id: Any = msgspec.UNSET
     array_task_id: Any = msgspec.UNSET
+    dependency: Any = msgspec.UNSET
+    restart_cnt: Any = msgspec.UNSET
 
 
 class JobsAnswer(_Fields):
@@ -250,6 +275,7 @@ class Dialect:
             ("standard_error", sub.standard_error),
             ("comment", sub.comment),
             ("array", sub.array),
+            ("dependency", sub.dependency),
             ("tasks", sub.tasks),
             ("cpus_per_task", sub.cpus_per_task),
         ):
@@ -275,9 +301,10 @@ class Dialect:
     def parse_submit(self, body: Mapping[str, Any]) -> SubmitResult:
         job_id = number(body.get("job_id"))
         if job_id is None:
-            raise SlurmRejectedError(
-                "slurmrestd accepted the submission but returned no job_id",
+            raise SlurmUnavailableError(
+                "slurmrestd accepted the submission but returned no job_id: the job may exist",
                 errors=body.get("errors") or (),
+                maybe_submitted=True,
             )
         step = body.get("step_id")
         return SubmitResult(
@@ -339,6 +366,10 @@ class Dialect:
             working_directory=_text(raw.get("current_working_directory")),
             standard_output=_text(raw.get("stdout_expanded"))
             or _expand_path(_text(raw.get("standard_output")) or _default_output(raw), raw),
+            array_job_id=number(raw.get("array_job_id")) or None,
+            array_task_id=_task_id(raw),
+            dependency=_text(raw.get("dependency")),
+            restarts=number(raw.get("restart_cnt")) or 0,
         )
 
     def _state(self, value: Any) -> tuple[str, tuple[str, ...]]:
@@ -409,6 +440,7 @@ class Dialect:
             "standard_output": raw.get("stdout"),
             "array_job_id": array.get("job_id"),
             "array_task_id": array.get("task_id"),
+            "restart_cnt": raw.get("restart_cnt"),  # a requeued, then purged job stays one job
         })
 
     # --- errors
@@ -434,6 +466,16 @@ class Dialect:
     def _auth_failure(self, status: int, codes: Sequence[int]) -> bool:
         """22.05: 500 with only -1 (GET) or 5005 (POST) means the token was refused."""
         return status == 500 and bool(codes) and set(codes) <= {-1, 5005}
+
+    def submit_maybe_made(self, status: int, errors: Sequence[Mapping[str, Any]]) -> bool:
+        """May this failed answer to a submit (without ``job_id``) have come after
+        slurmctld made the job? See the module docstring."""
+        codes = error_codes(errors)
+        if status in (401, 511) or AUTH_ERROR in codes:
+            return False
+        if any(2000 <= c < 3000 or 9000 <= c < 10000 for c in codes):
+            return False
+        return status >= 500 or status == 404 or status < 400
 
 
 class Dialect39(Dialect):

@@ -33,8 +33,9 @@ class SlurmError(Exception):
         self.url = url
         # A job Slurm created although it reported errors (22.05: 200 + job_id + errors).
         self.job_id = job_id
-        # The submit body was sent but no answer came (read timeout, dropped
-        # connection): the job may exist. Resolve with find_jobs_by_comment().
+        # A failed submit after which the job may exist anyway (its answer was lost, or
+        # it cannot rule one out: see SlurmClient). Never resubmit: once slurmctld can
+        # no longer be acting on it, ask find_jobs_by_comment().
         self.maybe_submitted = maybe_submitted
 
     def __str__(self) -> str:

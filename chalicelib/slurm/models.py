@@ -32,7 +32,9 @@ class Job:
     ``exit_code`` is the process exit status (``exit 3`` reads 3 in every version,
     although v0.0.38 sends the raw wait status 768); ``signal`` the number of the
     signal that ended it. Both are ``None`` while the job has not ended or when Slurm
-    does not say. Times are timezone-aware UTC or ``None`` when unset.
+    does not say. Times are timezone-aware UTC or ``None`` when unset. ``restarts``
+    counts Slurm's requeues of the job (``restart_cnt``): a requeue keeps the job id
+    and sets a new submit time.
     """
 
     job_id: int
@@ -50,6 +52,10 @@ class Job:
     comment: str | None = None
     working_directory: str | None = None
     standard_output: str | None = None
+    array_job_id: int | None = None  # set for the tasks of a job array
+    array_task_id: int | None = None  # None also for an array's not yet started remainder
+    dependency: str | None = None  # as Slurm shows it, e.g. "afterok:12(unfulfilled)"
+    restarts: int = 0
 
     @property
     def is_final(self) -> bool:
@@ -80,6 +86,7 @@ class JobSubmission:
     memory_per_node: int | None = None
     comment: str | None = None
     array: str | None = None
+    dependency: str | None = None  # e.g. "afterok:12,singleton" (steps)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -42,7 +42,7 @@ def test_run_local_closes_the_loop(slurm_clusters, tmp_path: Path):
         assert s["closed"], (name, s["problems"])
         expected = [o for o in s["objects"] if o["pipeline"]]
         assert len(expected) >= 3  # both example pipelines, a pair and a single read
-        assert {o["pipeline"] for o in expected} == {"align-reads", "forecast-tile"}
+        assert {o["pipeline"] for o in expected} == {"align-reads", "forecast-tile", "paired-reads"}
         for o in s["objects"]:
             if o["pipeline"]:
                 assert len(o["jobs"]) == 1 and o["final"] == "COMPLETED" and o["submitted_events"] == 1, o

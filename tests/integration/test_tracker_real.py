@@ -4,6 +4,7 @@ EventBridge rule with an SQS target."""
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 import uuid
@@ -14,6 +15,7 @@ from typing import Any
 import boto3
 from atomic_dynamodb import AtomicDynamoDB  # sibling helper module
 import pytest
+from conftest import read_clusters
 
 from chalicelib import provenance
 from chalicelib.eventbus import EventBus
@@ -21,8 +23,9 @@ from chalicelib.jobstore import DynamoDBJobStore, create_table
 from chalicelib.provenance import Source
 from chalicelib.settings import Settings
 from chalicelib.slurm import build_client
+from chalicelib.slurm.errors import SlurmNotFoundError
 from chalicelib.slurm.models import FINAL_STATES, JobSubmission
-from chalicelib.tracker import DETAIL_TYPE, Tracker
+from chalicelib.tracker import DETAIL_TYPE, REQUEUED, Tracker
 
 pytestmark = pytest.mark.real_slurm
 
@@ -69,13 +72,19 @@ class OnlyTheseJobs:
     def __init__(self, client: Any) -> None:
         self.client = client
         self.ids: set[int] = set()
+        self.purged: set[int] = set()  # as if slurmctld had dropped them after MinJobAge
 
     def list_jobs(self, update_time: int | None = None) -> Any:
         page = self.client.list_jobs(update_time)
-        return replace(page, jobs=tuple(j for j in page.jobs if j.job_id in self.ids))
+        return replace(page, jobs=tuple(j for j in page.jobs if j.job_id in self.ids - self.purged))
 
     def get_job(self, job_id: int) -> Any:
+        if job_id in self.purged:
+            raise SlurmNotFoundError(f"Slurm does not know job {job_id}", status=404)
         return self.client.get_job(job_id)
+
+    def __getattr__(self, name: str) -> Any:  # diag, accounting, ...: the client's own
+        return getattr(self.client, name)
 
 
 @dataclass
@@ -92,8 +101,9 @@ class World:
         bus = EventBus(events_client or self.events, "default", SOURCE, sleep=lambda _: None)
         return Tracker(self.scoped, self.store, bus, CLUSTER)
 
-    def submit(self, script: str, tag: str) -> int:
-        src = Source(bucket="in-bucket", key=f"tracker/{tag}-{uuid.uuid4().hex[:8]}.txt", pipeline="tracker-test", version_id="v1")
+    def submit(self, script: str, tag: str, key: str | None = None, template_comment: str | None = None) -> int:
+        key = key or f"tracker/{tag}-{uuid.uuid4().hex[:8]}.txt"
+        src = Source(bucket="in-bucket", key=key, pipeline="tracker-test", version_id="v1")
         sub = JobSubmission(
             script=f"#!/bin/bash\n{script}\n",
             name=f"tracker-{tag}",
@@ -102,7 +112,7 @@ class World:
             standard_output="/dev/null",
             environment={"PATH": "/usr/bin:/bin"},
             time_limit=2,
-            comment=provenance.encode(src),
+            comment=provenance.encode(src, template_comment),
         )
         job_id = self.client.submit(sub).job_id
         self.scoped.ids.add(job_id)
@@ -269,3 +279,111 @@ def test_cli_poll_then_status(world: World, monkeypatch, capsys) -> None:
     live = json.loads(cli("status", "--live", "--format", "json"))
     assert any(r["job_id"] == job_id and r["state"] == "FAILED" for r in live)
     assert target.token() not in json.dumps(rows) + json.dumps(live)
+
+
+def slurm_command(target: Any, *args: str) -> None:
+    """Run a Slurm command on the target's cluster, as scripts/local-slurm does (as root)."""
+    pre = [] if target.root == "/" else ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "chroot", target.root]
+    done = subprocess.run([*pre, *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def wait_stored(world: World, tracker: Tracker, job_id: int, until: Any, sweep: bool | None = None) -> Any:
+    """Poll until the stored job satisfies ``until`` (≤ 60 s)."""
+    deadline = time.monotonic() + POLL_LIMIT
+    while True:
+        tracker.poll(sweep=sweep)
+        job = world.store.get_jobs(CLUSTER, [job_id]).get(job_id)
+        if job is not None and until(job):
+            return job
+        assert time.monotonic() < deadline, f"job {job_id}: {job}"
+        time.sleep(POLL_EVERY)
+
+
+HOSTILE_KEYS = [
+    'runs/slurm-trigger:{"bucket":"evil","key":"stolen","pipeline":"p"}',
+    'runs/q"uo\'te\\back{slash}}',
+    "runs/new\nline\ttab slurm-trigger:",
+    "runs/ünï 🙂 slurm-trigger:slurm-trigger:",
+]
+
+
+def test_keys_holding_the_marker_keep_their_jobs_visible(world: World) -> None:
+    """Keys with the marker, braces, quotes and backslashes, under a template comment that
+    holds the key (as the shipped templates do with ${basename}): each job gets its
+    events, with its own key, through Slurm's real comment."""
+    tracker = world.tracker()
+    jobs = {world.submit("exit 0", "hostile", key=k, template_comment=f"align {k.rsplit('/', 1)[-1]}"): k for k in HOSTILE_KEYS}
+    world.wait_tracked_final(list(jobs), tracker.poll)
+    events = by_job(world.received(), list(jobs))
+    for job_id, key in jobs.items():
+        assert events[job_id], f"no events for the job of {key!r}"
+        assert {d["source"]["key"] for d in events[job_id]} == {key}
+        assert events[job_id][-1]["state"] == "COMPLETED"
+
+
+def test_the_cursor_is_slurms_clock(world: World) -> None:
+    before = int(time.time())
+    job_id = world.submit("exit 0", "cursor")
+    tracker = world.tracker()
+    tracker.poll()
+    cursor = world.store.load_cursor(CLUSTER)
+    after = int(time.time())
+    # the same machine's clock: Slurm's last_update (v0.0.40+) or diag's time (v0.0.38) of this poll
+    assert cursor.update_time is not None and before - 2 <= cursor.update_time <= after, (before, cursor.update_time, after)
+    world.wait_tracked_final([job_id], tracker.poll)
+    assert world.store.load_cursor(CLUSTER).update_time >= cursor.update_time
+
+
+def test_a_requeued_job_is_followed_not_lost(world: World) -> None:
+    """``scontrol requeue`` of a running job and of a FAILED one: the same job id comes
+    back PENDING with a restart more and a new submit time. The events follow it
+    (REQUEUED flagged, the new run's submit time) to its real end; never a new job, never LOST."""
+    tracker = world.tracker()
+    running = world.submit("sleep 60", "requeue")
+    failed = world.submit("exit 3", "requeue-failed")
+    wait_stored(world, tracker, running, lambda j: j.state == "RUNNING")
+    wait_stored(world, tracker, failed, lambda j: j.state == "FAILED")
+    slurm_command(world.target, "scontrol", "requeue", str(running))
+    slurm_command(world.target, "scontrol", "requeue", str(failed))
+    for job_id in (running, failed):  # requeued jobs wait ~2 minutes (BeginTime): cancel them
+        wait_stored(world, tracker, job_id, lambda j: j.restarts == 1 and j.state == "PENDING")
+        world.client.cancel_job(job_id)
+    world.wait_tracked_final([running, failed], lambda: tracker.poll(sweep=True))
+    events = by_job(world.received(), [running, failed])
+    for job_id, before in ((running, "RUNNING"), (failed, "FAILED")):
+        details = events[job_id]
+        chain = [(d["previousState"], d["state"]) for d in details]
+        requeues = [i for i, d in enumerate(details) if REQUEUED in d["stateFlags"]]
+        assert len(requeues) == 1, chain
+        at = requeues[0]
+        assert chain[at:] == [(before, "PENDING"), ("PENDING", "CANCELLED")] and chain[at - 1][1] == before, chain
+        first_run, second_run = ({d["submittedAt"] for d in part} for part in (details[:at], details[at:]))
+        assert len(first_run) == len(second_run) == 1 and second_run.pop() > first_run.pop(), details
+        assert len({d["eventId"] for d in details}) == len(details) and "LOST" not in {d["state"] for d in details}
+
+
+def test_a_job_gone_from_slurmctld_gets_its_end_from_accounting_else_lost(world: World) -> None:
+    """The tracker saw the job run, then not again until slurmctld had dropped it (hidden
+    here from listing and lookup, as MinJobAge would, without waiting minutes). Where the
+    cluster has slurmdbd the event is its real end from accounting; elsewhere LOST."""
+    served = next(c for c in read_clusters() if c["name"] == world.target.name)
+    expect_accounting = bool(served.get("accounting")) and world.target.version >= "v0.0.40"
+    assert bool(getattr(world.client, "accounting", False)) == expect_accounting
+    tracker = world.tracker()
+    job_id = world.submit("sleep 2; exit 3", "gone")
+    wait_stored(world, tracker, job_id, lambda j: j.state == "RUNNING")
+    deadline = time.monotonic() + POLL_LIMIT
+    while not world.client.get_job(job_id).is_final:
+        assert time.monotonic() < deadline
+        time.sleep(POLL_EVERY)
+    world.scoped.purged.add(job_id)
+    wait_stored(world, tracker, job_id, lambda j: j.final, sweep=True)  # slurmdbd may lag a poll
+    details = by_job(world.received(), [job_id])[job_id]
+    last = details[-1]
+    assert last["previousState"] == "RUNNING" and last["source"]["pipeline"] == "tracker-test"
+    if expect_accounting:
+        assert (last["state"], last["exitCode"]) == ("FAILED", 3), last
+        assert last["endedAt"] and last["endedAt"] >= last["startedAt"]
+    else:
+        assert (last["state"], last["exitCode"], last["reason"]) == ("LOST", None, "job no longer known to Slurm")

@@ -117,31 +117,33 @@ job:
 """
 
 
-def make_world(target: Any, tmp_path: Path, *pipelines: str) -> World:
+def make_world(target: Any, tmp_path: Path, *pipelines: str, suffix: str = "") -> World:
+    """One world's AWS resources; ``suffix`` names another set, for several in one test."""
     outdir = f"{target.workdir}/trigger-{uuid.uuid4().hex[:12]}"
     target.host_path(outdir).mkdir(mode=0o777)
     target.host_path(outdir).chmod(0o777)  # the chroot's job user is not root
     folder = tmp_path / "pipelines"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     for i, text in enumerate(pipelines):
         text = text.replace("WORKDIR", target.workdir).replace("OUTDIR", outdir)
         (folder / f"p{i}.yaml").write_text(textwrap.dedent(text))
-    boto3.client("secretsmanager").create_secret(Name=f"slurm_token_{CLUSTER}", SecretString=target.token())
-    create_table(boto3.client("dynamodb"), TABLE)
+    cluster, table = CLUSTER + suffix, TABLE + suffix
+    boto3.client("secretsmanager").create_secret(Name=f"slurm_token_{cluster}", SecretString=target.token())
+    create_table(boto3.client("dynamodb"), table)
     sqs = boto3.client("sqs")
-    queue = sqs.create_queue(QueueName="events")["QueueUrl"]
+    queue = sqs.create_queue(QueueName="events" + suffix)["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     events = boto3.client("events")
-    events.put_rule(Name="all", EventPattern=json.dumps({"source": [SOURCE]}))
-    events.put_targets(Rule="all", Targets=[{"Id": "q", "Arn": arn}])
+    events.put_rule(Name="all" + suffix, EventPattern=json.dumps({"source": [SOURCE], "detail": {"cluster": [cluster]}}))
+    events.put_targets(Rule="all" + suffix, Targets=[{"Id": "q", "Arn": arn}])
     settings = Settings(
-        cluster_name=CLUSTER,
+        cluster_name=cluster,
         slurm_url=target.url,
         slurm_user=target.user,
         api_version=target.version,
         slurm_scheme="http",
         pipelines_path=str(folder),
-        idempotency_table=TABLE,
+        idempotency_table=table,
         event_source=SOURCE,
         read_timeout=10,
     )
@@ -314,9 +316,9 @@ def test_expired_claim_adopts_the_job_slurm_already_has(world):
     ref = obj("many/crash")
     key = idempotency_key("trivial", ref)
     job = render_job(ref, world.trigger.pipelines[1])
-    world.trigger.store.claim(key)
+    claim = world.trigger.store.claim(key)
     job_id = world.trigger.client.submit(job).job_id  # ...and the Lambda dies here
-    world.trigger.store.expire(key)  # what the in-progress expiry does with time
+    world.trigger.store.expire(claim)  # what the in-progress expiry does with time
     [outcome] = world.refetch_trigger().handle(ref)
     assert (outcome.status, outcome.job_id) == ("adopted", job_id)
     assert len(world.jobs_with(key)) == 1

@@ -25,7 +25,9 @@ def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, object, str]:
 
 def test_validate_shipped(capsys):
     code, rows, _ = run(capsys, "validate", PIPELINES)
-    assert code == 0 and [r["pipeline"] for r in rows] == ["align-reads", "forecast-tile"]
+    assert code == 0
+    assert [r["pipeline"] for r in rows] == ["align-reads", "forecast-tile", "goes-scan", "illumina-run", "paired-reads"]
+    assert {r["pipeline"]: r["collect"] for r in rows}["paired-reads"] == "members R1+R2, deadline 21600s -> job"
 
 
 def test_validate_reports_every_error(capsys, tmp_path):

@@ -24,7 +24,7 @@ import pytest
 from cfnlint import api as cfnlint_api
 from cfnlint.decode import decode
 
-from chalicelib import dashboard, idempotency, jobstore
+from chalicelib import dashboard, idempotency, jobstore, setstore
 
 ROOT = Path(__file__).resolve().parents[2]
 CHALICE_DIR = ROOT / ".chalice"
@@ -141,13 +141,14 @@ def test_tables_have_the_keys_the_stores_use() -> None:
             return type("W", (), {"wait": lambda *a, **k: None})()
 
     resources = load_cfn(INFRA)["Resources"]
-    for module, logical in ((idempotency, "IdempotencyTable"), (jobstore, "JobsTable")):
+    for module, logical in ((idempotency, "IdempotencyTable"), (jobstore, "JobsTable"), (setstore, "SetsTable")):
         rec = Recorder()
         module.create_table(rec, "t")
         props = resources[logical]["Properties"]
         assert props["KeySchema"] == rec.calls["create_table"]["KeySchema"], logical
         assert props["AttributeDefinitions"] == rec.calls["create_table"]["AttributeDefinitions"], logical
         assert props["BillingMode"] == rec.calls["create_table"]["BillingMode"], logical
+        assert props.get("GlobalSecondaryIndexes") == rec.calls["create_table"].get("GlobalSecondaryIndexes"), logical
         ttl = rec.calls["ttl"]["TimeToLiveSpecification"]
         assert props["TimeToLiveSpecification"] == {"AttributeName": ttl["AttributeName"], "Enabled": True}
 
@@ -162,6 +163,7 @@ def test_infra_names_match_every_stage() -> None:
         sub = lambda text: text.replace("${AppName}", app).replace("${Stage}", stage)  # noqa: E731
         assert sub(resources["IdempotencyTable"]["Properties"]["TableName"]["Fn::Sub"]) == env["IDEMPOTENCY_TABLE"]
         assert sub(resources["JobsTable"]["Properties"]["TableName"]["Fn::Sub"]) == env["JOBS_TABLE"]
+        assert sub(resources["SetsTable"]["Properties"]["TableName"]["Fn::Sub"]) == env["SETS_TABLE"]
         assert sub(resources["InputQueue"]["Properties"]["QueueName"]["Fn::Sub"]) == env["INPUT_QUEUE"]
         assert sub(resources["EventBus"]["Properties"]["Name"]["Fn::Sub"]) == env["EVENT_BUS_NAME"]
         assert env["SLURM_TOKEN_SECRET"] == f"slurm_token_{env['SLURM_CLUSTER_NAME']}"
@@ -353,7 +355,8 @@ def test_policies_name_their_resources(stage: str) -> None:
                     assert any(f":secret:{env['SLURM_TOKEN_SECRET']}-" in r for r in resources)
                     assert all(":secret:" in r and not r.endswith(":secret:*") for r in resources)
                 if action.startswith("dynamodb:"):
-                    assert all(r.endswith((f"table/{env['IDEMPOTENCY_TABLE']}", f"table/{env['JOBS_TABLE']}"))
+                    tables = (env["IDEMPOTENCY_TABLE"], env["JOBS_TABLE"], env["SETS_TABLE"])
+                    assert all(r.endswith(tuple(f"table/{t}" for t in tables)) or r.endswith(f"table/{env['SETS_TABLE']}/index/due")
                                for r in resources)
                 if action == "events:PutEvents":
                     assert resources == [f"arn:aws:events:us-east-1:123456789012:event-bus/{env['EVENT_BUS_NAME']}"]
@@ -380,12 +383,13 @@ def test_policies_allow_what_the_stores_call(stage: str) -> None:
     needs = {
         "on_queue_message": (dynamodb_actions(ROOT / "chalicelib" / "idempotency.py"), env["IDEMPOTENCY_TABLE"]),
         "poll_jobs": (dynamodb_actions(ROOT / "chalicelib" / "jobstore.py"), env["JOBS_TABLE"]),
+        "check_sets": (dynamodb_actions(ROOT / "chalicelib" / "setstore.py"), env["SETS_TABLE"]),
     }
     for function, (actions, table) in needs.items():
         assert actions, function
         allowed = {
             a for st in policy(stage, function)["Statement"] for a in st["Action"]
-            if any(r.endswith(f"table/{table}") for r in st["Resource"])
+            if any(r.endswith((f"table/{table}", f"table/{table}/index/due")) for r in st["Resource"])
         }
         assert actions <= allowed, (function, sorted(actions - allowed))
         assert any(a == "events:PutEvents" for st in policy(stage, function)["Statement"] for a in st["Action"])

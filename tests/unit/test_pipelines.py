@@ -24,7 +24,7 @@ def write(folder: Path, name: str, text: str) -> Path:
 
 def test_shipped_pipelines_load():
     names = [p.name for p in pipelines.load(SHIPPED)]
-    assert names == ["align-reads", "forecast-tile"]
+    assert names == ["align-reads", "forecast-tile", "goes-scan", "illumina-run", "paired-reads"]
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,9 @@ The same paths run against real Slurm in tests/integration/test_tracker_real.py.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -14,9 +16,9 @@ from chalicelib import provenance
 from chalicelib.eventbus import EventBus, EventBusError
 from chalicelib.jobstore import LOST, DynamoDBJobStore, create_table
 from chalicelib.provenance import Source
-from chalicelib.slurm.errors import SlurmNotFoundError
+from chalicelib.slurm.errors import SlurmNotFoundError, SlurmUnavailableError
 from chalicelib.slurm.models import Job, JobsPage
-from chalicelib.tracker import LOST_REASON, Tracker, event_id
+from chalicelib.tracker import LOST_REASON, REQUEUED, Tracker, event_id
 
 CLUSTER = "c1"
 T0 = datetime(2026, 11, 25, 4, 0, 0, tzinfo=timezone.utc)
@@ -24,30 +26,35 @@ SRC = Source(bucket="in", key="runs/a b.csv", pipeline="align", version_id="v1")
 
 
 class FakeSlurm:
-    """Answers like slurmrestd: every job once anything changed since ``update_time``."""
+    """Answers like slurmctld: every job once anything changed since ``update_time``,
+    with ``last_update`` its own clock (``skew`` seconds off ours) when it answered."""
 
     def __init__(self, clock: list[float]) -> None:
         self.jobs: dict[int, Job] = {}
         self.clock = clock
-        self.last_update = 0
+        self.skew = 0
+        self.changed_at = 0  # slurmctld's last_job_update
         self.calls: list[Any] = []
         self.lookups: list[int] = []
+
+    def now(self) -> int:
+        return int(self.clock[0]) + self.skew
 
     def set(self, job_id: int, state: str, ours: bool = True, **kw: Any) -> None:
         kw.setdefault("submit_time", T0)
         comment = provenance.encode(SRC) if ours else "someone else's"
         self.jobs[job_id] = Job(job_id=job_id, name=f"job{job_id}", state=state, comment=comment, user="u", partition="debug", **kw)
-        self.last_update = int(self.clock[0])
+        self.changed_at = self.now()
 
     def forget(self, job_id: int) -> None:
         del self.jobs[job_id]
-        self.last_update = int(self.clock[0])
+        self.changed_at = self.now()
 
     def list_jobs(self, update_time: int | None = None) -> JobsPage:
         self.calls.append(update_time)
-        if update_time is not None and update_time - 1 >= self.last_update:  # slurmctld's test
+        if update_time is not None and update_time - 1 >= self.changed_at:  # slurmctld's test
             return JobsPage((), changed=False)
-        return JobsPage(tuple(self.jobs.values()), changed=True, last_update=self.last_update)
+        return JobsPage(tuple(self.jobs.values()), changed=True, last_update=self.now())
 
     def get_job(self, job_id: int) -> Job:
         self.lookups.append(job_id)
@@ -157,17 +164,93 @@ def test_store_work_follows_changes_not_jobs(env) -> None:
 def test_incremental_update_time_and_unchanged_answer(env) -> None:
     slurm, events, store, tracker, clock = env
     slurm.set(1, "RUNNING")
+    clock[0] += 5
     tracker().poll()
-    assert store.load_cursor(CLUSTER).update_time == max(slurm.last_update, int(clock[0]) - 10)
+    assert store.load_cursor(CLUSTER).update_time == slurm.now()
     clock[0] += 60
-    result = tracker().poll()  # the change of the last poll's second is listed again
-    assert slurm.calls[-1] == slurm.last_update and result.changed
-    assert store.load_cursor(CLUSTER).update_time == int(clock[0]) - 10
-    clock[0] += 60
-    quiet = tracker().poll()  # nothing changed for 2 minutes: Slurm says so without jobs
-    assert slurm.calls[-1] == int(clock[0]) - 70
+    quiet = tracker().poll()  # nothing changed: Slurm says so without jobs, the cursor stays
+    assert slurm.calls[-1] == slurm.now() - 60
     assert not quiet.changed and quiet.jobs_seen == 0 and quiet.running == 1
-    assert result.transitions == [] and len(events.entries) == 1
+    assert store.load_cursor(CLUSTER).update_time == slurm.now() - 60
+    slurm.set(1, "COMPLETED")
+    clock[0] += 60
+    result = tracker().poll()
+    assert result.changed and result.transitions[0]["state"] == "COMPLETED"
+    assert store.load_cursor(CLUSTER).update_time == slurm.now()
+    assert len(events.entries) == 2
+
+
+@pytest.mark.parametrize("skew", [-3600, -120, 0, 120, 3600])
+def test_the_cursor_is_slurms_clock_whatever_ours_says(env, skew: int) -> None:
+    """With our clock minus a margin as the cursor, a head node 2 minutes behind would be
+    asked for changes "since" a time still in its future: every change of those minutes
+    missed until the next sweep."""
+    slurm, events, store, tracker, clock = env
+    slurm.skew = skew
+    slurm.set(1, "RUNNING")
+    tracker(sweep_seconds=10**6).poll()
+    assert store.load_cursor(CLUSTER).update_time == slurm.now()
+    for step, state in enumerate(["SUSPENDED", "RUNNING", "COMPLETED"]):
+        clock[0] += 30
+        slurm.set(1, state)
+        result = tracker(sweep_seconds=10**6).poll()
+        assert not result.sweep and [t["state"] for t in result.transitions] == [state], (step, slurm.calls)
+    assert [s for _, _, s in events.transitions()] == ["RUNNING", "SUSPENDED", "RUNNING", "COMPLETED"]
+
+
+def test_a_change_in_the_second_of_the_answer_is_not_missed(env) -> None:
+    """``last_update`` is the second slurmctld built the answer in; a change later in that
+    same second is still listed next time (slurmctld answers "no change" only when
+    ``update_time - 1`` is not older than its last change)."""
+    slurm, events, store, tracker, clock = env
+    slurm.set(1, "RUNNING")
+    tracker().poll()
+    slurm.set(1, "FAILED")  # same second as the answer
+    assert [t["state"] for t in tracker().poll().transitions] == ["FAILED"]
+
+
+class NoLastUpdate(FakeSlurm):
+    """v0.0.38 / v0.0.39: no ``last_update`` in /jobs; diag's ``req_time`` is Slurm's clock."""
+
+    def __init__(self, clock: list[float]) -> None:
+        super().__init__(clock)
+        self.diags = 0
+
+    def list_jobs(self, update_time: int | None = None) -> JobsPage:
+        page = super().list_jobs(update_time)
+        return JobsPage(page.jobs, page.changed, None)
+
+    def diag(self) -> dict[str, Any]:
+        self.diags += 1
+        return {"statistics": {"req_time": self.now(), "req_time_start": 1}}
+
+
+def test_without_last_update_the_cursor_is_slurms_clock_from_diag(env) -> None:
+    _, events, store, _, clock = env
+    slurm = NoLastUpdate(clock)
+    slurm.skew = -300
+    bus = EventBus(events, "default", "slurm-trigger", attempts=1)
+    tracker = lambda: Tracker(slurm, store, bus, CLUSTER, clock=lambda: clock[0], sweep_seconds=10**6)  # noqa: E731
+    slurm.set(1, "RUNNING")
+    clock[0] += 5
+    tracker().poll()
+    assert store.load_cursor(CLUSTER).update_time == slurm.now() - 1
+    clock[0] += 60
+    assert not tracker().poll().changed and slurm.diags == 1  # unchanged answer: no diag
+    slurm.set(1, "COMPLETED")
+    assert [t["state"] for t in tracker().poll().transitions] == ["COMPLETED"]
+    assert store.load_cursor(CLUSTER).update_time == slurm.now() - 1 and slurm.diags == 2
+
+
+def test_without_last_update_or_diag_the_cursor_stays(env) -> None:
+    _, events, store, _, clock = env
+    slurm = NoLastUpdate(clock)
+    slurm.diag = lambda: (_ for _ in ()).throw(SlurmUnavailableError("diag refused", status=503))
+    bus = EventBus(events, "default", "slurm-trigger", attempts=1)
+    slurm.set(1, "RUNNING")
+    Tracker(slurm, store, bus, CLUSTER, clock=lambda: clock[0]).poll()
+    assert store.load_cursor(CLUSTER).update_time is None  # every poll lists all: slower, never blind
+    assert events.transitions() == [(1, None, "RUNNING")]
 
 
 def test_a_crash_between_publish_and_save_publishes_again_with_the_same_id(env) -> None:
@@ -327,3 +410,308 @@ def test_a_big_first_poll_is_spread_over_polls(env) -> None:
     assert third.deferred == 0
     assert sorted(j for j, _, _ in events.transitions()) == list(range(25))
     assert tracker(max_changes=10).poll().transitions == []
+
+
+# --------------------------------------------------------------------------- vanished jobs: bounded, checkpointed
+
+
+def purged(slurm: FakeSlurm, tracker: Any, *job_ids: int) -> None:
+    """Jobs tracked RUNNING, then purged by slurmctld while nobody looked."""
+    for job_id in job_ids:
+        slurm.set(job_id, "RUNNING")
+    tracker().poll()
+    for job_id in job_ids:
+        slurm.forget(job_id)
+
+
+def test_a_mass_purge_is_looked_up_a_bounded_share_per_poll(env) -> None:
+    """An outage let slurmctld purge 300 running jobs (1,000s in real life): each poll looks up at most
+    ``max_lookups`` of them and the next goes on where it stopped; none twice."""
+    slurm, events, store, tracker, clock = env
+    for i in range(1, 301):
+        slurm.set(i, "RUNNING")
+    tracker(max_changes=0).poll()
+    for i in range(1, 301):
+        slurm.forget(i)
+    slurm.set(5000, "RUNNING")  # the cluster goes on meanwhile
+    clock[0] += 600  # the next poll sweeps
+    polls = []
+    while True:
+        clock[0] += 60
+        result = tracker(max_lookups=40, sweep_seconds=600).poll()
+        polls.append((result.looked_up, result.lost, result.to_look_up))
+        if not result.to_look_up:
+            break
+    assert polls[0] == (40, 40, 260) and len(polls) == 8
+    assert all(looked <= 40 for looked, _, _ in polls)
+    assert sorted(slurm.lookups) == list(range(1, 301))  # each once
+    assert sum(lost for _, lost, _ in polls) == 300
+    assert store.load_cursor(CLUSTER).known.keys() == {5000}
+
+
+def test_lookups_stop_when_a_third_of_the_lease_is_gone(env) -> None:
+    slurm, events, store, tracker, clock = env
+    purged(slurm, tracker, *range(1, 11))
+    real_get = slurm.get_job
+
+    def slow(job_id: int) -> Job:
+        clock[0] += 8  # a head node answering in 8 s
+        return real_get(job_id)
+
+    slurm.get_job = slow
+    first = tracker().poll(sweep=True, lease_seconds=60)
+    assert (first.looked_up, first.lost, first.to_look_up) == (3, 3, 7)  # 0, 8, 16 s < 20 s
+    second = tracker().poll(lease_seconds=60)
+    assert (second.looked_up, second.to_look_up) == (3, 4)
+    assert slurm.lookups == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_failing_lookup_stops_the_lookups_and_the_next_poll_retries_it(env) -> None:
+    slurm, events, store, tracker, clock = env
+    purged(slurm, tracker, 1, 2, 3)
+    real_get = slurm.get_job
+    slurm.get_job = lambda job_id: (_ for _ in ()).throw(SlurmUnavailableError("503", status=503))
+    first = tracker().poll(sweep=True)
+    assert (first.looked_up, first.lost, first.to_look_up) == (1, 0, 3) and events.transitions()[3:] == []
+    slurm.get_job = real_get
+    second = tracker().poll()
+    assert (second.lost, second.to_look_up) == (3, 0)
+    assert [s for _, _, s in events.transitions()[3:]] == [LOST] * 3
+
+
+def test_a_queued_job_listed_again_leaves_the_queue(env) -> None:
+    slurm, events, store, tracker, clock = env
+    slurm.set(1, "RUNNING")
+    slurm.set(2, "RUNNING")
+    tracker().poll()
+    hidden = slurm.jobs.pop(1), slurm.jobs.pop(2)
+    slurm.changed_at = slurm.now()
+    assert tracker(max_lookups=1).poll(sweep=True).to_look_up == 1
+    slurm.jobs[2] = replace(hidden[1], state="COMPLETED")  # back in the listing
+    slurm.changed_at = slurm.now()
+    clock[0] += 60
+    result = tracker(max_lookups=1).poll()
+    assert result.to_look_up == 0 and result.looked_up == 0
+    assert sorted(events.transitions()[2:]) == [(1, "RUNNING", LOST), (2, "RUNNING", "COMPLETED")]
+
+
+# --------------------------------------------------------------------------- accounting (slurmdbd)
+
+
+class WithAccounting(FakeSlurm):
+    """slurmdbd behind the same server: ``accounting`` knows the jobs ``record`` gave it."""
+
+    accounting = True
+
+    def __init__(self, clock: list[float]) -> None:
+        super().__init__(clock)
+        self.db: dict[int, Job] = {}
+        self.db_lookups: list[int] = []
+        self.db_error: Exception | None = None
+
+    def get_accounting_job(self, job_id: int) -> Job | None:
+        self.db_lookups.append(job_id)
+        if self.db_error:
+            raise self.db_error
+        return self.db.get(job_id)
+
+
+@pytest.fixture
+def acct(env):
+    _, events, store, _, clock = env
+    slurm = WithAccounting(clock)
+    bus = EventBus(events, "default", "slurm-trigger", attempts=1)
+
+    def tracker(**kw: Any) -> Tracker:
+        return Tracker(slurm, store, bus, CLUSTER, clock=lambda: clock[0], **kw)
+
+    return slurm, events, store, tracker, clock
+
+
+def _ended(job_id: int, state: str, exit_code: int | None, **kw: Any) -> Job:
+    return Job(job_id=job_id, name=f"job{job_id}", state=state, exit_code=exit_code, comment=provenance.encode(SRC),
+               submit_time=T0, start_time=T0, end_time=datetime(2026, 11, 25, 4, 5, tzinfo=timezone.utc),
+               user="u", partition="debug", **kw)
+
+
+def test_a_job_gone_from_slurmctld_gets_its_end_from_accounting(acct) -> None:
+    slurm, events, store, tracker, clock = acct
+    purged(slurm, tracker, 1, 2)
+    slurm.db[1] = _ended(1, "FAILED", 3, reason="NonZeroExitCode")
+    slurm.db[2] = _ended(2, "COMPLETED", 0)
+    result = tracker().poll(sweep=True)
+    assert (result.lost, result.to_look_up) == (0, 0)
+    assert sorted(events.transitions()[2:]) == [(1, "RUNNING", "FAILED"), (2, "RUNNING", "COMPLETED")]
+    failed = next(d for d in events.details() if d["state"] == "FAILED")
+    assert (failed["exitCode"], failed["reason"], failed["endedAt"]) == (3, "NonZeroExitCode", "2026-11-25T04:05:00Z")
+    assert failed["source"]["key"] == SRC.key
+    assert failed["eventId"] == event_id(CLUSTER, 1, "FAILED", "2026-11-25T04:00:00Z")
+    assert store.load_cursor(CLUSTER).known == {} and store.get_jobs(CLUSTER, [1])[1].final
+    tracker().poll(sweep=True)
+    assert len(events.entries) == 4 and slurm.lookups == [1, 2]
+
+
+def test_slurmdbd_lag_is_waited_for_in_later_polls_not_declared_lost(acct) -> None:
+    slurm, events, store, tracker, clock = acct
+    purged(slurm, tracker, 1)
+    first = tracker().poll(sweep=True)
+    assert (first.looked_up, first.lost, first.to_look_up) == (1, 0, 1) and len(events.entries) == 1
+    slurm.db[1] = _ended(1, "COMPLETED", 0)  # slurmdbd caught up
+    clock[0] += 60
+    second = tracker().poll()
+    assert (second.lost, second.to_look_up) == (0, 0)
+    assert events.transitions()[-1] == (1, "RUNNING", "COMPLETED")
+    assert slurm.lookups == [1] and slurm.db_lookups == [1, 1]  # slurmctld asked once
+
+
+def test_a_job_accounting_does_not_know_is_lost_after_the_grace(acct) -> None:
+    slurm, events, store, tracker, clock = acct
+    purged(slurm, tracker, 1)
+    tracker(lost_after=300).poll(sweep=True)
+    clock[0] += 240
+    assert tracker(lost_after=300).poll().lost == 0
+    slurm.db[1] = Job(job_id=1, state="RUNNING", submit_time=T0)  # accounting still says running: not an end
+    clock[0] += 50
+    assert tracker(lost_after=300).poll().lost == 0
+    clock[0] += 20
+    last = tracker(lost_after=300).poll()
+    assert (last.lost, last.to_look_up) == (1, 0)
+    assert events.transitions()[-1] == (1, "RUNNING", LOST) and len(slurm.db_lookups) == 4
+
+
+def test_failing_accounting_holds_the_lookups_then_gives_lost(acct) -> None:
+    slurm, events, store, tracker, clock = acct
+    purged(slurm, tracker, 1, 2)
+    slurm.db_error = SlurmUnavailableError("502 from slurmdbd", status=502)
+    first = tracker(lost_after=300).poll(sweep=True)
+    assert (first.looked_up, first.lost, first.to_look_up) == (1, 0, 2)
+    clock[0] += 301
+    assert tracker(lost_after=300).poll().lost == 1  # job 1 past its grace; job 2's grace runs from now
+    clock[0] += 301
+    assert tracker(lost_after=300).poll().lost == 1
+    assert [s for _, _, s in events.transitions()[2:]] == [LOST, LOST]
+
+
+def test_accounting_of_an_earlier_job_with_the_same_id_is_not_ours(acct) -> None:
+    slurm, events, store, tracker, clock = acct
+    purged(slurm, tracker, 1)
+    slurm.db[1] = replace(_ended(1, "COMPLETED", 0), submit_time=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    tracker(lost_after=0).poll(sweep=True)
+    assert events.transitions()[-1] == (1, "RUNNING", LOST)
+
+
+def test_a_client_without_accounting_attributes_gives_lost_at_once(env) -> None:
+    slurm, events, store, tracker, clock = env
+    assert not hasattr(slurm, "accounting") and not hasattr(slurm, "get_accounting_job")
+    purged(slurm, tracker, 1)
+    assert tracker().poll(sweep=True).lost == 1
+
+
+# --------------------------------------------------------------------------- requeue (recorded answers)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "requeue"
+RECORDED = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
+
+
+def recorded(release: str, name: str) -> Job:
+    """A job as the dialect of the recording parses it."""
+    from chalicelib.slurm.dialects import DIALECTS
+
+    body = json.loads((FIXTURES / release / f"{name}.json").read_text())
+    return DIALECTS[release.split("-")[1]].parse_job(body["jobs"][0])
+
+
+def replay(env, release: str, steps: list[str]) -> list[dict[str, Any]]:
+    slurm, events, store, tracker, clock = env
+    for step in steps:
+        job = recorded(release, step)
+        slurm.jobs = {job.job_id: job}
+        slurm.changed_at = slurm.now()
+        clock[0] += 60
+        tracker().poll(sweep=True)
+    assert slurm.lookups == []  # never taken for vanished, never LOST
+    return events.details()
+
+
+@pytest.mark.parametrize("release", RECORDED)
+def test_a_requeued_running_job_is_followed(env, release: str) -> None:
+    details = replay(env, release, ["running", "requeue-window", "requeued", "requeued-cancelled"])
+    chain = [(d["previousState"], d["state"], REQUEUED in d["stateFlags"]) for d in details]
+    # 22.05 shows the window as COMPLETING (still RUNNING), later versions as PENDING+COMPLETING
+    assert chain == [(None, "RUNNING", False), ("RUNNING", "PENDING", True), ("PENDING", "CANCELLED", False)]
+    requeue = details[1]
+    assert REQUEUED in requeue["stateFlags"] and requeue["source"]["key"] == "requeue/probe.txt"
+    assert details[1]["submittedAt"] > details[0]["submittedAt"]  # the new run's, not the old one's
+    assert len({d["eventId"] for d in details}) == 3
+
+
+@pytest.mark.parametrize("release", RECORDED)
+def test_the_requeue_event_has_one_id_whichever_moment_the_poll_saw(env, release: str) -> None:
+    slurm, events, store, tracker, clock = env
+    with_window = replay(env, release, ["running", "requeue-window", "requeued"])
+    store.inner._db.delete_item(TableName="jobs", Key={"pk": {"S": f"job#{CLUSTER}#{with_window[0]['jobId']}"}})
+    store.inner._db.delete_item(TableName="jobs", Key={"pk": {"S": f"cursor#{CLUSTER}"}})
+    events.entries.clear()
+    without = replay(env, release, ["running", "requeued"])
+    assert with_window[1]["eventId"] == without[1]["eventId"]
+    assert (without[1]["previousState"], without[1]["state"]) == ("RUNNING", "PENDING")
+
+
+@pytest.mark.parametrize("release", RECORDED)
+def test_a_final_state_followed_by_a_requeue_is_not_the_end(env, release: str) -> None:
+    """FAILED (or NODE_FAIL, PREEMPTED) was published as final; Slurm requeued the job:
+    the events go on for the same job id, never as a new job nor LOST."""
+    details = replay(env, release, ["failed", "failed-requeued"])
+    assert [(d["previousState"], d["state"]) for d in details] == [(None, "FAILED"), ("FAILED", "PENDING")]
+    assert details[0]["exitCode"] == 3 and details[1]["exitCode"] is None and REQUEUED in details[1]["stateFlags"]
+
+
+@pytest.mark.parametrize("final", ["NODE_FAIL", "PREEMPTED"])
+def test_node_fail_or_preempted_then_requeued_then_run_again(env, final: str) -> None:
+    slurm, events, store, tracker, clock = env
+    rerun = datetime(2026, 11, 25, 4, 3, tzinfo=timezone.utc)
+    for state, kw in [("RUNNING", {}), (final, {}), ("PENDING", {"restarts": 1, "submit_time": rerun}),
+                      ("RUNNING", {"restarts": 1, "submit_time": rerun}), ("COMPLETED", {"restarts": 1, "submit_time": rerun, "exit_code": 0})]:
+        slurm.set(1, state, **kw)
+        clock[0] += 60
+        tracker().poll(sweep=True)
+    assert events.transitions() == [(1, None, "RUNNING"), (1, "RUNNING", final), (1, final, "PENDING"),
+                                    (1, "PENDING", "RUNNING"), (1, "RUNNING", "COMPLETED")]
+    assert store.get_jobs(CLUSTER, [1])[1].restarts == 1 and slurm.lookups == []
+
+
+def test_a_requeue_that_ran_again_between_two_polls_still_makes_an_event(env) -> None:
+    slurm, events, store, tracker, clock = env
+    slurm.set(1, "COMPLETED", exit_code=0)
+    tracker().poll()
+    slurm.set(1, "COMPLETED", exit_code=0, restarts=1, submit_time=datetime(2026, 11, 26, tzinfo=timezone.utc))
+    tracker().poll()
+    assert events.transitions() == [(1, None, "COMPLETED"), (1, "COMPLETED", "COMPLETED")]
+    assert REQUEUED in events.details()[-1]["stateFlags"]
+
+
+def test_jobs_waiting_for_accounting_do_not_hold_up_the_queue(acct) -> None:
+    slurm, events, store, tracker, clock = acct
+    purged(slurm, tracker, *range(1, 7))
+    for job_id in (4, 5, 6):
+        slurm.db[job_id] = _ended(job_id, "COMPLETED", 0)
+    first = tracker(max_lookups=3).poll(sweep=True)  # 1-3: accounting does not know them yet
+    assert (first.looked_up, len(first.transitions), first.to_look_up) == (3, 0, 6)
+    second = tracker(max_lookups=3).poll()  # 4-6 next, not 1-3 again
+    assert sorted(t["jobId"] for t in second.transitions) == [4, 5, 6] and second.to_look_up == 3
+    assert slurm.db_lookups == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_requeue_event_never_takes_the_id_of_the_first_runs_pending(env) -> None:
+    """eventId is the state entered and the submit time: while the requeue completes,
+    Slurm shows PENDING with the old submit time, which is the first run's PENDING."""
+    slurm, events, store, tracker, clock = env
+    rerun = datetime(2026, 11, 25, 4, 3, tzinfo=timezone.utc)
+    for state, kw in [("PENDING", {}), ("RUNNING", {}), ("PENDING", {"restarts": 1, "state_flags": ("COMPLETING",)}),
+                      ("PENDING", {"restarts": 1, "submit_time": rerun})]:
+        slurm.set(1, state, **kw)
+        clock[0] += 60
+        tracker().poll()
+    assert events.transitions() == [(1, None, "PENDING"), (1, "PENDING", "RUNNING"), (1, "RUNNING", "PENDING")]
+    assert len({d["eventId"] for d in events.details()}) == 3
+    assert events.details()[-1]["eventId"] == event_id(CLUSTER, 1, "PENDING", "2026-11-25T04:03:00Z")

@@ -1,0 +1,88 @@
+"""Provenance in the Slurm comment: any key, any template comment, decodes to its own job."""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict
+
+import pytest
+
+from chalicelib import provenance
+from chalicelib.provenance import MARKER, Source
+
+FAKE = 'slurm-trigger:{"bucket":"evil","key":"stolen","pipeline":"p"}'
+HOSTILE_KEYS = [
+    "runs/slurm-trigger:a.csv",
+    "slurm-trigger:",
+    "a slurm-trigger:{}",
+    FAKE,
+    'x","pipeline":"evil"}',
+    "{}{}}}{{",
+    'q"uo"te\'s',
+    "back\\slash\\",
+    "slurm-trigger\\u003a{}",
+    "slurm-trigger\\:",
+    "new\nline\ttab\x00nul",
+    "ünï/cødé/🙂 slurm-trigger:",
+    "slurm-trigger:slurm-trigger:slurm-trigger:",
+    "slurm-trigger:[1,",
+    '$(touch /tmp/x)`id`${HOME}"',
+]
+TEMPLATE_COMMENTS = [None, "", "align ${basename}", "align slurm-trigger:", FAKE, "slurm-trigger:{", "a } b { c"]
+
+
+def old_encode(source: Source, comment: str | None = None) -> str:
+    """The encoding before the marker was escaped in the JSON (jobs in flight during an upgrade)."""
+    payload = json.dumps({k: v for k, v in asdict(source).items() if v is not None}, separators=(",", ":"), ensure_ascii=True)
+    prefix = f"{comment.strip()} " if comment and comment.strip() else ""
+    return f"{prefix}{MARKER}{payload}"
+
+
+def basename(key: str) -> str:
+    return key.rsplit("/", 1)[-1]
+
+
+@pytest.mark.parametrize("encode", [provenance.encode, old_encode], ids=["current", "before-escaping"])
+@pytest.mark.parametrize("key", HOSTILE_KEYS)
+@pytest.mark.parametrize("template", TEMPLATE_COMMENTS)
+def test_any_key_under_any_template_comment_decodes_to_itself(encode, key: str, template: str | None) -> None:
+    source = Source("in-bucket", key, "align", "v1", '"etag"', "st-0123")
+    comment = template.replace("${basename}", basename(key)) if template else template
+    assert provenance.decode(encode(source, comment)) == source
+    # the shipped templates put the key itself in the comment, before the marker
+    assert provenance.decode(encode(source, f"align {key}")) == source
+
+
+def test_the_real_marker_is_the_last_one_in_a_new_comment() -> None:
+    source = Source("b", FAKE, "p")
+    text = provenance.encode(source, f"align {FAKE}")
+    payload = text[text.rindex(MARKER) + len(MARKER) :]
+    assert json.loads(payload)["key"] == FAKE
+    assert text.count(MARKER) == 2  # the template's and ours: none inside the JSON
+
+
+def test_random_keys_built_from_hostile_pieces() -> None:
+    pieces = [MARKER, "{", "}", '"', "\\", ":", ",", "[", "]", "pipeline", "key", " ", "a", "/", "\\u003a", "null", "1"]
+    rng = random.Random(8)
+    for _ in range(2000):
+        key = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        source = Source("b", key, rng.choice(["p", "p" + MARKER]), rng.choice([None, "v1"]))
+        template = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 6)))
+        for encode in (provenance.encode, old_encode):
+            assert provenance.decode(encode(source, template)) == source, (key, template)
+
+
+@pytest.mark.parametrize(
+    "comment",
+    [None, "", "someone else's job", MARKER, f"{MARKER}not json", f"{MARKER}[1,2]", f'{MARKER}{{"bucket":"b"}}',
+     f'{MARKER}{{"bucket":"b","key":1,"pipeline":"p"}}', f'{MARKER}{{"bucket":"b","key":"k","pipeline":"p","extra":"x"}}',
+     f'{MARKER}{{"bucket":"b","key":"k","pipeline":"p"}} trailing'],
+)
+def test_comments_without_a_whole_payload_are_not_ours(comment: str | None) -> None:
+    assert provenance.decode(comment) is None
+
+
+def test_keys_without_the_marker_encode_as_before() -> None:
+    """Trackers not yet upgraded read new comments as they read old ones."""
+    source = Source("b", 'runs/a "b" {c}.csv', "align", "v1", None, "st-1")
+    assert provenance.encode(source, "align x") == old_encode(source, "align x")
