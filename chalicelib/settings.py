@@ -40,11 +40,12 @@ CLUSTER_VARIABLES = {
     "SLURM_CA_BUNDLE": "ca_bundle", "SLURM_CA_SECRET": "ca_secret", "SLURM_CA_PARAMETER": "ca_parameter",
     "SLURM_INSECURE": "insecure", "SLURM_ALLOW_HTTP": "allow_http", "SLURM_CONNECT_TIMEOUT": "connect_timeout",
     "SLURM_READ_TIMEOUT": "read_timeout", "SLURM_RETRIES": "retries", "SLURM_MAX_CONNECTIONS": "max_connections",
+    "SLURM_SUBMIT_SETTLE_SECONDS": "submit_settle_seconds",
 }
 CLUSTER_FIELDS = tuple(CLUSTER_VARIABLES.values())
 TARGET_INHERITS = {"connect_timeout": "SLURM_CONNECT_TIMEOUT", "read_timeout": "SLURM_READ_TIMEOUT",
                    "retries": "SLURM_RETRIES", "token_cache_seconds": "SLURM_TOKEN_CACHE_SECONDS",
-                   "max_connections": "SLURM_MAX_CONNECTIONS"}
+                   "max_connections": "SLURM_MAX_CONNECTIONS", "submit_settle_seconds": "SLURM_SUBMIT_SETTLE_SECONDS"}
 
 
 def _parse_targets(text: str | None) -> dict[str, dict[str, str]]:
@@ -149,7 +150,7 @@ class Settings:
         plain ``SLURM_*`` variables, named ``cluster_name``), then each of
         ``SLURM_TARGETS``. An extra target starts from the defaults, not from the default
         target's variables (a URL or secret inherited by mistake would send jobs to the
-        wrong cluster); only the HTTP timeouts, retries and cache age carry over."""
+        wrong cluster); only TARGET_INHERITS (timeouts, retries, connections, cache age) carry over."""
         out = {self.cluster_name: self}
         for name, overrides in _parse_targets(self.targets_json).items():
             if name in out:
