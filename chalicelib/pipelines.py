@@ -31,7 +31,7 @@ from chalicelib.templating import check_template
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 # A site value: the deployment's own setting, e.g. its partition or shared filesystem.
 _SITE = re.compile(r"@\{([a-z][a-z0-9_]*)(?::-([^}]*))?\}")
-_TOP_FIELDS = {"name", "description", "match", "metadata", "job", "steps", "collect"}
+_TOP_FIELDS = {"name", "description", "match", "metadata", "job", "steps", "collect", "target"}
 _MATCH_FIELDS = {"bucket", "prefix", "suffix", "glob", "exclude", "min_size"}
 
 
@@ -75,6 +75,7 @@ class Pipeline:
     description: str = ""
     collect: Collect | None = None  # a set of objects makes one job (docs/trigger.md#sets)
     steps: tuple[Step, ...] = ()  # several jobs chained by dependencies, instead of ``template``
+    target: str | None = None  # the cluster its jobs go to (a SLURM_TARGETS name); None: the default
 
     @property
     def jobs(self) -> tuple[Step, ...]:
@@ -169,6 +170,9 @@ def parse(data: Any, file: Path, site: Mapping[str, str] | None = None) -> Pipel
             raise ValueError("'metadata' must be true or false")
         if "steps" in data and "job" in data:
             raise ValueError("give either 'job' or 'steps', not both")
+        target = data.get("target")
+        if target is not None and not (isinstance(target, str) and _NAME.match(target)):
+            raise ValueError("'target' must be the name of a cluster (SLURM_CLUSTER_NAME or a SLURM_TARGETS name)")
         script_names: dict[int, str] = {}
 
         def template_of(job: Any) -> JobSubmission:
@@ -204,6 +208,7 @@ def parse(data: Any, file: Path, site: Mapping[str, str] | None = None) -> Pipel
             description=str(data.get("description") or ""),
             collect=spec,
             steps=steps,
+            target=target,
         )
     except (ValueError, OSError) as exc:  # TemplateError is a ValueError
         raise PipelineError(f"{label}: {exc}") from exc

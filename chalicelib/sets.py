@@ -294,7 +294,7 @@ class SetCollector:
         missing = spec.missing(state.members, state.expected)
         detail: dict[str, Any] = {
             "source": Source(state.bucket, state.name, pipeline.name, idempotency_key=state.set_id).to_detail(),
-            "cluster": self.trigger.cluster,
+            "cluster": self.trigger.target(pipeline.name)[0],
             "set": {
                 "name": state.name,
                 "idempotencyKey": state.set_id,

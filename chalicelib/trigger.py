@@ -33,7 +33,7 @@ from chalicelib.eventbus import Event, EventBus
 from chalicelib.idempotency import Claim, ClaimLostError, DynamoDBIdempotencyStore, IdempotencyStore, idempotency_key
 from chalicelib.observability import logger, metrics as default_metrics, tracer
 from chalicelib.outcome import Outcome
-from chalicelib.pipelines import Pipeline, load, matching
+from chalicelib.pipelines import Pipeline, PipelineError, load, matching
 from chalicelib.provenance import Source
 from chalicelib.s3events import ObjectRef
 from chalicelib.sets import SetCollector
@@ -141,12 +141,21 @@ class Trigger:
         window_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
         report_batch_item_failures: bool = False,  # the SQS mapping has ReportBatchItemFailures
+        targets: Mapping[str, Any] | None = None,  # more clusters by name: their clients
     ) -> None:
         self.pipelines = list(pipelines)
         self.client = client
         self.store = store
         self.bus = bus
         self.cluster = cluster
+        self.clients = {**(targets or {}), cluster: client}
+        self._target_of = {p.name: p.target or cluster for p in self.pipelines}
+        unknown = [p for p in self.pipelines if self._target_of[p.name] not in self.clients]
+        if unknown:
+            raise PipelineError("\n".join(
+                f"{p.file}: pipeline {p.name!r}: target {p.target!r} is no configured cluster "
+                f"(the clusters are {', '.join(self.clients)}; more come from SLURM_TARGETS)" for p in unknown
+            ))
         self.s3 = s3_client
         self.metrics = metrics
         self.settle_seconds = settle_seconds
@@ -182,6 +191,11 @@ class Trigger:
     def _sqs_record(self, record: SQSRecord, lambda_context: Any = None) -> list[dict[str, Any]]:
         refs = s3events.parse_sqs_body(record.body)
         return [o.to_dict() for o in self.handle_objects(refs, deadline=lambda_deadline(lambda_context))]
+
+    def target(self, pipeline: str | None) -> tuple[str, Any]:
+        """The cluster name and client a pipeline's jobs go to: its ``target``, else the default."""
+        name = self._target_of.get(pipeline or "", self.cluster)
+        return name, self.clients[name]
 
     def check_sets(self) -> list[Outcome]:
         """The scheduled check of sets: window ends, deadlines, silent winners."""
@@ -334,7 +348,7 @@ class Trigger:
             # An earlier attempt ended without a word after its lease, which outlasts
             # any job its submit could make: if Slurm has none now, it never will.
             try:
-                found = self.client.find_jobs_by_comment(claim.key)
+                found = self.target(source.pipeline)[1].find_jobs_by_comment(claim.key)
             except BaseException:
                 self._quietly(self.store.expire, claim)  # not asked: the next attempt asks
                 raise
@@ -348,7 +362,7 @@ class Trigger:
             self._quietly(self.store.release, claim)
             raise DeadlinePassedError(claim.key)
         try:
-            result = self.client.submit(job)
+            result = self.target(source.pipeline)[1].submit(job)
         except SlurmError as exc:
             if exc.job_id:
                 # Slurm made the job but reported errors (e.g. 22.05's 200 + errors): keep
@@ -409,7 +423,7 @@ class Trigger:
         return self._report(source, event, resumed=False)
 
     def _failure_event(self, source: Source, exc: Exception, job_id: int | None = None) -> Event:
-        detail: dict[str, Any] = {"source": source.to_detail(), "cluster": self.cluster, "reason": str(exc)}
+        detail: dict[str, Any] = {"source": source.to_detail(), "cluster": self.target(source.pipeline)[0], "reason": str(exc)}
         if isinstance(exc, SlurmError):
             detail["error"] = exc.to_dict()
         if job_id is not None:
@@ -419,12 +433,13 @@ class Trigger:
     def _submitted_event(
         self, source: Source, job_id: int, adopted: bool, extra: Mapping[str, Any] | None = None
     ) -> Event:
+        cluster, client = self.target(source.pipeline)
         detail = {
             **(extra or {}),
             "source": source.to_detail(),
             "jobId": job_id,
-            "cluster": self.cluster,
-            "apiVersion": self.client.version,
+            "cluster": cluster,
+            "apiVersion": client.version,
             "idempotencyKey": source.idempotency_key,
             "adopted": adopted,
         }
@@ -469,10 +484,16 @@ def build_trigger(
     ssm_client: Any = None,
 ) -> Trigger:
     """A ``Trigger`` from ``Settings`` and boto3 clients (moto's in tests): pipelines
-    loaded and checked, the Slurm client built (its version is negotiated on first use)."""
+    loaded and checked, a Slurm client per target built (each negotiates its version on
+    first use)."""
+    clients = {
+        name: build_client(target, secrets_client=secrets_client, ec2_client=ec2_client, ssm_client=ssm_client)
+        for name, target in settings.targets().items()
+    }
     return Trigger(
         pipelines=load(settings.pipelines_path, settings.site),
-        client=build_client(settings, secrets_client=secrets_client, ec2_client=ec2_client, ssm_client=ssm_client),
+        client=clients.pop(settings.cluster_name),
+        targets=clients,
         store=DynamoDBIdempotencyStore(dynamodb_client, settings.idempotency_table, ttl_days=settings.idempotency_ttl_days),
         bus=EventBus(events_client, settings.event_bus, settings.event_source),
         cluster=settings.cluster_name,

@@ -118,3 +118,37 @@ def test_the_tracker_polls_each_target(two: dict[str, SlurmTarget], monkeypatch:
         assert store.get_jobs(name, [job_id])[job_id].final  # each under its own cluster's keys
         assert store.load_cursor(name).update_time
     assert {e["detail"]["cluster"] for e in finals.values()} == {"lab-old", "lab-new"}
+
+
+def test_each_pipeline_submits_to_its_target(two: dict[str, SlurmTarget], tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One object, two pipelines: one without ``target`` (the default cluster), one with
+    ``target: lab-new``. Each job is in its own cluster, counted there, and its
+    Submitted event names that cluster."""
+    from chalicelib.idempotency import create_table as create_idempotency_table
+    from chalicelib.s3events import ObjectRef
+    from chalicelib.trigger import build_trigger
+
+    job = {"script": "#!/bin/bash\ntrue\n", "partition": "debug", "working_directory": "/tmp",
+           "standard_output": "/dev/null", "time_limit": 1}
+    (tmp_path / "old.yaml").write_text(json.dumps({"name": "to-old", "match": {"prefix": "targets/"}, "job": job}))
+    (tmp_path / "new.yaml").write_text(json.dumps({"name": "to-new", "target": "lab-new", "match": {"prefix": "targets/"}, "job": job}))
+    monkeypatch.setenv("PIPELINES_PATH", str(tmp_path))
+    monkeypatch.setenv("IDEMPOTENCY_TABLE", "targets-idem")
+    ddb = boto3.client("dynamodb")
+    create_idempotency_table(ddb, "targets-idem")
+    published = events_to_queue("targets-submitted")
+    trigger = build_trigger(Settings.from_env(), dynamodb_client=ddb, events_client=boto3.client("events"))
+    ref = ObjectRef("lab", f"targets/{uuid.uuid4().hex}.dat", version_id="v1")
+    outcomes = {o.pipeline: o for o in trigger.handle(ref)}
+    assert {p: o.status for p, o in outcomes.items()} == {"to-old": "submitted", "to-new": "submitted"}
+    for pipeline, cluster in (("to-old", "lab-old"), ("to-new", "lab-new")):
+        client = build_client(Settings.from_env().target(cluster))
+        found = client.find_jobs_by_comment(outcomes[pipeline].idempotency_key)
+        assert [j.job_id for j in found] == [outcomes[pipeline].job_id]  # in its own cluster, once
+    events = {e["detail"]["source"]["pipeline"]: e["detail"] for batch in iter(published, []) for e in batch}
+    assert events["to-old"]["cluster"] == "lab-old" and events["to-new"]["cluster"] == "lab-new"
+    assert events["to-new"]["apiVersion"] == "v0.0.42" and events["to-old"]["apiVersion"] == "v0.0.38"
+    # a pipeline naming a cluster nobody configured is refused when the trigger is built
+    (tmp_path / "bad.yaml").write_text(json.dumps({"name": "to-nowhere", "target": "lab-gone", "match": {"prefix": "x/"}, "job": job}))
+    with pytest.raises(ValueError, match="lab-gone"):
+        build_trigger(Settings.from_env(), dynamodb_client=ddb, events_client=boto3.client("events"))
