@@ -148,13 +148,14 @@ class Trigger:
         self.store = store
         self.bus = bus
         self.cluster = cluster
-        self.clients = {**(targets or {}), cluster: client}
+        self.targets = {name: c for name, c in (targets or {}).items() if name != cluster}
         self._target_of = {p.name: p.target or cluster for p in self.pipelines}
-        unknown = [p for p in self.pipelines if self._target_of[p.name] not in self.clients]
+        clusters = [cluster, *self.targets]
+        unknown = [p for p in self.pipelines if self._target_of[p.name] not in clusters]
         if unknown:
             raise PipelineError("\n".join(
                 f"{p.file}: pipeline {p.name!r}: target {p.target!r} is no configured cluster "
-                f"(the clusters are {', '.join(self.clients)}; more come from SLURM_TARGETS)" for p in unknown
+                f"(the clusters are {', '.join(clusters)}; more come from SLURM_TARGETS)" for p in unknown
             ))
         self.s3 = s3_client
         self.metrics = metrics
@@ -195,7 +196,7 @@ class Trigger:
     def target(self, pipeline: str | None) -> tuple[str, Any]:
         """The cluster name and client a pipeline's jobs go to: its ``target``, else the default."""
         name = self._target_of.get(pipeline or "", self.cluster)
-        return name, self.clients[name]
+        return name, self.client if name == self.cluster else self.targets[name]
 
     def check_sets(self) -> list[Outcome]:
         """The scheduled check of sets: window ends, deadlines, silent winners."""
