@@ -92,6 +92,12 @@ def _exit(value: str | None) -> tuple[int | None, int | None]:
     return (int(code) if code.isdigit() else None), None
 
 
+def _number(value: str | None) -> int | None:
+    """scontrol's ``ArrayJobId=``/``ArrayTaskId=`` (absent outside arrays; a range
+    such as ``2-3%1`` for an array's pending remainder, which is no one task)."""
+    return int(value) if value and value.isdigit() else None
+
+
 def _reason(value: str | None) -> str | None:
     return value if value and value != "None" else None
 
@@ -133,10 +139,13 @@ def hook_entry(env: dict[str, str], cluster: str, bus: str, source: str, scontro
         return None
     src = provenance.decode(comment)
     submitted_at = iso(submit)
+    array_job = _number(info.get("ArrayJobId"))
     detail = {
         "cluster": cluster,
         "jobId": int(job_id),
         "jobName": name or "",
+        "arrayJobId": array_job,
+        "arrayTaskId": _number(info.get("ArrayTaskId")) if array_job else None,
         "state": state,
         "previousState": previous,
         "stateFlags": [],
