@@ -1,17 +1,30 @@
-"""slurm-trigger's Chalice app: only wiring. Every handler calls into chalicelib."""
+"""slurm-trigger's Chalice app: only wiring. Every handler calls into chalicelib.
+
+chalicelib is imported when a handler first runs, not here: every function of the app
+imports this file, and a new container should pay only for what its own first event
+needs (the tracker never loads the trigger's modules, and the reverse);
+bench/bench_import.py measures it.
+"""
+from __future__ import annotations
+
 import os
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import boto3
 from chalice import Chalice, Rate
 
-from chalicelib.observability import metrics
-from chalicelib.settings import Settings
-from chalicelib.slurm import build_client
-from chalicelib.tracker import Tracker, build_tracker, record_metrics
-from chalicelib.trigger import Trigger, build_trigger, lambda_deadline
+if TYPE_CHECKING:
+    from chalicelib.tracker import Tracker
+    from chalicelib.trigger import Trigger
 
 app = Chalice(app_name="slurm-trigger")
+
+
+def _flush_metrics() -> None:
+    from chalicelib.observability import metrics
+
+    metrics.flush_metrics()
 
 # --- tracker (docs/tracker.md) -------------------------------------------------------------
 
@@ -22,6 +35,10 @@ POLL_RATE_MINUTES = int(os.environ.get("POLL_RATE_MINUTES") or 1)
 @lru_cache(maxsize=1)
 def _trackers() -> tuple[Tracker, ...]:
     """One per target and container: token caches and HTTP connections survive warm starts."""
+    from chalicelib.settings import Settings
+    from chalicelib.slurm import build_client
+    from chalicelib.tracker import build_tracker
+
     ddb, events = boto3.client("dynamodb"), boto3.client("events")
     return tuple(build_tracker(s, build_client(s), ddb, events) for s in Settings.from_env().targets().values())
 
@@ -31,6 +48,9 @@ def poll_jobs(event):
     """Publish every state change of the tracked jobs, each target under its own lease
     and cursor. A lease lasts as long as this invocation may, so a poll that dies frees
     the cluster for the next one."""
+    from chalicelib.observability import metrics
+    from chalicelib.tracker import record_metrics
+
     context = getattr(event, "context", None)
     out, failed = {}, []
     try:
@@ -73,6 +93,9 @@ SQS_MAXIMUM_CONCURRENCY = int(os.environ.get("SQS_MAXIMUM_CONCURRENCY") or 5)
 @lru_cache(maxsize=1)
 def _trigger() -> Trigger:
     """One per container: pipelines loaded, clients and the negotiated version kept."""
+    from chalicelib.settings import Settings
+    from chalicelib.trigger import build_trigger
+
     return build_trigger(
         Settings.from_env(),
         dynamodb_client=boto3.client("dynamodb"),
@@ -85,11 +108,13 @@ def _objects(event) -> list:
     """S3 notification or EventBridge event: transient errors raise, Lambda retries and
     then hands the event to the function's on-failure destination (docs/deploy.md).
     Claims last as long as this invocation may, plus the settle time of a submit."""
+    from chalicelib.trigger import lambda_deadline
+
     deadline = lambda_deadline(getattr(event, "context", None))
     try:
         return [o.to_dict() for o in _trigger().handle_event(event.to_dict(), deadline=deadline)]
     finally:
-        metrics.flush_metrics()
+        _flush_metrics()
 
 
 # Minutes between two checks of waiting sets (windows that end, deadlines that pass).
@@ -103,7 +128,7 @@ def check_sets(event):
     try:
         return [o.to_dict() for o in _trigger().check_sets()]
     finally:
-        metrics.flush_metrics()
+        _flush_metrics()
 
 
 if "s3" in SUBSCRIPTIONS:
@@ -122,7 +147,7 @@ if "sqs" in SUBSCRIPTIONS:
         try:
             return _trigger().handle_sqs(event.to_dict(), getattr(event, "context", None))
         finally:
-            metrics.flush_metrics()
+            _flush_metrics()
 
 
 if "eventbridge" in SUBSCRIPTIONS:

@@ -48,6 +48,9 @@ CASES = {
     # What minting adds to a Lambda cold start, where boto3 and requests are loaded anyway.
     "import boto3, requests, jwt": "import sys; sys.modules['cryptography'] = None\nimport boto3, requests, jwt",
     "import app": "import app",
+    # what the first object then adds (the trigger's modules, before any AWS or Slurm call)
+    "import app + trigger modules": "import app, chalicelib.trigger",
+    "import app + tracker modules": "import app, chalicelib.tracker, chalicelib.slurm",
 }
 HEAVY = ("boto3", "botocore", "aws_lambda_powertools", "chalicelib.observability", "aws_xray_sdk.core", "chalice", "jwt",
          "cryptography")

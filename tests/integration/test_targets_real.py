@@ -93,7 +93,7 @@ def test_the_tracker_polls_each_target(two: dict[str, SlurmTarget], monkeypatch:
         scoped.ids = set(jobs.values())
         return scoped
 
-    monkeypatch.setattr(app, "build_client", scoped_client)
+    monkeypatch.setattr("chalicelib.slurm.build_client", scoped_client)  # app.py imports it when polling
     finals: dict[str, dict[str, Any]] = {}
     mine: list[dict[str, Any]] = []
     deadline = time.monotonic() + WAIT_SECONDS
