@@ -118,6 +118,21 @@ def test_the_hooks_event_of_an_array_task_of_a_step_is_the_trackers(tmp_path: Pa
     assert (detail["arrayJobId"], detail["arrayTaskId"], detail["source"]["step"]) == (50, 1, "align")
 
 
+def test_the_hook_reads_its_own_line_of_an_array_id(tmp_path: Path) -> None:
+    """The last task of an array keeps the array's id, and ``scontrol show job`` of that
+    id prints every task: the hook takes the line of its own ``JobId``."""
+    comment = provenance.encode(Source(bucket="reads", key="runs/r1", pipeline="demux"))
+    script = tmp_path / "scontrol"
+    script.write_text("#!/bin/sh\ncat <<'EOF'\n"
+                      f"JobId=51 ArrayJobId=50 ArrayTaskId=0 JobName=a JobState=FAILED ExitCode=4:0 Comment={comment}\n"
+                      f"JobId=50 ArrayJobId=50 ArrayTaskId=1 JobName=a JobState=COMPLETED ExitCode=0:0 Comment={comment}\n"
+                      "EOF\n")
+    script.chmod(0o755)
+    env = {"JOBID": "50", "JOBSTATE": "COMPLETED", "SUBMIT": "1796119200", "START": "1796119205", "END": "1796119210"}
+    detail = json.loads(hn.hook_entry(env, "pc1", "bus", "slurm-trigger", str(script))["Detail"])
+    assert (detail["jobId"], detail["arrayJobId"], detail["arrayTaskId"], detail["exitCode"]) == (50, 50, 1, 0)
+
+
 def test_the_hook_skips_other_jobs_and_states(tmp_path: Path) -> None:
     scontrol = fake_scontrol(tmp_path, "JobId=7 Comment=(null) SubmitTime=2026-12-01T10:00:00")
     assert hn.hook_entry({"SLURM_SCRIPT_CONTEXT": "prolog_slurmctld", "SLURM_JOB_ID": "7", "SLURM_JOB_COMMENT": "x"},
