@@ -50,6 +50,9 @@ class TrackedJob:
     bucket: str | None = None
     key: str | None = None
     version_id: str | None = None
+    step: str | None = None  # the pipeline step that made the job (pipelines with ``steps``)
+    array_job_id: int | None = None  # for the tasks of a job array
+    array_task_id: int | None = None
     submitted_at: str | None = None
     started_at: str | None = None
     ended_at: str | None = None
@@ -67,7 +70,7 @@ class TrackedJob:
         """The object behind the job, for jobs slurm-trigger submitted."""
         if not self.bucket or self.key is None:
             return None
-        return Source(self.bucket, self.key, self.pipeline or "", self.version_id)
+        return Source(self.bucket, self.key, self.pipeline or "", self.version_id, step=self.step)
 
     @property
     def s3_uri(self) -> str | None:
@@ -288,7 +291,7 @@ def _n(value: float) -> dict[str, str]:
     return {"N": str(value)}
 
 
-_INT_FIELDS = {"job_id", "exit_code", "restarts"}
+_INT_FIELDS = {"job_id", "exit_code", "restarts", "array_job_id", "array_task_id"}
 
 
 def _to_item(job: TrackedJob) -> dict[str, Any]:

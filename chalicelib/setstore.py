@@ -66,6 +66,7 @@ class SetState:
     first_at: int | None = None
     due_at: int | None = None
     job_id: int | None = None
+    reported_at: int | None = None  # reported incomplete past its deadline (still open)
     changed: bool = True
 
     @property
@@ -103,6 +104,12 @@ class SetStore(ABC):
     def due(self, pipeline: str, now: int) -> Iterator[SetState]:
         """The sets of ``pipeline`` due for the scheduled check."""
 
+    @abstractmethod
+    def waiting(self, limit: int) -> list[SetState]:
+        """OPEN sets (waiting for members), whatever their pipeline, soonest deadline
+        first, those without one last (for ``status --sets``). Reading stops once
+        ``limit`` are found: when more wait, these are some of them, not the soonest."""
+
 
 def _state(item: dict[str, Any], changed: bool = True) -> SetState:
     def n(name: str) -> int | None:
@@ -130,6 +137,7 @@ def _state(item: dict[str, Any], changed: bool = True) -> SetState:
         first_at=n("first_at"),
         due_at=n("due_at"),
         job_id=n("job_id"),
+        reported_at=n("reported_at"),
         changed=changed,
     )
 
@@ -267,6 +275,25 @@ class DynamoDBSetStore(SetStore):
         for page in pages:
             for item in page.get("Items", []):
                 yield _state(item)
+
+    def waiting(self, limit: int) -> list[SetState]:
+        # A scan, not the ``due`` index: a set without a deadline (pairs, manifests
+        # without one, a reported set) is waiting too and is not in the index. It stops
+        # once ``limit`` are found (a ``--watch`` must not read the whole table every few
+        # seconds); the table's closed sets go with their TTL.
+        found: list[SetState] = []
+        pages = self._ddb.get_paginator("scan").paginate(
+            TableName=self._table,
+            FilterExpression="#status = :open",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":open": {"S": OPEN}},
+        )
+        for page in pages:
+            found += (_state(item) for item in page.get("Items", []))
+            if len(found) >= limit:
+                break
+        found.sort(key=lambda s: (s.due_at is None, s.due_at or 0, s.first_at or 0, s.set_id))
+        return found[:limit]
 
 
 def create_table(dynamodb_client: Any, name: str) -> None:

@@ -61,11 +61,13 @@ def _epoch(value: str | None) -> int | None:
 def scontrol_job(job_id: str, scontrol: str) -> dict[str, str]:
     """``scontrol show job -o`` as a dict, times in UTC (``TZ=UTC``: scontrol prints
     local time). Fields are split on `` Key=``, so a value with spaces (a comment)
-    stays whole."""
-    out = subprocess.run(
+    stays whole. The id of a job array's last task is the array's id, for which
+    scontrol prints a line per task: the job's own line is the one of its ``JobId``."""
+    lines = subprocess.run(
         [scontrol, "show", "job", "-o", job_id],
         capture_output=True, text=True, timeout=5, env={**os.environ, "TZ": "UTC"}, check=True,
-    ).stdout.strip()
+    ).stdout.strip().splitlines()
+    out = next((line for line in lines if line.startswith(f"JobId={job_id} ")), lines[0] if lines else "")
     fields: dict[str, str] = {}
     parts = re.split(r" (?=[A-Za-z][A-Za-z0-9_:/]*=)", out)
     for part in parts:
@@ -90,6 +92,12 @@ def _exit(value: str | None) -> tuple[int | None, int | None]:
     if sig.isdigit() and int(sig):
         return None, int(sig)
     return (int(code) if code.isdigit() else None), None
+
+
+def _number(value: str | None) -> int | None:
+    """scontrol's ``ArrayJobId=``/``ArrayTaskId=`` (absent outside arrays; a range
+    such as ``2-3%1`` for an array's pending remainder, which is no one task)."""
+    return int(value) if value and value.isdigit() else None
 
 
 def _reason(value: str | None) -> str | None:
@@ -133,10 +141,13 @@ def hook_entry(env: dict[str, str], cluster: str, bus: str, source: str, scontro
         return None
     src = provenance.decode(comment)
     submitted_at = iso(submit)
+    array_job = _number(info.get("ArrayJobId"))
     detail = {
         "cluster": cluster,
         "jobId": int(job_id),
         "jobName": name or "",
+        "arrayJobId": array_job,
+        "arrayTaskId": _number(info.get("ArrayTaskId")) if array_job else None,
         "state": state,
         "previousState": previous,
         "stateFlags": [],

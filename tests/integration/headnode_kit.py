@@ -167,8 +167,9 @@ class KitUnderTest:
 
 
 def scontrol_job(job_id: int) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True,
-                         check=True, env={**os.environ, "TZ": "UTC"}).stdout.strip()
+    lines = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True,
+                           check=True, env={**os.environ, "TZ": "UTC"}).stdout.strip().splitlines()
+    out = next((line for line in lines if line.startswith(f"JobId={job_id} ")), lines[0])  # an array's id: a line per task
     fields: dict[str, str] = {}
     for part in re.split(r" (?=[A-Za-z][A-Za-z0-9_:/]*=)", out):
         key, _, value = part.partition("=")

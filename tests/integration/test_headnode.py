@@ -312,6 +312,50 @@ def test_hook_pushes_the_same_event_ids_as_the_tracker(kit: KitUnderTest, tmp_pa
     assert len(pushed) >= 2  # the hook says where the job came from; a poll may not know
 
 
+def test_hook_and_tracker_agree_on_each_task_of_an_array(kit: KitUnderTest) -> None:
+    """A real two-task array of a step: for each task the hook's detail (jobcomp, as
+    slurmctld runs it) is the tracker's, array, task and step included; the last task
+    has the array's id, for which scontrol prints every task."""
+    from chalicelib import provenance
+    from chalicelib.provenance import Source
+
+    client = client_for(kit)
+    table = f"hn-jobs-{uuid.uuid4().hex[:6]}"
+    create_jobs_table(kit.client("dynamodb"), table)
+    tracker = build_tracker(settings(kit, jobs_table=table, event_bus=kit.bus), client,
+                            kit.client("dynamodb"), kit.client("events"))
+    receive_all(kit.sqs, kit.queue)
+    run = uuid.uuid4().hex[:10]
+    src = Source(bucket="bkt", key=f"hn/{run}/array", pipeline="hn", version_id="v1", step="align")
+    sub = submission(run, script="#!/bin/bash\nexit 0\n", comment=provenance.encode(src))
+    sub.array = "0-1"
+    array_id = client.submit(sub).job_id
+    deadline = time.monotonic() + 60
+    while True:
+        tracker.poll(sweep=True)
+        tasks = [j for j in tracker.store.list_jobs(kit.cluster) if j.array_job_id == array_id]
+        if len(tasks) == 2 and all(j.final for j in tasks):
+            break
+        assert time.monotonic() < deadline, tasks
+        time.sleep(0.5)
+    assert sorted(j.array_task_id for j in tasks) == [0, 1] and array_id in {j.job_id for j in tasks}
+    for job in tasks:
+        assert kit.run_hook(kit.hook_env(job.job_id, "jobcomp")).returncode == 0
+    ids = {j.job_id for j in tasks}
+    copies: dict[str, list[dict[str, Any]]] = {}
+    wait_until = time.monotonic() + 30
+    while sum(len(v) for v in copies.values()) < 4 and time.monotonic() < wait_until:  # 2 pushed + 2 polled
+        for e in receive_all(kit.sqs, kit.queue, wait=2):
+            if e["detail"]["jobId"] in ids and e["detail"]["state"] == "COMPLETED":
+                copies.setdefault(e["detail"]["eventId"], []).append(e["detail"])
+    assert len(copies) == 2 and all(len(v) == 2 for v in copies.values()), copies  # one id per task, from both
+    same = ("jobId", "arrayJobId", "arrayTaskId", "source", "exitCode", "jobName", "submittedAt", "endedAt")
+    for pushed, polled in copies.values():
+        assert {k: pushed[k] for k in same} == {k: polled[k] for k in same}
+        task = next(j for j in tasks if j.job_id == pushed["jobId"])
+        assert (pushed["arrayJobId"], pushed["arrayTaskId"], pushed["source"]["step"]) == (array_id, task.array_task_id, "align")
+
+
 def test_hook_ignores_other_jobs_and_never_fails(kit: KitUnderTest) -> None:
     tag = f"hn-foreign-{uuid.uuid4().hex[:8]}"
     foreign = int(subprocess.run(["sbatch", "--parsable", "-J", tag, "-o", "/dev/null", "--wrap", "true"],

@@ -10,9 +10,11 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import boto3
+import jsonschema
 from atomic_dynamodb import AtomicDynamoDB  # sibling helper module
 import pytest
 from conftest import read_clusters
@@ -34,6 +36,7 @@ TABLE = "tracker-jobs"
 SOURCE = "slurm-trigger"
 POLL_EVERY = 0.5
 POLL_LIMIT = 60.0
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "slurm-job-state-change.schema.json").read_text())
 
 
 class RefuseFirstTime:
@@ -76,7 +79,8 @@ class OnlyTheseJobs:
 
     def list_jobs(self, update_time: int | None = None) -> Any:
         page = self.client.list_jobs(update_time)
-        return replace(page, jobs=tuple(j for j in page.jobs if j.job_id in self.ids - self.purged))
+        ours = self.ids - self.purged  # an array's tasks split off under new ids: theirs by their array
+        return replace(page, jobs=tuple(j for j in page.jobs if j.job_id in ours or j.array_job_id in ours))
 
     def get_job(self, job_id: int) -> Any:
         if job_id in self.purged:
@@ -101,9 +105,10 @@ class World:
         bus = EventBus(events_client or self.events, "default", SOURCE, sleep=lambda _: None)
         return Tracker(self.scoped, self.store, bus, CLUSTER)
 
-    def submit(self, script: str, tag: str, key: str | None = None, template_comment: str | None = None) -> int:
+    def submit(self, script: str, tag: str, key: str | None = None, template_comment: str | None = None,
+               array: str | None = None, step: str | None = None) -> int:
         key = key or f"tracker/{tag}-{uuid.uuid4().hex[:8]}.txt"
-        src = Source(bucket="in-bucket", key=key, pipeline="tracker-test", version_id="v1")
+        src = Source(bucket="in-bucket", key=key, pipeline="tracker-test", version_id="v1", step=step)
         sub = JobSubmission(
             script=f"#!/bin/bash\n{script}\n",
             name=f"tracker-{tag}",
@@ -113,6 +118,7 @@ class World:
             environment={"PATH": "/usr/bin:/bin"},
             time_limit=2,
             comment=provenance.encode(src, template_comment),
+            array=array,
         )
         job_id = self.client.submit(sub).job_id
         self.scoped.ids.add(job_id)
@@ -387,3 +393,35 @@ def test_a_job_gone_from_slurmctld_gets_its_end_from_accounting_else_lost(world:
         assert last["endedAt"] and last["endedAt"] >= last["startedAt"]
     else:
         assert (last["state"], last["exitCode"], last["reason"]) == ("LOST", None, "job no longer known to Slurm")
+
+
+def test_each_task_of_a_job_array_names_its_array_task_and_step(world: World) -> None:
+    """A two-task array of a step: Slurm splits the tasks off under their own job ids;
+    every event names the array, the task (null only while no task of it ran) and the
+    step, and matches the schema."""
+    tracker = world.tracker()
+    array_id = world.submit("sleep 1; exit 0", "array", array="0-1", step="align")
+    deadline = time.monotonic() + POLL_LIMIT
+    while True:
+        tracker.poll()
+        tasks = [j for j in world.store.list_jobs(CLUSTER) if j.array_job_id == array_id]
+        if len(tasks) == 2 and all(j.final for j in tasks):
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"array {array_id} not final after {POLL_LIMIT}s: {tasks}")
+        time.sleep(POLL_EVERY)
+    assert sorted(j.array_task_id for j in tasks) == [0, 1] and {j.step for j in tasks} == {"align"}
+    received = [e for e in world.received() if e["detail"]["cluster"] == CLUSTER]
+    details = [e["detail"] for e in received if e["detail"]["arrayJobId"] == array_id]
+    assert len(details) == len(received), "an event of this test's only job lacks its array"
+    for event in received:
+        jsonschema.validate(event, SCHEMA, cls=jsonschema.Draft202012Validator)
+    per_task = by_job(received, [j.job_id for j in tasks])
+    assert sorted(per_task) == sorted(j.job_id for j in tasks)
+    for job in tasks:
+        chain = per_task[job.job_id]
+        assert_chain(chain, "COMPLETED")
+        assert chain[-1]["arrayTaskId"] == job.array_task_id
+        assert all(d["arrayTaskId"] in (None, job.array_task_id) for d in chain)
+        assert all(d["arrayTaskId"] is not None for d in chain if d["state"] != "PENDING")
+        assert all(d["source"]["step"] == "align" for d in chain)

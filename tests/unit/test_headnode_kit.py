@@ -103,6 +103,36 @@ def test_the_hooks_event_is_the_trackers(tmp_path: Path, context: str) -> None:
     jsonschema.validate(envelope, SCHEMA, cls=jsonschema.Draft202012Validator)
 
 
+def test_the_hooks_event_of_an_array_task_of_a_step_is_the_trackers(tmp_path: Path) -> None:
+    """scontrol's ArrayJobId/ArrayTaskId and the comment's step, as the poll reports them."""
+    comment = provenance.encode(Source(bucket="reads", key="runs/r1", pipeline="demux", step="align"))
+    scontrol = fake_scontrol(tmp_path, f"JobId=51 ArrayJobId=50 ArrayTaskId=1 JobName=align UserId=svc(2950) JobState=RUNNING "
+                                       f"Reason=None ExitCode=0:0 SubmitTime=2026-12-01T10:00:00 Partition=q1 Comment={comment}")
+    env = {"SLURM_SCRIPT_CONTEXT": "prolog_slurmctld", "SLURM_JOB_ID": "51", "SLURM_JOB_COMMENT": comment,
+           "SLURM_JOB_NAME": "align", "SLURM_JOB_USER": "svc", "SLURM_JOB_PARTITION": "q1", "SLURM_JOB_START_TIME": "1796119205"}
+    job = TrackedJob(cluster="pc1", job_id=51, state="RUNNING", previous_state="PENDING", name="align", user="svc", partition="q1",
+                     pipeline="demux", bucket="reads", key="runs/r1", step="align", array_job_id=50, array_task_id=1,
+                     submitted_at="2026-12-01T10:00:00Z", started_at="2026-12-01T10:00:05Z")
+    detail = json.loads(hn.hook_entry(env, "pc1", "bus", "slurm-trigger", scontrol)["Detail"])
+    assert {k: v for k, v in detail.items() if k != "eventId"} == state_change_detail(job)
+    assert (detail["arrayJobId"], detail["arrayTaskId"], detail["source"]["step"]) == (50, 1, "align")
+
+
+def test_the_hook_reads_its_own_line_of_an_array_id(tmp_path: Path) -> None:
+    """The last task of an array keeps the array's id, and ``scontrol show job`` of that
+    id prints every task: the hook takes the line of its own ``JobId``."""
+    comment = provenance.encode(Source(bucket="reads", key="runs/r1", pipeline="demux"))
+    script = tmp_path / "scontrol"
+    script.write_text("#!/bin/sh\ncat <<'EOF'\n"
+                      f"JobId=51 ArrayJobId=50 ArrayTaskId=0 JobName=a JobState=FAILED ExitCode=4:0 Comment={comment}\n"
+                      f"JobId=50 ArrayJobId=50 ArrayTaskId=1 JobName=a JobState=COMPLETED ExitCode=0:0 Comment={comment}\n"
+                      "EOF\n")
+    script.chmod(0o755)
+    env = {"JOBID": "50", "JOBSTATE": "COMPLETED", "SUBMIT": "1796119200", "START": "1796119205", "END": "1796119210"}
+    detail = json.loads(hn.hook_entry(env, "pc1", "bus", "slurm-trigger", str(script))["Detail"])
+    assert (detail["jobId"], detail["arrayJobId"], detail["arrayTaskId"], detail["exitCode"]) == (50, 50, 1, 0)
+
+
 def test_the_hook_skips_other_jobs_and_states(tmp_path: Path) -> None:
     scontrol = fake_scontrol(tmp_path, "JobId=7 Comment=(null) SubmitTime=2026-12-01T10:00:00")
     assert hn.hook_entry({"SLURM_SCRIPT_CONTEXT": "prolog_slurmctld", "SLURM_JOB_ID": "7", "SLURM_JOB_COMMENT": "x"},

@@ -715,3 +715,37 @@ def test_the_requeue_event_never_takes_the_id_of_the_first_runs_pending(env) -> 
     assert events.transitions() == [(1, None, "PENDING"), (1, "PENDING", "RUNNING"), (1, "RUNNING", "PENDING")]
     assert len({d["eventId"] for d in events.details()}) == 3
     assert events.details()[-1]["eventId"] == event_id(CLUSTER, 1, "PENDING", "2026-11-25T04:03:00Z")
+
+
+def test_array_tasks_and_steps_carry_their_ids_through_poll_store_and_lookup(env) -> None:
+    """An array's pending remainder, then its tasks (each its own job id, as Slurm
+    splits them off), of a step: every event names the array, the task and the step;
+    the stored item keeps them, so the LOST event of a forgotten task still does."""
+    slurm, events, store, tracker, clock = env
+    step_src = provenance.encode(replace(SRC, step="align"))
+
+    def task(job_id: int, state: str, index: int | None) -> Job:
+        return Job(job_id=job_id, name="arr", state=state, comment=step_src, submit_time=T0, array_job_id=10, array_task_id=index)
+
+    slurm.jobs[10] = task(10, "PENDING", None)  # the remainder: no one task yet
+    slurm.jobs[20] = Job(job_id=20, name="plain", state="PENDING", comment=provenance.encode(SRC), submit_time=T0)
+    slurm.changed_at = slurm.now()
+    tracker().poll()
+    slurm.jobs[10], slurm.jobs[11] = task(10, "RUNNING", 1), task(11, "RUNNING", 0)
+    slurm.changed_at = slurm.now()
+    tracker().poll()
+    by_job = {(d["jobId"], d["state"]): d for d in events.details()}
+    assert (by_job[10, "PENDING"]["arrayJobId"], by_job[10, "PENDING"]["arrayTaskId"]) == (10, None)
+    assert (by_job[10, "RUNNING"]["arrayJobId"], by_job[10, "RUNNING"]["arrayTaskId"]) == (10, 1)
+    assert (by_job[11, "RUNNING"]["arrayJobId"], by_job[11, "RUNNING"]["arrayTaskId"]) == (10, 0)
+    assert by_job[10, "RUNNING"]["source"]["step"] == "align"
+    plain = by_job[20, "PENDING"]
+    assert plain["arrayJobId"] is None and plain["arrayTaskId"] is None and "step" not in plain["source"]
+    stored = {j.job_id: j for j in store.list_jobs(CLUSTER)}
+    assert (stored[11].array_job_id, stored[11].array_task_id, stored[11].step) == (10, 0, "align")
+
+    slurm.forget(11)
+    clock[0] += 3600
+    tracker(lost_after=0).poll(sweep=True)
+    lost = events.details()[-1]
+    assert (lost["jobId"], lost["state"], lost["arrayJobId"], lost["arrayTaskId"], lost["source"]["step"]) == (11, LOST, 10, 0, "align")

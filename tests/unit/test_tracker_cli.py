@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import boto3
 import pytest
 
+from chalicelib import setstore
 from chalicelib.cli import common_options, tracker_commands
 from chalicelib.jobstore import DynamoDBJobStore, TrackedJob, create_table
+
+PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
 
 
 def run_cli(argv: list[str]) -> int:
@@ -74,3 +78,51 @@ def test_long_keys_are_shortened_in_the_table_only(table, capsys) -> None:
     assert "…" in line and line.split()[-1] == "-" and len(line) < 250
     run_cli(["status", "--format", "json"])
     assert json.loads(capsys.readouterr().out)[-1]["s3_uri"] == f"s3://in/{key}"
+
+
+@pytest.fixture
+def sets(aws, monkeypatch):
+    """Sets in every state, in moto; the shipped pipelines say what a pair lacks."""
+    db = boto3.client("dynamodb", region_name="us-east-1")
+    setstore.create_table(db, "cli-sets")
+    monkeypatch.setenv("SETS_TABLE", "cli-sets")
+    monkeypatch.setenv("PIPELINES_PATH", str(PIPELINES))
+    now = [1_796_119_200]  # 2026-12-01T10:00:00Z
+    store = setstore.DynamoDBSetStore(db, "cli-sets", clock=lambda: now[0])
+    pair = setstore.Where("pair-1", "paired-reads", "seq", "fastq/run1/s1_L001", span=6 * 3600)
+    store.add(pair, "R1", setstore.Member("fastq/run1/s1_S1_L001_R1_001.fastq.gz", "v1"))
+    store.add(setstore.Where("open-no-deadline", "other", "b", "folder/x", span=None), "a", setstore.Member("folder/x/a"))
+    now[0] -= 60  # an older set, due sooner
+    late = setstore.Where("reported-1", "paired-reads", "seq", "fastq/run0/s9_L002", span=60)
+    store.add(late, "R2", setstore.Member("fastq/run0/s9_S9_L002_R2_001.fastq.gz"))
+    store.reported("reported-1")
+    done = setstore.Where("fired-1", "paired-reads", "seq", "fastq/run1/s2_L001", span=60)
+    for read in ("R1", "R2"):
+        store.add(done, read, setstore.Member(f"fastq/run1/s2_S2_L001_{read}_001.fastq.gz"))
+    store.close("fired-1", redrive_after=90)
+    store.finished("fired-1", 77)
+    return store
+
+
+def test_status_sets_lists_the_waiting_sets_with_their_deadlines(sets, capsys) -> None:
+    assert [s.set_id for s in sets.waiting(10)] == ["pair-1", "reported-1", "open-no-deadline"]  # no deadline last, oldest first
+    assert run_cli(["status", "--sets", "--format", "json"]) == 0
+    rows = {r["idempotency_key"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {"pair-1", "open-no-deadline", "reported-1"}  # not the set that fired
+    pair = rows["pair-1"]
+    assert (pair["set"], pair["members"], pair["missing"]) == ("fastq/run1/s1_L001", ["R1"], ["R2"])
+    assert (pair["first_at"], pair["deadline"], pair["reported_at"]) == ("2026-12-01T10:00:00Z", "2026-12-01T16:00:00Z", None)
+    assert rows["reported-1"]["deadline"] is None and rows["reported-1"]["reported_at"] == "2026-12-01T09:59:00Z"
+    assert rows["reported-1"]["missing"] == ["R1"]
+    assert rows["open-no-deadline"]["missing"] is None  # its pipeline is not here: unknown, not "nothing"
+
+    assert run_cli(["status", "--sets"]) == 0  # table is the default
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [c.upper() for c in tracker_commands.SET_COLUMNS]
+    assert lines[1].split() == ["paired-reads", "fastq/run1/s1_L001", "1", "R2", "2026-12-01T10:00:00Z", "2026-12-01T16:00:00Z", "-"]
+    assert lines[2].split() == ["paired-reads", "fastq/run0/s9_L002", "1", "R1", "2026-12-01T09:59:00Z", "-", "2026-12-01T09:59:00Z"]
+    assert len(lines) == 4
+
+    assert run_cli(["status", "--sets", "--limit", "2", "--format", "json"]) == 0
+    out = capsys.readouterr()
+    assert len(json.loads(out.out)) == 2 and "more may wait (--limit)" in out.err

@@ -24,6 +24,11 @@ OURS = TrackedJob(
     submitted_at="2026-11-25T04:00:00Z", started_at="2026-11-25T04:00:02Z", ended_at="2026-11-25T04:01:00Z",
     exit_code=3, reason="NonZeroExitCode",
 )
+ARRAY_TASK = TrackedJob(
+    cluster="pc1", job_id=43, state="RUNNING", previous_state="PENDING", name="align", pipeline="align-reads",
+    bucket="my-input-bucket", key="runs/run1", step="align", array_job_id=40, array_task_id=0,
+    submitted_at="2026-11-25T04:00:00Z", started_at="2026-11-25T04:00:02Z",
+)
 FOREIGN = TrackedJob(cluster="pc1", job_id=7, state="PENDING", name="x", reason="Resources")
 
 
@@ -43,8 +48,8 @@ def test_schema_is_valid_draft_2020_12() -> None:
 
 @pytest.mark.parametrize(
     "job",
-    [OURS, FOREIGN, TrackedJob("pc1", 42, LOST, previous_state="RUNNING", reason=LOST_REASON, bucket="b", key="k")],
-    ids=["ours", "foreign", "lost"],
+    [OURS, ARRAY_TASK, FOREIGN, TrackedJob("pc1", 42, LOST, previous_state="RUNNING", reason=LOST_REASON, bucket="b", key="k")],
+    ids=["ours", "array-task-of-a-step", "foreign", "lost"],
 )
 def test_events_match_the_schema(job: TrackedJob) -> None:
     jsonschema.validate(envelope(job, ("COMPLETING",), 9), SCHEMA, cls=jsonschema.Draft202012Validator)
@@ -53,6 +58,10 @@ def test_events_match_the_schema(job: TrackedJob) -> None:
 def test_schema_rejects_what_consumers_must_not_see() -> None:
     bad = envelope(OURS)
     bad["detail"]["submittedAt"] = "2026-11-25 04:00:00+00:00"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, SCHEMA, cls=jsonschema.Draft202012Validator)
+    bad = envelope(OURS)
+    del bad["detail"]["arrayTaskId"]  # absent is null, never missing
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, SCHEMA, cls=jsonschema.Draft202012Validator)
     bad = envelope(OURS)
