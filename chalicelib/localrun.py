@@ -126,7 +126,21 @@ class Names:
         )
 
 
-def app_env(cluster: dict[str, Any], names: Names, endpoint: str, via: str, kit_url: str | None = None) -> dict[str, str]:
+def site_root(cluster: dict[str, Any]) -> str:
+    """A fresh SITE_ROOT for one pass, made on the cluster's filesystem (mode 1777, like
+    /tmp): the example jobs create their result folders inside, as whichever user they
+    run as (root, ciuser, the kit's service user), so no folder a job of another user
+    made earlier is in their way."""
+    path = f"/tmp/slurm-trigger-jobs/site-{uuid.uuid4().hex[:8]}"
+    seen = Path(cluster.get("root") or "/") / path.lstrip("/")
+    seen.mkdir(parents=True)
+    seen.chmod(0o1777)
+    return path
+
+
+def app_env(
+    cluster: dict[str, Any], names: Names, endpoint: str, via: str, kit_url: str | None = None, root: str = ""
+) -> dict[str, str]:
     """The environment the app reads (chalicelib.settings), pointing at the local pieces;
     with ``kit_url``, at the head node kit's TLS endpoint, its published PEM and its secret."""
     kit = {
@@ -158,7 +172,7 @@ def app_env(cluster: dict[str, Any], names: Names, endpoint: str, via: str, kit_
         "JOBS_TABLE": names.jobs_table,
         "SETS_TABLE": names.sets_table,
         # the site values of the example pipelines, pointed at the local clusters
-        "SITE_ROOT": "/tmp/slurm-trigger-jobs",
+        "SITE_ROOT": root or "/tmp/slurm-trigger-jobs",
         "SITE_PARTITION": "debug",
         "SITE_DATA": "/tmp/slurm-trigger-jobs/data",
         "EVENT_BUS_NAME": names.bus,
@@ -637,7 +651,7 @@ def run_pass(a: argparse.Namespace) -> int:
     log = Path(a.log_dir) / f"pass-{a.cluster}.log"
     _isolate_stdout(log)
     kit_url = dict(k.split("=", 1) for k in a.kit or []).get(a.cluster)
-    os.environ.update(app_env(cluster, names, a.endpoint, a.via, kit_url))
+    os.environ.update(app_env(cluster, names, a.endpoint, a.via, kit_url, site_root(cluster)))
     started = time.monotonic()
     token = _token(a.cluster)  # root's, for our own look at Slurm (slurm_view), never the app's
     aws = create_aws(names, None if kit_url else token, a.via)
