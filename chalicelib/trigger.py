@@ -349,7 +349,7 @@ class Trigger:
             # An earlier attempt ended without a word after its lease, which outlasts
             # any job its submit could make: if Slurm has none now, it never will.
             try:
-                found = self.target(source.pipeline)[1].find_jobs_by_comment(claim.key)
+                found = self.target(source.pipeline)[1].find_jobs_by_comment(claim.key, name=job.name)
             except BaseException:
                 self._quietly(self.store.expire, claim)  # not asked: the next attempt asks
                 raise

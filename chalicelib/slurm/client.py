@@ -229,15 +229,18 @@ class SlurmClient:
             if set(error_codes(exc.errors)) != {ALREADY_DONE}:
                 raise
 
-    def find_jobs_by_comment(self, substring: str) -> list[Job]:
+    def find_jobs_by_comment(self, substring: str, *, name: str | None = None) -> list[Job]:
         """Jobs whose comment contains ``substring`` (an idempotency key), by job id: how
         the trigger finds the job of a submit whose answer it never got. With accounting
         it also finds jobs that already left slurmctld (after MinJobAge), among this user's
-        jobs of the last ``ACCOUNTING_SEARCH_SECONDS``; slurmctld's view of a job wins."""
+        jobs of the last ``ACCOUNTING_SEARCH_SECONDS``; slurmctld's view of a job wins.
+        ``name``, the job's name when the caller knows it, narrows the accounting query
+        to jobs of that name (slurmdbd cannot filter by comment; a busy user's week of
+        jobs is too much to download on every takeover)."""
         found = {j.job_id: j for j in self.list_jobs().jobs if j.comment and substring in j.comment}
         if self.accounting:
             since = int(time.time()) - ACCOUNTING_SEARCH_SECONDS
-            for job in self.list_accounting_jobs(since):
+            for job in self.list_accounting_jobs(since, name=name):
                 if job.comment and substring in job.comment:
                     found.setdefault(job.job_id, job)
         return [found[i] for i in sorted(found)]
@@ -258,15 +261,15 @@ class SlurmClient:
         raws = [j for j in (body or {}).get("jobs") or () if number(j.get("job_id")) == int(job_id)]
         return self.dialect.parse_accounting_job(raws[-1]) if raws else None
 
-    def list_accounting_jobs(self, since: int) -> list[Job]:
-        """This user's jobs in accounting that were eligible, ran or ended after ``since``
-        (epoch seconds); [] without accounting."""
+    def list_accounting_jobs(self, since: int, *, name: str | None = None) -> list[Job]:
+        """This user's jobs in accounting (named ``name``, if given) that were eligible, ran
+        or ended after ``since`` (epoch seconds); [] without accounting."""
         if not self.accounting:
             return []
         dialect = self.dialect
         _, body = self._call(
             "GET", dialect.accounting_path("jobs"),
-            params=dialect.accounting_jobs_params(self._user(), since),
+            params=dialect.accounting_jobs_params(self._user(), since, name),
         )
         return [dialect.parse_accounting_job(j) for j in (body or {}).get("jobs") or ()]
 

@@ -406,13 +406,17 @@ class Dialect:
         """``endpoint`` is one of ping, jobs, job/<id>."""
         return f"/slurmdb/{self.version}/{endpoint}"
 
-    def accounting_jobs_params(self, user: str | None, since: int) -> dict[str, str]:
-        """The bounded ``GET /slurmdb/.../jobs`` query of a search: ``user``'s jobs that were
-        eligible, ran or ended after ``since`` (epoch seconds), without their steps. (slurmdbd
-        filters by user, name, state, partition and time; not by comment.)"""
+    def accounting_jobs_params(self, user: str | None, since: int, name: str | None = None) -> dict[str, str]:
+        """The bounded ``GET /slurmdb/.../jobs`` query of a search: ``user``'s jobs (named
+        ``name``) that were eligible, ran or ended after ``since`` (epoch seconds), without
+        their steps. (slurmdbd filters by user, name, state, partition and time; not by
+        comment. Its name filter is a comma-separated list, so a name with a comma is not
+        used as one.)"""
         params = {"start_time": f"uts{int(since)}", "skip_steps": "true"}
         if user:
             params["users"] = user
+        if name and "," not in name:
+            params["job_name"] = name
         return params
 
     def parse_accounting_job(self, raw: Mapping[str, Any]) -> Job:

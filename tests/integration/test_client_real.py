@@ -173,6 +173,9 @@ def test_accounting(slurm_target: Any) -> None:
     found = c.find_jobs_by_comment(f"client-test {tag}")
     assert [j.job_id for j in found] == sorted([ok.job_id, fail.job_id])
     assert c.find_jobs_by_comment(f"client-test {tag}-none") == []
+    # the trigger passes the job's name: slurmdbd returns only jobs of that name
+    named = c.find_jobs_by_comment(f"client-test {tag}", name=f"client-{tag}-ok")
+    assert [j.job_id for j in named] == [ok.job_id]
 
     bad = client(slurm_target, token="not-a-valid-token-" + uuid.uuid4().hex)
     bad._served, bad._served_db = c.served_versions(), [slurm_target.version]  # skip /openapi/v3

@@ -190,9 +190,9 @@ def test_two_deliveries_race_a_submit_slurmctld_answers_too_late(aws, slurm_targ
     asked: list[float] = []
     real_find = second.client.find_jobs_by_comment
 
-    def find(substring: str) -> Any:
+    def find(substring: str, **kw: Any) -> Any:
         asked.append(time.time())
-        return real_find(substring)
+        return real_find(substring, **kw)
 
     second.client.find_jobs_by_comment = find  # type: ignore[method-assign]
     results: dict[str, Any] = {}
@@ -270,8 +270,10 @@ def test_a_late_owner_changes_nothing(aws, slurm_target, tmp_path):
     then comes back with the job id: its write is refused, it reports "superseded", and
     every other write it could make is refused too and changes nothing."""
     world = make_world(slurm_target, tmp_path, TRUE_PIPELINE)
-    settings = replace(world.settings, read_timeout=1, submit_settle_seconds=1)
-    late, taker = (build_trigger(settings, **_clients()) for _ in range(2))
+    # Only the late attempt has the short lease (its read timeout bounds it); the taker
+    # keeps the default timeout, as its accounting lookup may take longer than 1 s.
+    late = build_trigger(replace(world.settings, read_timeout=1, submit_settle_seconds=1), **_clients())
+    taker = build_trigger(world.settings, **_clients())
     late.store = SpyStore(late.store)
     ref = obj(f"many/late-{uuid.uuid4().hex[:8]}")
     key = idempotency_key("trivial", ref)

@@ -48,7 +48,7 @@ class FakeSlurm:
         fail(job_id)  # raises; appends first when the job "was made"
         raise AssertionError("fail() must raise")
 
-    def find_jobs_by_comment(self, substring: str) -> list[Job]:
+    def find_jobs_by_comment(self, substring: str, *, name: str | None = None) -> list[Job]:
         self.finds += 1
         return [j for j in self.jobs if substring in (j.comment or "")]
 
@@ -386,8 +386,8 @@ def test_no_submit_after_the_deadline(setup, clock):
     assert trigger.handle(REF)[0].status == "submitted"
 
 
-def raiser(exc: BaseException) -> Callable[[int], None]:
-    def fail(_: int) -> None:
+def raiser(exc: BaseException) -> Callable[..., None]:
+    def fail(*_: Any, **__: Any) -> None:
         raise exc
     return fail
 

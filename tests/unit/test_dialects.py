@@ -262,6 +262,8 @@ def test_accounting_records(version: str) -> None:
     assert (failed.state, failed.exit_code, failed.signal) == ("FAILED", 3, None)
     assert d.accounting_jobs_params("ciuser", 1700000000) == {
         "start_time": "uts1700000000", "skip_steps": "true", "users": "ciuser"}
+    assert d.accounting_jobs_params("ciuser", 1, "align-s1")["job_name"] == "align-s1"
+    assert "job_name" not in d.accounting_jobs_params("ciuser", 1, "a,b")  # a list to slurmdbd
     bad = rec(version, "slurmdb-error-bad-token.json")
     assert rec(version, "index.json")["slurmdb-error-bad-token.json"]["status"] == 502
     assert d.classify(502, bad["errors"]) is SlurmAuthError  # fetch the token again once
