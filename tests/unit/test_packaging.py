@@ -90,7 +90,7 @@ def zip_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     project.mkdir()
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copy2(ROOT / "app.py", project / "app.py")
-    for name in ("chalicelib", "vendor", "pipelines"):  # what Chalice packages (vendor's links followed)
+    for name in ("chalicelib", "vendor", "pipelines"):  # what Chalice packages (vendor's links followed)  # rename: keep
         if (ROOT / name).is_dir():  # and the folder chalicelib's examples link points to
             shutil.copytree(ROOT / name, project / name, symlinks=name != "vendor", ignore=skip)
     shutil.copytree(ROOT / ".chalice", project / ".chalice", ignore=shutil.ignore_patterns("deployments", "venv"))
