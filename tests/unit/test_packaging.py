@@ -120,7 +120,7 @@ def test_zip_holds_only_what_the_functions_import(zip_names: list[str]) -> None:
     a handler imports but the zip lacks is an ImportError only Lambda would meet)."""
     reachable = reachable_from_app()
     modules = {n for n in ours_in_zip(zip_names) if n.endswith(".py")}
-    unused = sorted(modules - reachable)
+    unused = sorted(modules - reachable - {"chalicelib/__init__.py"})  # the design card's folder, whatever it holds; rename: keep
     unused = [n for n in unused if not n.startswith(NOT_YET_MOVED)]  # packaging-rename: drop
     assert not unused, f"in the zip, but no function imports them: {unused}"
     missing = sorted(reachable - modules)
