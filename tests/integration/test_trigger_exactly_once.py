@@ -282,13 +282,15 @@ def test_a_late_owner_changes_nothing(aws, slurm_target, tmp_path):
 
     def slow_submit(job: Any) -> Any:
         result = real_submit(job)  # Slurm made the job; its answer is slow to come back
-        time.sleep(3)  # past the lease: deadline (0.5 s) + settle (2 s)
+        # past the lease, which ends at the deadline + settle (read timeout 1 s + 1 s)
+        time.sleep(max(0.0, deadline + 2 + 0.5 - time.time()))
         seen["taker"] = taker.handle(ref)
         seen["after_taker"] = item(key)
         return result
 
     late.client.submit = slow_submit  # type: ignore[method-assign]
-    [outcome] = late.handle(ref, deadline=time.time() + 0.5)
+    deadline = time.time() + 3  # ample to reach the POST on a loaded machine
+    [outcome] = late.handle(ref, deadline=deadline)
     [taken] = seen["taker"]
     in_slurm = world.jobs_with(key)
     assert len(in_slurm) == 1, in_slurm  # one job, counted in Slurm
