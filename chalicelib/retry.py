@@ -161,10 +161,10 @@ class Retrier:
         rendered = dataclasses.replace(rendered, comment=provenance.restamp(rendered.comment, nxt))
         if policy.delay:
             rendered = dataclasses.replace(rendered, begin_time=int(self.clock()) + policy.delay)
-        logger.info("job failed as its pipeline's retry policy says: submitting the next attempt",
-                    extra={"cluster": job.cluster, "job_id": job.job_id, "state": job.state,
-                           "exit_code": job.exit_code, "attempt": attempt, "idempotency_key": nxt.idempotency_key})
-        self.trigger.submit_rendered(nxt, rendered, {"retryOf": _ended(job)})
+        outcome = self.trigger.submit_rendered(nxt, rendered, {"retryOf": _ended(job)})
+        logger.info("job ended as its pipeline's retry policy says: next attempt " + outcome.status,
+                    extra={"cluster": job.cluster, "job_id": job.job_id, "state": job.state, "exit_code": job.exit_code,
+                           "attempt": attempt, "next_job_id": outcome.job_id, "idempotency_key": nxt.idempotency_key})
 
     def _exhausted(self, job: TrackedJob, source: Source, reason: str | None = None) -> None:
         """The last attempt failed: reported once (one eventId per original key)."""

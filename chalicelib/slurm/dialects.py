@@ -298,8 +298,10 @@ class Dialect:
         return value
 
     def _time(self, value: int) -> Any:
-        """An epoch time (``begin_time``): a number to v0.0.39, a no-val struct from v0.0.40."""
-        return value
+        """An epoch time (``begin_time``): v0.0.38 parses a time string (a bare number
+        is "Unable to parse time"; ``uts<epoch>`` is absolute, whatever the cluster's
+        time zone), v0.0.39 takes the number, v0.0.40 on a no-val struct."""
+        return f"uts{int(value)}"
 
     def _nodes(self, value: int) -> Any:
         return [value, value]
@@ -507,6 +509,9 @@ class Dialect39(Dialect):
 
     def _count(self, value: int) -> Any:
         return _struct(value)
+
+    def _time(self, value: int) -> Any:
+        return int(value)
 
     def _nodes(self, value: int) -> Any:
         return str(value)
