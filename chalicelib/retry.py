@@ -187,10 +187,13 @@ def build_retrier(settings: Any, slurm_client: Any, dynamodb_client: Any, events
     retries (then the tracker loads nothing of the trigger)."""
     from chalicelib.eventbus import EventBus
     from chalicelib.idempotency import DynamoDBIdempotencyStore
-    from chalicelib.pipelines import load
+    from chalicelib.pipelines import load_all
     from chalicelib.trigger import Trigger
 
-    pipelines = [p for p in load(settings.pipelines_path, settings.site) if p.retry is not None]
+    loaded, errors = load_all(settings.pipelines_path, settings.site)
+    for error in errors:  # the trigger refuses them; the tracker still tracks every job
+        logger.error("pipeline not loaded: its failed jobs are not retried", extra={"error": str(error)})
+    pipelines = [p for p in loaded if p.retry is not None]
     if not pipelines:
         return None
     store = DynamoDBIdempotencyStore(dynamodb_client, settings.idempotency_table, ttl_days=settings.idempotency_ttl_days)
