@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 from aws_lambda_powertools.metrics import MetricUnit
 
 from chalicelib import provenance
-from chalicelib.collect import duration
 from chalicelib.eventbus import Event
 from chalicelib.observability import logger
 from chalicelib.provenance import Source
@@ -67,6 +66,8 @@ class RetryPolicy:
 
 def parse(data: Any) -> RetryPolicy:
     """The ``retry`` section of a pipeline; ``ValueError`` names the field."""
+    from chalicelib.collect import duration  # the pipelines' module; the tracker needs it only to load them
+
     if not isinstance(data, Mapping):
         raise ValueError("'retry' must be an object {attempts, exit_codes, states, delay}")
     unknown = sorted(set(data) - _FIELDS)
@@ -182,9 +183,28 @@ def _ended(job: TrackedJob) -> dict[str, Any]:
     return {"jobId": job.job_id, "state": job.state, "exitCode": job.exit_code}
 
 
+class OnDemand:
+    """The tracker's ``Retrier``, built when a poll first sees a finished job stamped
+    with an attempt: a tracker whose jobs never retry loads no pipeline and nothing of
+    the trigger (a cold start stays as short as before)."""
+
+    def __init__(self, build: Callable[[], Retrier | None]) -> None:
+        self._build = build
+        self._retrier: Retrier | None = None
+        self._built = False
+
+    def after(self, jobs: Iterable[TrackedJob]) -> set[int]:
+        candidates = [j for j in jobs if j.final and j.attempt]
+        if not candidates:
+            return set()
+        if not self._built:
+            self._retrier, self._built = self._build(), True
+        return self._retrier.after(candidates) if self._retrier else set()
+
+
 def build_retrier(settings: Any, slurm_client: Any, dynamodb_client: Any, events_client: Any) -> Retrier | None:
     """The tracker's ``Retrier`` for ``settings``' cluster, or None when no pipeline
-    retries (then the tracker loads nothing of the trigger)."""
+    retries."""
     from chalicelib.eventbus import EventBus
     from chalicelib.idempotency import DynamoDBIdempotencyStore
     from chalicelib.pipelines import load_all

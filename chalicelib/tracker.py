@@ -513,7 +513,7 @@ def build_tracker(settings: Any, slurm_client: SlurmJobs, dynamodb_client: Any, 
     bus = EventBus(events_client, settings.event_bus, settings.event_source)
     options.setdefault("max_lookups", settings.tracker_max_lookups)
     if "retry" not in options:
-        from chalicelib.retry import build_retrier
+        from chalicelib.retry import OnDemand, build_retrier
 
-        options["retry"] = build_retrier(settings, slurm_client, dynamodb_client, events_client)
+        options["retry"] = OnDemand(lambda: build_retrier(settings, slurm_client, dynamodb_client, events_client))
     return Tracker(slurm_client, store, bus, settings.cluster_name, track_all=settings.track_all_jobs, **options)

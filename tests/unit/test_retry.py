@@ -249,3 +249,16 @@ job: {script: "#!/bin/bash\\nexit 3\\n", comment: mine}
     assert [d["source"]["attempt"] for t, d in events.details if t == EXHAUSTED] == [2]
     states = [(d["jobId"], d["source"]["attempt"]) for t, d in events.details if t == "Slurm Job State Change" and d["state"] == "FAILED"]
     assert sorted(set(states)) == [(first.job_id, 1), (second, 2)]
+
+
+def test_the_tracker_builds_its_retrier_only_for_a_job_with_an_attempt() -> None:
+    from chalicelib.retry import OnDemand
+
+    built: list[int] = []
+    r, trigger = retrier(RetryPolicy(3, frozenset({3}), frozenset()))
+    lazy = OnDemand(lambda: built.append(1) or r)
+    assert lazy.after([TrackedJob("c1", 1, "FAILED", exit_code=3, pipeline="p", bucket="b", key="k")]) == set()
+    assert built == []  # no attempt stamped: no pipeline loaded
+    lazy.after([tracked("FAILED", 3, 1)])
+    lazy.after([tracked("FAILED", 3, 2)])
+    assert built == [1] and len(trigger.submitted) == 2
