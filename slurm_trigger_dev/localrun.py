@@ -1,7 +1,7 @@
 """The local loop's runner: real Slurm, local AWS (moto server), the app's own handlers.
 
 ``scripts/run-local`` starts the local Slurm clusters and a moto server, then runs
-``python -m chalicelib.localrun``. This module holds NO handler logic. It only
+``python -m slurm_trigger_dev.localrun``. This module holds NO handler logic. It only
 
 * creates the AWS side the deployed stack would have (bucket with its notification, input
   queue, token secret ``slurm_token_<cluster>``, the two DynamoDB tables, an event bus and
@@ -699,7 +699,7 @@ def print_summary(results: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m chalicelib.localrun", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m slurm_trigger_dev.localrun", description=__doc__.split("\n\n")[0])
     ap.add_argument("--cluster", action="append", help="host|chroot|forky (repeatable; default: every cluster in clusters.json)")
     ap.add_argument("--via", choices=sorted(HANDLERS), default=os.environ.get("LOCALRUN_VIA", "sqs"),
                     help="how S3 notifications reach the trigger (default sqs, as deployed)")
@@ -727,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         summary = Path(a.log_dir) / f"summary-{name}.json"
         summary.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "chalicelib.localrun", "--pass", "--cluster", name, "--via", a.via,
+        cmd = [sys.executable, "-m", "slurm_trigger_dev.localrun", "--pass", "--cluster", name, "--via", a.via,
                "--endpoint", a.endpoint, "--poll-every", str(a.poll_every), "--timeout", str(a.timeout),
                "--log-dir", a.log_dir, "--summary", str(summary)] + (["--ci"] if a.ci else []) \
             + [arg for k in a.kit or [] for arg in ("--kit", k)]
