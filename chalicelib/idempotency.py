@@ -31,6 +31,7 @@ import hashlib
 import json
 import time
 import uuid
+import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -43,6 +44,7 @@ COMPLETED = "COMPLETED"
 # What a claim found, for its taker (Claim.state)
 FRESH = "FRESH"  # no record: no earlier attempt can have made a job
 TAKEN_OVER = "TAKEN_OVER"  # an earlier attempt's lease ran out with no job recorded
+MAX_KEPT_JOB = 300 * 1024  # compressed bytes of a kept job (DynamoDB items stop at 400 KB)
 
 
 def idempotency_key(pipeline: str, ref: ObjectRef) -> str:
@@ -118,9 +120,14 @@ class IdempotencyStore(ABC):
         it is COMPLETED; raise ``ClaimInProgressError`` while another lease runs."""
 
     @abstractmethod
-    def record(self, claim: Claim, job_id: int, outbox: Mapping[str, Any]) -> None:
+    def record(self, claim: Claim, job_id: int, outbox: Mapping[str, Any], job: Mapping[str, Any] | None = None) -> None:
         """IN_PROGRESS → SUBMITTED: Slurm made ``job_id``; ``outbox`` (JSON-able) is
-        what remains to be published. From here on the job is never lost."""
+        what remains to be published. From here on the job is never lost. ``job``
+        (JSON-able, the rendered submission) is kept for ``kept_job`` (retries)."""
+
+    @abstractmethod
+    def kept_job(self, key: str) -> dict[str, Any] | None:
+        """The job ``record`` kept for ``key``; None when none was (or it is too big)."""
 
     @abstractmethod
     def complete(self, claim: Claim) -> None:
@@ -143,8 +150,9 @@ class IdempotencyStore(ABC):
 
 
 class DynamoDBIdempotencyStore(IdempotencyStore):
-    """Items ``{id, status, owner, in_progress_until, expires_at, job_id, outbox}``;
-    ``expires_at`` is the table's TTL attribute, ``outbox`` a JSON string.
+    """Items ``{id, status, owner, in_progress_until, expires_at, job_id, outbox,
+    kept_job}``; ``expires_at`` is the table's TTL attribute, ``outbox`` a JSON string,
+    ``kept_job`` zlib-compressed JSON.
 
     ``in_progress_seconds`` is the lease of a claim whose caller gives none.
     """
@@ -218,14 +226,20 @@ class DynamoDBIdempotencyStore(IdempotencyStore):
         outbox = json.loads(item["outbox"]["S"]) if "outbox" in item else None
         return Claim(key, SUBMITTED, owner, job_id=int(item["job_id"]["N"]), outbox=outbox)
 
-    def record(self, claim: Claim, job_id: int, outbox: Mapping[str, Any]) -> None:
-        self._update(
-            claim,
-            "SET #status = :submitted, job_id = :job, outbox = :outbox",
-            "#status = :in_progress",
-            {":submitted": {"S": SUBMITTED}, ":job": {"N": str(int(job_id))},
-             ":outbox": {"S": json.dumps(outbox, separators=(",", ":"))}, ":in_progress": {"S": IN_PROGRESS}},
-        )
+    def record(self, claim: Claim, job_id: int, outbox: Mapping[str, Any], job: Mapping[str, Any] | None = None) -> None:
+        values = {":submitted": {"S": SUBMITTED}, ":job": {"N": str(int(job_id))},
+                  ":outbox": {"S": json.dumps(outbox, separators=(",", ":"))}, ":in_progress": {"S": IN_PROGRESS}}
+        update = "SET #status = :submitted, job_id = :job, outbox = :outbox"
+        packed = zlib.compress(json.dumps(job, separators=(",", ":")).encode()) if job is not None else b""
+        if packed and len(packed) <= MAX_KEPT_JOB:  # never let a big job fail the record (then: not retried)
+            update, values[":kept"] = update + ", kept_job = :kept", {"B": packed}
+        self._update(claim, update, "#status = :in_progress", values)
+
+    def kept_job(self, key: str) -> dict[str, Any] | None:
+        item = self._ddb.get_item(TableName=self._table, Key={"id": {"S": key}}, ConsistentRead=True,
+                                  ProjectionExpression="kept_job").get("Item") or {}
+        packed = item.get("kept_job", {}).get("B")
+        return json.loads(zlib.decompress(packed)) if packed else None
 
     def complete(self, claim: Claim) -> None:
         self._update(

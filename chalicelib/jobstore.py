@@ -60,6 +60,11 @@ class TrackedJob:
     reason: str | None = None
     updated_at: str | None = None
     restarts: int = 0
+    # a pipeline with ``retry`` (chalicelib/retry.py): the job's key, its attempt of how many
+    idempotency_key: str | None = None
+    attempt: int | None = None
+    max_attempts: int | None = None
+    original_key: str | None = None
 
     @property
     def final(self) -> bool:
@@ -70,7 +75,9 @@ class TrackedJob:
         """The object behind the job, for jobs slurm-trigger submitted."""
         if not self.bucket or self.key is None:
             return None
-        return Source(self.bucket, self.key, self.pipeline or "", self.version_id, step=self.step)
+        return Source(self.bucket, self.key, self.pipeline or "", self.version_id, step=self.step,
+                      idempotency_key=self.idempotency_key, attempt=self.attempt,
+                      max_attempts=self.max_attempts, original_key=self.original_key)
 
     @property
     def s3_uri(self) -> str | None:
@@ -291,7 +298,7 @@ def _n(value: float) -> dict[str, str]:
     return {"N": str(value)}
 
 
-_INT_FIELDS = {"job_id", "exit_code", "restarts", "array_job_id", "array_task_id"}
+_INT_FIELDS = {"job_id", "exit_code", "restarts", "array_job_id", "array_task_id", "attempt", "max_attempts"}
 
 
 def _to_item(job: TrackedJob) -> dict[str, Any]:

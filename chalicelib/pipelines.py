@@ -21,8 +21,9 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from chalicelib import collect, steps as step_section
+from chalicelib import collect, retry as retry_section, steps as step_section
 from chalicelib.collect import Collect
+from chalicelib.retry import RetryPolicy
 from chalicelib.steps import Step
 from chalicelib.s3events import ObjectRef
 from chalicelib.slurm.models import JobSubmission
@@ -31,7 +32,7 @@ from chalicelib.templating import check_template
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 # A site value: the deployment's own setting, e.g. its partition or shared filesystem.
 _SITE = re.compile(r"@\{([a-z][a-z0-9_]*)(?::-([^}]*))?\}")
-_TOP_FIELDS = {"name", "description", "match", "metadata", "job", "steps", "collect", "target"}
+_TOP_FIELDS = {"name", "description", "match", "metadata", "job", "steps", "collect", "target", "retry"}
 _MATCH_FIELDS = {"bucket", "prefix", "suffix", "glob", "exclude", "min_size"}
 
 
@@ -76,6 +77,7 @@ class Pipeline:
     collect: Collect | None = None  # a set of objects makes one job (docs/trigger.md#sets)
     steps: tuple[Step, ...] = ()  # several jobs chained by dependencies, instead of ``template``
     target: str | None = None  # the cluster its jobs go to (a SLURM_TARGETS name); None: the default
+    retry: RetryPolicy | None = None  # failed jobs submitted again (docs/trigger.md#retries)
 
     @property
     def jobs(self) -> tuple[Step, ...]:
@@ -192,6 +194,9 @@ def parse(data: Any, file: Path, site: Mapping[str, str] | None = None) -> Pipel
             raise ValueError("'metadata' is per object: a set pipeline cannot use it")
         if spec is None and any(j.array for j in jobs):
             raise ValueError("'as: array' makes one task per member of a set: it needs 'collect'")
+        policy = retry_section.parse(data["retry"]) if "retry" in data else None
+        if policy is not None and (steps or any(j.template.array for j in jobs) or (spec and spec.array)):
+            raise ValueError("'retry' resubmits one job: it cannot be used with 'steps' or job arrays (yet)")
         for job in jobs:
             script_name = script_names.get(id(job.template), "'script'")
             if spec is None:
@@ -209,6 +214,7 @@ def parse(data: Any, file: Path, site: Mapping[str, str] | None = None) -> Pipel
             collect=spec,
             steps=steps,
             target=target,
+            retry=policy,
         )
     except (ValueError, OSError) as exc:  # TemplateError is a ValueError
         raise PipelineError(f"{label}: {exc}") from exc

@@ -26,6 +26,11 @@ class Source:
     etag: str | None = None
     idempotency_key: str | None = None
     step: str | None = None  # the step of a pipeline with ``steps``
+    # A pipeline with ``retry`` (chalicelib/retry.py): which attempt this job is, of how
+    # many, and the first attempt's idempotency key (from the second attempt on)
+    attempt: int | None = None
+    max_attempts: int | None = None
+    original_key: str | None = None
 
     @property
     def s3_uri(self) -> str:
@@ -47,6 +52,10 @@ class Source:
         }
         if self.step is not None:
             detail["step"] = self.step
+        if self.attempt is not None:
+            detail["attempt"] = self.attempt
+            detail["maxAttempts"] = self.max_attempts
+            detail["originalKey"] = self.original_key or self.idempotency_key
         return detail
 
 
@@ -81,6 +90,13 @@ def comment(source: Source, template_comment: str | None) -> str:
     return text
 
 
+def restamp(stamped: str | None, source: Source) -> str:
+    """A comment ``comment`` made, stamped with ``source`` instead: the template's own
+    comment before the marker is kept."""
+    at = (stamped or "").rfind(MARKER)
+    return comment(source, stamped[:at] if stamped and at >= 0 else stamped)
+
+
 def decode(comment: str | None) -> Source | None:
     """The source stamped by ``encode``, or None for jobs slurm-trigger did not submit.
 
@@ -100,15 +116,19 @@ def decode(comment: str | None) -> Source | None:
 
 _ESCAPED_MARKER = MARKER[:-1] + "\\u003a"
 _FIELDS = frozenset(f.name for f in fields(Source))
+_NUMBERS = frozenset({"attempt", "max_attempts"})
 
 
 def _source(payload: str) -> Source | None:
-    """A ``Source`` from exactly one JSON object of string fields, else None."""
+    """A ``Source`` from exactly one JSON object of string fields (the attempt's
+    numbers are integers), else None."""
     try:
         data = json.loads(payload)
     except ValueError:
         return None
-    if not isinstance(data, dict) or not _FIELDS.issuperset(data) or not all(isinstance(v, str) for v in data.values()):
+    if not isinstance(data, dict) or not _FIELDS.issuperset(data) or not all(
+        type(v) is int if k in _NUMBERS else isinstance(v, str) for k, v in data.items()
+    ):
         return None
     if not all(name in data for name in ("bucket", "key", "pipeline")):
         return None

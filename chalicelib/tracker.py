@@ -127,6 +127,7 @@ class Tracker:
         lost_after: float = 600,
         owner: str | None = None,
         clock: Any = time.time,
+        retry: Any = None,  # a chalicelib.retry.Retrier: pipelines whose failed jobs are retried
     ) -> None:
         self.client = client
         self.store = store
@@ -140,6 +141,7 @@ class Tracker:
         self.lost_after = lost_after
         self.owner = owner or uuid.uuid4().hex
         self._clock = clock
+        self.retry = retry
 
     @tracer.capture_method
     def poll(self, *, sweep: bool | None = None, lease_seconds: float | None = None) -> PollResult:
@@ -212,8 +214,11 @@ class Tracker:
         except EventBusError as exc:
             error, result.published = exc, exc.accepted
             failed_ids = set(exc.failed_event_ids)
+        # failed jobs their pipeline retries: before saving, so a crash or a failed
+        # retry is redone by the next poll (under the same attempt's key: never twice)
+        redo = self.retry.after(c.new for c in changes if c.event.event_id not in failed_ids) if self.retry else set()
         for change in changes:
-            if change.event.event_id in failed_ids:
+            if change.event.event_id in failed_ids or change.new.job_id in redo:
                 continue
             if self.store.save_job(change.new, change.old):
                 result.transitions.append(
@@ -229,7 +234,7 @@ class Tracker:
             else:
                 cursor.known[change.new.job_id] = change.fingerprint
 
-        if error is None and slurm_now is not None and not result.deferred:
+        if error is None and slurm_now is not None and not result.deferred and not redo:
             cursor.update_time = slurm_now
         if sweep and error is None:
             cursor.last_sweep = now
@@ -441,8 +446,14 @@ def tracked_from_job(cluster: str, job: Job, src: Source | None, **extra: Any) -
         exit_code=job.exit_code,
         reason=job.reason,
         restarts=job.restarts,
+        **(_attempt(src) if src and src.attempt else {}),
         **extra,
     )
+
+
+def _attempt(src: Source) -> dict[str, Any]:
+    return {"idempotency_key": src.idempotency_key, "attempt": src.attempt,
+            "max_attempts": src.max_attempts, "original_key": src.original_key}
 
 
 def resources(job: TrackedJob) -> tuple[str, ...]:
@@ -502,4 +513,8 @@ def build_tracker(settings: Any, slurm_client: SlurmJobs, dynamodb_client: Any, 
     store = DynamoDBJobStore(dynamodb_client, settings.jobs_table)
     bus = EventBus(events_client, settings.event_bus, settings.event_source)
     options.setdefault("max_lookups", settings.tracker_max_lookups)
+    if "retry" not in options:
+        from chalicelib.retry import OnDemand, build_retrier
+
+        options["retry"] = OnDemand(lambda: build_retrier(settings, slurm_client, dynamodb_client, events_client))
     return Tracker(slurm_client, store, bus, settings.cluster_name, track_all=settings.track_all_jobs, **options)

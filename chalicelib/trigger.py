@@ -35,6 +35,7 @@ from chalicelib.observability import logger, metrics as default_metrics, tracer
 from chalicelib.outcome import Outcome
 from chalicelib.pipelines import Pipeline, PipelineError, load, matching
 from chalicelib.provenance import Source
+from chalicelib.retry import first_attempt
 from chalicelib.s3events import ObjectRef
 from chalicelib.sets import SetCollector
 from chalicelib.setstore import DynamoDBSetStore, SetStore
@@ -150,6 +151,7 @@ class Trigger:
         self.cluster = cluster
         self.targets = {name: c for name, c in (targets or {}).items() if name != cluster}
         self._target_of = {p.name: p.target or cluster for p in self.pipelines}
+        self._retry_of = {p.name: p.retry for p in self.pipelines if p.retry is not None}
         clusters = [cluster, *self.targets]
         unknown = [p for p in self.pipelines if self._target_of[p.name] not in clusters]
         if unknown:
@@ -303,6 +305,8 @@ class Trigger:
         key = source.idempotency_key
         if not key:
             raise ValueError("submit_rendered needs a source with its idempotency key")
+        policy = self._retry_of.get(source.pipeline)
+        source, job = first_attempt(source, policy, job)
         if deadline is None:
             deadline = self.clock() + self.window_seconds
         claim = self.store.claim(key, max(0.0, deadline - self.clock()) + self.settle_seconds)
@@ -318,7 +322,9 @@ class Trigger:
             return made
         job_id, event = made
         try:
-            self.store.record(claim, job_id, dataclasses.asdict(event))
+            # a pipeline that retries keeps its first attempt's job, for the tracker to submit again
+            kept = job.to_dict() if policy is not None and source.attempt == 1 else None
+            self.store.record(claim, job_id, dataclasses.asdict(event), kept)
         except ClaimLostError:
             # This attempt outlived its lease and another took the claim over; that one
             # asked Slurm after this job could exist, so it adopts it: nothing to do here.

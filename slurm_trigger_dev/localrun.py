@@ -87,13 +87,10 @@ class Sample:
 
 
 def samples(run: str) -> list[Sample]:
-    """Objects for the example pipelines align-reads, forecast-tile and paired-reads (a
-    pair with Illumina's names: the first mate waits, the second completes the set)."""
+    """Objects for the example pipelines forecast-tile and paired-reads (a pair with
+    Illumina's names: the first mate waits, the second completes the set)."""
     pair = f"fastq/{run}/sampleB_S2_L001"
     return [
-        Sample(f"reads/{run}-sampleA_R1.fastq.gz", b"@r1\nACGT\n+\nIIII\n", "align-reads", "first mate of a pair"),
-        Sample(f"reads/{run}-sampleA_R2.fastq.gz", b"@r2\nTGCA\n+\nIIII\n", None, "second mate: its R1's job reads it"),
-        Sample(f"reads/{run}-single.fastq.gz", b"@s\nGGCC\n+\nIIII\n", "align-reads", "single-end reads"),
         Sample(f"tiles/{run}/tile 042.tif", b"II*\x00fake tile", "forecast-tile", "a tile (space in the key)"),
         Sample(f"notes/{run}-readme.txt", b"not data", None, "matches no pipeline"),
         Sample(f"{pair}_R1_001.fastq.gz", b"@r1\nACGT\n+\nIIII\n", None, "first mate: its set waits for R2"),

@@ -283,6 +283,8 @@ class Dialect:
                 job[key] = value
         if sub.time_limit is not None:
             job["time_limit"] = self._count(sub.time_limit)
+        if sub.begin_time is not None:
+            job["begin_time"] = self._time(sub.begin_time)
         if sub.memory_per_node is not None:
             job["memory_per_node"] = self._count(sub.memory_per_node)
         if sub.nodes is not None:
@@ -294,6 +296,12 @@ class Dialect:
 
     def _count(self, value: int) -> Any:
         return value
+
+    def _time(self, value: int) -> Any:
+        """An epoch time (``begin_time``): v0.0.38 parses a time string (a bare number
+        is "Unable to parse time"; ``uts<epoch>`` is absolute, whatever the cluster's
+        time zone), v0.0.39 takes the number, v0.0.40 on a no-val struct."""
+        return f"uts{int(value)}"
 
     def _nodes(self, value: int) -> Any:
         return [value, value]
@@ -502,6 +510,9 @@ class Dialect39(Dialect):
     def _count(self, value: int) -> Any:
         return _struct(value)
 
+    def _time(self, value: int) -> Any:
+        return int(value)
+
     def _nodes(self, value: int) -> Any:
         return str(value)
 
@@ -524,6 +535,9 @@ class Dialect40(Dialect39):
 
     def parse_submit(self, body: Mapping[str, Any]) -> SubmitResult:
         return super().parse_submit({**(body.get("result") or {}), **body})
+
+    def _time(self, value: int) -> Any:
+        return _struct(value)
 
     def jobs_params(self, update_time: int | None) -> dict[str, str]:
         return {} if update_time is None else {"update_time": f"uts{int(update_time)}"}

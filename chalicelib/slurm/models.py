@@ -87,6 +87,7 @@ class JobSubmission:
     comment: str | None = None
     array: str | None = None
     dependency: str | None = None  # e.g. "afterok:12,singleton" (steps)
+    begin_time: int | None = None  # epoch seconds: not started before (a retry's delay)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -67,18 +67,24 @@ def deployed(aws, slurm_target, tmp_path, monkeypatch):
         yield client, slurm_target, module
 
 
-def test_direct_notification_runs_the_align_example(deployed):
+def tile_notification() -> dict:
+    """The versioned PUT sample with its (URL-encoded) key moved under tiles/."""
+    event = sample("s3-put-versioned.json")
+    event["Records"][0]["s3"]["object"]["key"] = "tiles/run+42/sample%2B1.tif"
+    return event
+
+
+def test_direct_notification_runs_the_forecast_example(deployed):
     client, target, module = deployed
-    [out] = client.lambda_.invoke("on_object_created", sample("s3-put-versioned.json")).payload
-    assert out["status"] == "submitted" and out["pipeline"] == "align-reads"
-    assert out["key"] == "reads/run 42/sample+1_R1.fastq.gz"  # URL-decoded
+    [out] = client.lambda_.invoke("on_object_created", tile_notification()).payload
+    assert out["status"] == "submitted" and out["pipeline"] == "forecast-tile"
+    assert out["key"] == "tiles/run 42/sample+1.tif"  # URL-decoded
     job = wait_final(module._trigger().client, out["job_id"])
     assert job.state == "COMPLETED", job
-    log = target.host_path(f"/tmp/slurm-trigger-jobs/align-sample_1_R1-{out['job_id']}.out").read_text()
-    assert "aligning s3://sequencer-runs/reads/run 42/sample+1_R1.fastq.gz and " in log
-    assert "sample+1_R2.fastq.gz against GRCh38" in log
+    log = target.host_path(f"/tmp/slurm-trigger-jobs/forecast-sample_1-{out['job_id']}.out").read_text()
+    assert "forecast written for s3://sequencer-runs/tiles/run 42/sample+1.tif" in log
     # S3 delivers at least once: the same notification again is a duplicate
-    [again] = client.lambda_.invoke("on_object_created", sample("s3-put-versioned.json")).payload
+    [again] = client.lambda_.invoke("on_object_created", tile_notification()).payload
     assert again["status"] == "duplicate" and again["job_id"] == out["job_id"]
 
 
@@ -106,7 +112,7 @@ def test_sqs_batch_with_a_broken_message(deployed):
     event["Records"].insert(2, broken)
     answer = client.lambda_.invoke("on_queue_message", event).payload
     assert answer == {"batchItemFailures": [{"itemIdentifier": "broken-one"}]}
-    keys = ["reads/run 43/a_R1.fastq.gz", "reads/run 43/b.fastq.gz", "tiles/2026/11/25/T31 \u00e9t\u00e9.tif"]
+    keys = ["tiles/2026/11/25/T31 \u00e9t\u00e9.tif"]  # the reads match no pipeline since align-reads was retired
     trigger = module._trigger()
     jobs = [j for j in trigger.client.list_jobs().jobs if j.comment and "slurm-trigger:" in j.comment]
     from chalicelib.provenance import decode

@@ -26,7 +26,7 @@ def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, object, str]:
 def test_validate_shipped(capsys):
     code, rows, _ = run(capsys, "validate", PIPELINES)
     assert code == 0
-    assert [r["pipeline"] for r in rows] == ["align-reads", "forecast-tile", "goes-scan", "illumina-run", "paired-reads"]
+    assert [r["pipeline"] for r in rows] == ["forecast-tile", "goes-scan", "illumina-run", "paired-reads"]
     assert {r["pipeline"]: r["collect"] for r in rows}["paired-reads"] == "members R1+R2, deadline 21600s -> job"
 
 
@@ -40,16 +40,16 @@ def test_validate_reports_every_error(capsys, tmp_path):
 
 def test_render_without_a_cluster(capsys, monkeypatch):
     monkeypatch.delenv("SLURM_URL", raising=False)
-    key = "reads/run 1/$(id)_R1.fastq.gz"
+    key = "tiles/run 1/$(id)_T1.tif"
     code, out, _ = run(capsys, "render", f"s3://seq/{key}", "--size", "10", "--version-id", "v9",
                        "--api-version", "v0.0.40", "--pipelines", PIPELINES)
     assert code == 0
     [item] = out
-    assert item["pipeline"] == "align-reads" and item["api_version"] == "v0.0.40"
-    assert item["idempotency_key"] == idempotency_key("align-reads", ObjectRef("seq", key, version_id="v9"))
+    assert item["pipeline"] == "forecast-tile" and item["api_version"] == "v0.0.40"
+    assert item["idempotency_key"] == idempotency_key("forecast-tile", ObjectRef("seq", key, version_id="v9"))
     job = item["body"]["job"]
     assert f"SLURM_TRIGGER_KEY={key}" in job["environment"]  # v0.0.40: a list of K=V
-    assert job["name"] == "align-__id__R1" and item["idempotency_key"] in job["comment"]
+    assert job["name"] == "forecast-__id__T1" and item["idempotency_key"] in job["comment"]
 
 
 def test_render_unmatched_exits_1(capsys):
@@ -74,22 +74,22 @@ def test_backfill_submits_once(aws, slurm_target, capsys, monkeypatch, tmp_path)
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="seq")
     s3.put_bucket_versioning(Bucket="seq", VersioningConfiguration={"Status": "Enabled"})
-    keys = ["reads/r1/a_R1.fastq.gz", "reads/r1/a_R2.fastq.gz", "reads/r1/b.fastq.gz", "reads/notes.txt"]
+    keys = ["tiles/r1/a.tif", "tiles/r1/a.tif.aux.xml", "tiles/r1/b.tif", "tiles/notes.txt"]
     for k in keys:
         s3.put_object(Bucket="seq", Key=k, Body=b"ACGT")
-    s3.put_object(Bucket="seq", Key="tiles/ignored-by-prefix.tif", Body=b"x")
+    s3.put_object(Bucket="seq", Key="other/ignored-by-prefix.tif", Body=b"x")
 
-    code, summary, err = run(capsys, "backfill", "s3://seq/reads/", "--pipelines", PIPELINES)
+    code, summary, err = run(capsys, "backfill", "s3://seq/tiles/", "--pipelines", PIPELINES)
     assert code == 0, err
     assert {k: summary[k] for k in ("objects", "submitted", "duplicates", "unmatched", "failed")} == {
         "objects": 4, "submitted": 2, "duplicates": 0, "unmatched": 2, "failed": 0}
     assert "4/4" in err  # the progress bar
 
-    code, summary, _ = run(capsys, "backfill", "s3://seq/reads/", "--pipelines", PIPELINES)
+    code, summary, _ = run(capsys, "backfill", "s3://seq/tiles/", "--pipelines", PIPELINES)
     assert (code, summary["submitted"], summary["duplicates"]) == (0, 0, 2)
 
     client = build_client(Settings.from_env())
-    for k in ("reads/r1/a_R1.fastq.gz", "reads/r1/b.fastq.gz"):
+    for k in ("tiles/r1/a.tif", "tiles/r1/b.tif"):
         version = s3.head_object(Bucket="seq", Key=k)["VersionId"]
-        key = idempotency_key("align-reads", ObjectRef("seq", k, version_id=version))
+        key = idempotency_key("forecast-tile", ObjectRef("seq", k, version_id=version))
         assert len(client.find_jobs_by_comment(key)) == 1

@@ -24,16 +24,17 @@ def write(folder: Path, name: str, text: str) -> Path:
 
 def test_shipped_pipelines_load():
     names = [p.name for p in pipelines.load(SHIPPED)]
-    assert names == ["align-reads", "forecast-tile", "goes-scan", "illumina-run", "paired-reads"]
+    assert names == ["forecast-tile", "goes-scan", "illumina-run", "paired-reads"]
 
 
 @pytest.mark.parametrize(
     "key, expected",
     [
-        ("reads/run1/s_R1.fastq.gz", ["align-reads"]),
-        ("reads/s.fastq.gz", ["align-reads"]),
-        ("reads/run1/s_R2.fastq.gz", []),
-        ("reads/s.fastq", []),
+        # mates pair by Illumina's names, whichever lands first (align-reads, which paired by R1, is retired)
+        ("fastq/run1/s_S1_L001_R1_001.fastq.gz", ["paired-reads"]),
+        ("fastq/run1/s_S1_L001_R2_001.fastq.gz", ["paired-reads"]),
+        ("reads/run1/s_R1.fastq.gz", []),
+        ("fastq/run1/s.fastq", []),
         ("tiles/2026/T32.tif", ["forecast-tile"]),
         ("other/T32.tif", []),
     ],
@@ -44,10 +45,10 @@ def test_shipped_matching(key, expected):
 
 
 def test_empty_reads_do_not_match():
-    assert pipelines.matching(pipelines.load(SHIPPED), ObjectRef("b", "reads/s.fastq.gz", size=0)) == []
+    assert pipelines.matching(pipelines.load(SHIPPED), ObjectRef("b", "fastq/r/s_S1_L001_R1_001.fastq.gz", size=0)) == []
 
 
-@pytest.mark.parametrize("key", ["reads/run 1/s_R1.fastq.gz", "tiles/x y.tif"])
+@pytest.mark.parametrize("key", ["tiles/x y.tif", "tiles/run 1/$(id).tif"])
 def test_shipped_scripts_run_in_bash(key, tmp_path):
     """The example scripts are plain bash: render them and run them here."""
     for p in pipelines.matching(pipelines.load(SHIPPED), ObjectRef("b", key, size=5, version_id="v")):

@@ -20,12 +20,12 @@ RULES = REPO / "examples" / "rules"
 
 OURS = TrackedJob(
     cluster="pc1", job_id=42, state="FAILED", previous_state="RUNNING", name="align", user="ec2-user",
-    partition="queue1", pipeline="align-reads", bucket="my-input-bucket", key="runs/s1.fastq", version_id="v9",
+    partition="queue1", pipeline="paired-reads", bucket="my-input-bucket", key="runs/s1.fastq", version_id="v9",
     submitted_at="2026-11-25T04:00:00Z", started_at="2026-11-25T04:00:02Z", ended_at="2026-11-25T04:01:00Z",
     exit_code=3, reason="NonZeroExitCode",
 )
 ARRAY_TASK = TrackedJob(
-    cluster="pc1", job_id=43, state="RUNNING", previous_state="PENDING", name="align", pipeline="align-reads",
+    cluster="pc1", job_id=43, state="RUNNING", previous_state="PENDING", name="align", pipeline="paired-reads",
     bucket="my-input-bucket", key="runs/run1", step="align", array_job_id=40, array_task_id=0,
     submitted_at="2026-11-25T04:00:00Z", started_at="2026-11-25T04:00:02Z",
 )
@@ -102,7 +102,7 @@ def test_times_are_utc_with_z() -> None:
         ("all-state-changes.json", FOREIGN, True),
         ("failed-jobs-of-a-pipeline.json", OURS, True),
         ("failed-jobs-of-a-pipeline.json", FOREIGN, False),
-        ("failed-jobs-of-a-pipeline.json", TrackedJob("pc1", 1, "COMPLETED", bucket="b", key="k", pipeline="align-reads"), False),
+        ("failed-jobs-of-a-pipeline.json", TrackedJob("pc1", 1, "COMPLETED", bucket="b", key="k", pipeline="paired-reads"), False),
         ("finished-jobs-under-a-prefix.json", OURS, True),
         ("finished-jobs-under-a-prefix.json", TrackedJob("pc1", 1, "COMPLETED", bucket="my-input-bucket", key="other/x"), False),
         ("nonzero-exit-codes.json", OURS, True),
@@ -182,7 +182,7 @@ def test_the_triggers_events_match_their_schemas(aws, refuse: bool, schema: str)
         pipelines=load(REPO / "pipelines"), client=_Slurm(refuse), store=DynamoDBIdempotencyStore(db, "idem"),
         bus=EventBus(events, "default", "slurm-trigger"), cluster="pc1",
     )
-    trigger.handle(ObjectRef("runs-bucket", "reads/s1.fastq.gz", size=10, etag="e1", version_id="v1"))
+    trigger.handle(ObjectRef("runs-bucket", "tiles/s1.tif", size=10, etag="e1", version_id="v1"))
     assert len(events.entries) == 1
     entry = events.entries[0]
     event = {"source": entry["Source"], "detail-type": entry["DetailType"], "resources": entry.get("Resources", []),
