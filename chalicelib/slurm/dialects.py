@@ -118,7 +118,10 @@ def error_codes(errors: Iterable[Mapping[str, Any]]) -> list[int]:
 def number(value: Any) -> int | None:
     """A plain integer or a ``{set, infinite, number}`` struct (decoded, or a mapping);
     unset/infinite → None."""
-    if isinstance(value, (Number, ExitCode)):
+    kind = type(value)
+    if kind is int:  # the common cases first: ~70,000 calls in a 10,000-job poll
+        return value
+    if kind is Number or kind is ExitCode:
         if value.infinite or not value.set:
             return None
         value = value.number
@@ -567,6 +570,8 @@ class Dialect40(Dialect39):
         return {} if update_time is None else {"update_time": f"uts{int(update_time)}"}
 
     def _state(self, value: Any) -> tuple[str, tuple[str, ...]]:
+        if type(value) is list and len(value) == 1 and value[0] in BASE_STATES:
+            return value[0], ()  # most jobs: one base state, no flag
         items = [str(v).upper() for v in (value if isinstance(value, list) else [value]) if v]
         base = next((s for s in items if s in BASE_STATES), None)
         if base is None:
