@@ -7,13 +7,23 @@ kinds of items per cluster:
 * ``job#<cluster>#<id>``: the last state published for a job, with what the status
   command shows; finished jobs get an ``expires_at`` (TTL) and then vanish.
 * ``cursor#<cluster>``: the ``update_time`` for the next ``GET /jobs``, the time of
-  the last sweep, and ``known``: a compressed map of job id → last state of every
-  tracked job still listed by Slurm. Slurm answers ``update_time`` with *every* job
-  as soon as *any* job changed, so the tracker diffs the page against ``known`` in
-  memory and reads and writes the job items of only the jobs that changed. ``known``
-  is a filter, never the truth: a stale entry only costs one extra read. Beside it
-  ``vanished``, the checkpoint of the lookups of jobs a sweep no longer found.
+  the last sweep, and how many shards hold the rest of the cursor.
+* ``known#<cluster>#<n>``: shard ``n`` (job id modulo the shard count) of ``known``, a
+  compressed map of job id → last state of every tracked job still listed by Slurm,
+  and of ``vanished``, the checkpoint of the lookups of jobs a sweep no longer found.
+  Slurm answers ``update_time`` with *every* job as soon as *any* job changed, so the
+  tracker diffs the page against ``known`` in memory and reads and writes the job items
+  of only the jobs that changed. ``known`` is a filter, never the truth: a stale or
+  missing entry only costs one extra read, which is what makes the shards safe to
+  write one by one before the cursor item (a crash in between leaves stale shards).
+  A save writes only the shards whose content changed, and doubles the shard count
+  (rewriting them all) when they fill up: about 4,000 jobs a shard, so 1,000,000
+  tracked jobs are 256 items of ~26 KB, far from DynamoDB's 400 KB an item.
 * ``lease#<cluster>``: who is polling now, and until when.
+
+A cursor item of the old layout (``known`` and ``vanished`` inside it: one item for the
+whole cluster, which failed past ~57,000 jobs) is read once as it is; the next save
+writes the shards and the cursor without them, so an upgrade forgets no job.
 """
 from __future__ import annotations
 
@@ -32,7 +42,8 @@ LOST = "LOST"
 TRACKER_FINAL_STATES = FINAL_STATES | {LOST}
 
 BATCH_GET_LIMIT = 100
-MAX_KNOWN_BYTES = 380 * 1024  # DynamoDB items stop at 400 KB
+JOBS_PER_SHARD = 4096  # ~26 KB compressed at ~6.6 bytes a job: cheap to rewrite one
+MAX_SHARD_BYTES = 380 * 1024  # uncompressed; DynamoDB items stop at 400 KB
 
 
 @dataclass(frozen=True)
@@ -159,6 +170,9 @@ class DynamoDBJobStore(JobStore):
         self._db = dynamodb_client
         self.table = table
         self._ttl = final_ttl_days * 86400
+        # Per cluster, what the last load or save of its cursor saw: the shard count and
+        # each shard's CRC, so that a save writes only the shards that changed.
+        self._loaded: dict[str, tuple[int, dict[int, int] | None]] = {}
 
     # --- lease
     def acquire_lease(self, cluster: str, owner: str, seconds: float) -> bool:
@@ -193,27 +207,47 @@ class DynamoDBJobStore(JobStore):
         item = self._db.get_item(
             TableName=self.table, Key={"pk": _s(f"cursor#{cluster}")}, ConsistentRead=True
         ).get("Item")
+        self._loaded.pop(cluster, None)
         if not item:
             return Cursor()
-        known, vanished = (_unpack(item[name]["B"]) if name in item else {} for name in ("known", "vanished"))
+        if "shards" in item:
+            count = int(item["shards"]["N"])
+            shards = self._get_shards(cluster, count)
+            self._loaded[cluster] = (count, {n: zlib.crc32(raw) for n, raw in shards.items()})
+            parts = [json.loads(raw) for raw in shards.values()]
+            known = {int(k): v for part in parts for k, v in part.get("known", {}).items()}
+            queue = sorted((pos, int(k), since) for part in parts for k, (since, pos) in part.get("vanished", {}).items())
+            vanished = {job_id: since for _, job_id, since in queue}
+        else:  # the old layout, all in this item: read once, the next save writes shards
+            known, vanished = ({int(k): v for k, v in _unpack(item[name]["B"]).items()} if name in item else {}
+                               for name in ("known", "vanished"))
         return Cursor(
             update_time=int(item["update_time"]["N"]) if "update_time" in item else None,
             last_sweep=float(item["last_sweep"]["N"]) if "last_sweep" in item else None,
-            known={int(k): v for k, v in known.items()},
-            vanished={int(k): v for k, v in vanished.items()},
+            known=known,
+            vanished=vanished,
             version=int(item["version"]["N"]),
         )
 
     def save_cursor(self, cluster: str, cursor: Cursor) -> bool:
-        known = _pack(cursor.known)
-        vanished = _pack(cursor.vanished) if cursor.vanished else b""
-        if len(known) + len(vanished) > MAX_KNOWN_BYTES:  # about 6 bytes a job: ~65,000 live tracked jobs
-            raise ValueError(
-                f"{len(cursor.known)} tracked jobs do not fit in one cursor item ({len(known)} bytes compressed)"
-            )
-        item: dict[str, Any] = {"pk": _s(f"cursor#{cluster}"), "version": _n(cursor.version + 1), "known": {"B": known}}
-        if vanished:
-            item["vanished"] = {"B": vanished}
+        """The changed shards first (unconditionally: they are a filter), then the cursor
+        item, conditional on its version."""
+        loaded_count, crcs = self._loaded.get(cluster, (0, None))
+        count = max(loaded_count, _shard_count(len(cursor.known) + len(cursor.vanished)))
+        shards = _split(cursor, count)
+        while max(map(len, shards.values())) > MAX_SHARD_BYTES:
+            count *= 2  # entries much longer than usual: split further
+            shards = _split(cursor, count)
+        if count != loaded_count or crcs is None:
+            crcs = {}  # a new layout, or nothing loaded (the old one-item cursor): write all
+        for n, raw in shards.items():
+            crc = zlib.crc32(raw)
+            if crcs.get(n) != crc:
+                self._db.put_item(
+                    TableName=self.table, Item={"pk": _s(_shard_pk(cluster, n)), "data": {"B": zlib.compress(raw, 6)}}
+                )
+                crcs[n] = crc
+        item: dict[str, Any] = {"pk": _s(f"cursor#{cluster}"), "version": _n(cursor.version + 1), "shards": _n(count)}
         if cursor.update_time is not None:
             item["update_time"] = _n(cursor.update_time)
         if cursor.last_sweep is not None:
@@ -226,21 +260,33 @@ class DynamoDBJobStore(JobStore):
                 ExpressionAttributeValues={":v": _n(cursor.version)},
             )
         except self._db.exceptions.ConditionalCheckFailedException:
+            self._loaded.pop(cluster, None)  # someone else's cursor now: their shards may differ
             return False
+        self._loaded[cluster] = (count, crcs)
         cursor.version += 1
         return True
 
+    def _get_shards(self, cluster: str, count: int) -> dict[int, bytes]:
+        """The JSON of each of the ``count`` shards, in order (``{}`` for a missing one)."""
+        shards = {n: b"{}" for n in range(count)}
+        for item in self._batch_get([{"pk": _s(_shard_pk(cluster, n))} for n in range(count)]):
+            shards[int(item["pk"]["S"].rsplit("#", 1)[1])] = zlib.decompress(item["data"]["B"])
+        return shards
+
     # --- jobs
     def get_jobs(self, cluster: str, job_ids: Iterable[int]) -> dict[int, TrackedJob]:
-        keys = [{"pk": _s(_job_pk(cluster, i))} for i in dict.fromkeys(job_ids)]
-        found: dict[int, TrackedJob] = {}
+        items = self._batch_get([{"pk": _s(_job_pk(cluster, i))} for i in dict.fromkeys(job_ids)])
+        jobs = (_from_item(item) for item in items)
+        return {job.job_id: job for job in jobs}
+
+    def _batch_get(self, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The items of ``keys`` that exist, strongly consistent, 100 keys a call."""
+        found: list[dict[str, Any]] = []
         for start in range(0, len(keys), BATCH_GET_LIMIT):
             request = {self.table: {"Keys": keys[start : start + BATCH_GET_LIMIT], "ConsistentRead": True}}
             for attempt in range(8):
                 answer = self._db.batch_get_item(RequestItems=request)
-                for item in answer.get("Responses", {}).get(self.table, []):
-                    job = _from_item(item)
-                    found[job.job_id] = job
+                found.extend(answer.get("Responses", {}).get(self.table, []))
                 request = answer.get("UnprocessedKeys") or {}
                 if not request:
                     break
@@ -278,12 +324,37 @@ class DynamoDBJobStore(JobStore):
         return sorted(jobs, key=lambda j: j.job_id)
 
 
-def _pack(mapping: Mapping[int, Any]) -> bytes:
-    return zlib.compress(json.dumps(mapping, separators=(",", ":")).encode(), 6)
-
-
 def _unpack(blob: bytes) -> dict[str, Any]:
     return json.loads(zlib.decompress(blob))
+
+
+def _shard_count(entries: int) -> int:
+    """The smallest power of two that keeps ``JOBS_PER_SHARD`` entries a shard or fewer."""
+    count = 1
+    while count * JOBS_PER_SHARD < entries:
+        count *= 2
+    return count
+
+
+def _split(cursor: Cursor, count: int) -> dict[int, bytes]:
+    """Each shard's JSON: its ``known`` entries, and its ``vanished`` ones as id →
+    [missing since, place in the queue] (the queue's order spans shards). A shard's
+    bytes stay the same as long as its entries do."""
+    known: list[dict[int, str]] = [{} for _ in range(count)]
+    vanished: list[dict[int, list[Any]]] = [{} for _ in range(count)]
+    for job_id, fp in cursor.known.items():
+        known[job_id % count][job_id] = fp
+    for pos, (job_id, since) in enumerate(cursor.vanished.items()):
+        vanished[job_id % count][job_id] = [since, pos]
+    return {
+        n: json.dumps({"known": known[n], "vanished": vanished[n]} if vanished[n] else {"known": known[n]},
+                      separators=(",", ":")).encode()
+        for n in range(count)
+    }
+
+
+def _shard_pk(cluster: str, n: int) -> str:
+    return f"known#{cluster}#{n}"
 
 
 def _job_pk(cluster: str, job_id: int) -> str:

@@ -29,7 +29,7 @@ from typing import Any, Iterator, Protocol
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 from chalicelib import provenance
-from chalicelib.eventbus import Event, EventBus, EventBusError
+from chalicelib.eventbus import Event, EventBus, EventBusError, FailedEntry
 from chalicelib.jobevents import DETAIL_TYPE, POLLED, event_id, job_resources
 from chalicelib.jobstore import LOST, TRACKER_FINAL_STATES, Cursor, DynamoDBJobStore, JobStore, TrackedJob
 from chalicelib.observability import SERVICE, logger, tracer
@@ -77,6 +77,7 @@ class PollResult:
     conflicts: int = 0
     lost: int = 0
     deferred: int = 0
+    retries_pending: int = 0  # failed jobs whose retry the next poll makes (not saved)
     looked_up: int = 0
     to_look_up: int = 0
     pending: int = 0
@@ -85,6 +86,14 @@ class PollResult:
 
     def by_state(self) -> Counter[str]:
         return Counter(t["state"] for t in self.transitions)
+
+
+# Jobs diffed, published and saved together: bounds a poll's memory, whatever the
+# number of jobs that changed (a first poll over 100,000 jobs is 200 chunks).
+CHUNK = 500
+
+# A listed job whose state differs from ``known``: parsed, its source, its new fingerprint.
+_Moved = tuple[Job, Source | None, str]
 
 
 @dataclass
@@ -169,54 +178,95 @@ class Tracker:
         return result
 
     def _poll(self, result: PollResult, sweep: bool | None, lookups_until: float) -> None:
+        """The steps of one poll, in the order that makes the guarantees."""
         cursor = self.store.load_cursor(self.cluster)
         now = self._clock()
-        if sweep is None:
-            sweep = cursor.update_time is None or cursor.last_sweep is None or now - cursor.last_sweep >= self.sweep_seconds
-        result.sweep = sweep
-        asked = time.monotonic()
-        page = self.client.list_jobs(None if sweep else cursor.update_time)
-        result.changed = page.changed
-        slurm_now = (page.last_update or self._server_time(asked)) if page.changed else None
+        result.sweep = self._wants_sweep(cursor, now) if sweep is None else sweep
+        page, slurm_now = self._list(cursor, result)
         moved, listed = self._scan(page, cursor, result)
-        del page  # the decoded answer (~200 MB at 10,000 jobs) goes before the events are built
+        del page  # the decoded answer goes before the events are built
+        self._update_vanished(cursor, listed, result.sweep)
+        moved = self._bounded(moved, result)
+        error = self._publish_and_save(moved, cursor, iso(now), lookups_until, result)
+        done = error is None and not result.deferred and not result.retries_pending
+        self._save_cursor(cursor, slurm_now if done else None,
+                          now if result.sweep and error is None else None, result)
+        if error is not None:
+            raise error
+
+    def _wants_sweep(self, cursor: Cursor, now: float) -> bool:
+        return cursor.update_time is None or cursor.last_sweep is None or now - cursor.last_sweep >= self.sweep_seconds
+
+    def _list(self, cursor: Cursor, result: PollResult) -> tuple[JobsPage, int | None]:
+        """Slurm's listing (all jobs on a sweep, else those since the cursor), and Slurm's
+        clock for the next cursor (None: nothing changed, the cursor stays)."""
+        asked = time.monotonic()
+        page = self.client.list_jobs(None if result.sweep else cursor.update_time)
+        result.changed = page.changed
+        return page, (page.last_update or self._server_time(asked)) if page.changed else None
+
+    def _update_vanished(self, cursor: Cursor, listed: set[int], sweep: bool) -> None:
+        """On a sweep, queue each tracked unfinished job the listing lacks (a finished
+        one left after MinJobAge, as expected); drop from the queue what is listed again
+        (diffed as usual) or no longer tracked."""
         if sweep:
             for job_id in [i for i in cursor.known if i not in listed]:
                 if _state_of(cursor.known[job_id]) in TRACKER_FINAL_STATES:
-                    del cursor.known[job_id]  # gone after MinJobAge, as expected
+                    del cursor.known[job_id]
                 else:
                     cursor.vanished.setdefault(job_id, None)
         for job_id in [i for i in cursor.vanished if i in listed or i not in cursor.known]:
-            del cursor.vanished[job_id]  # listed again (diffed as usual), or no longer tracked
+            del cursor.vanished[job_id]
 
+    def _bounded(self, moved: list[_Moved], result: PollResult) -> list[_Moved]:
+        """Bounded work per invocation: the rest stay unsaved and the cursor does not
+        advance, so the next poll lists them again and takes the next share."""
         if self.max_changes and len(moved) > self.max_changes:
-            # Bounded work per invocation: the rest stay unsaved and the cursor does not
-            # advance, so the next poll lists them again and takes the next share.
             result.deferred = len(moved) - self.max_changes
-            moved = moved[: self.max_changes]
-        todo = list(cursor.vanished)[: self.max_lookups or None]
-        ids = [j.job_id for j, _, _ in moved] + todo
-        stored = self.store.get_jobs(self.cluster, ids) if ids else {}
-        changes: list[_Change] = []
-        updated_at = iso(now)
-        for job, src, fp in moved:
-            change = self._diff(job, src, stored.get(job.job_id), updated_at)
-            if change:
-                changes.append(change)
-            else:  # known was stale (e.g. a crash after saving the job): refresh only
-                cursor.known[job.job_id] = fp
-        changes += self._look_up(todo, stored, cursor, updated_at, lookups_until, result)
+            return moved[: self.max_changes]
+        return moved
 
-        failed_ids: set[str | None] = set()
-        error: EventBusError | None = None
+    def _publish_and_save(
+        self, moved: list[_Moved], cursor: Cursor, updated_at: str | None, lookups_until: float, result: PollResult
+    ) -> EventBusError | None:
+        """Diff, publish and save the moved jobs, then the vanished ones, a chunk at a
+        time (memory stays flat however many jobs changed). The events a chunk could
+        not publish are not saved (the next poll publishes them again, same ids); the
+        error that says so comes back once every chunk was tried."""
+        failed: list[FailedEntry] = []
+        for start in range(0, len(moved), CHUNK):
+            chunk = moved[start : start + CHUNK]
+            stored = self.store.get_jobs(self.cluster, [job.job_id for job, _, _ in chunk])
+            changes: list[_Change] = []
+            for job, src, fp in chunk:
+                change = self._diff(job, src, stored.get(job.job_id), updated_at)
+                if change:
+                    changes.append(change)
+                else:  # known was stale (e.g. a crash after saving the job): refresh only
+                    cursor.known[job.job_id] = fp
+            failed += self._publish(changes, cursor, result)
+        todo = list(cursor.vanished)[: self.max_lookups or None]
+        if todo:
+            stored = self.store.get_jobs(self.cluster, todo)
+            failed += self._publish(self._look_up(todo, stored, cursor, updated_at, lookups_until, result), cursor, result)
+        return EventBusError(failed, result.published) if failed else None
+
+    def _publish(self, changes: list[_Change], cursor: Cursor, result: PollResult) -> list[FailedEntry]:
+        """Publish ``changes``; save each accepted one (conditional on the state it
+        replaces) and note it in ``known``. Returns the refused ones."""
+        if not changes:
+            return []
+        failed: list[FailedEntry] = []
         try:
-            result.published = self.bus.put(c.event for c in changes)
+            result.published += self.bus.put(c.event for c in changes)
         except EventBusError as exc:
-            error, result.published = exc, exc.accepted
-            failed_ids = set(exc.failed_event_ids)
+            result.published += exc.accepted
+            failed = exc.failed
+        failed_ids = {f.event.event_id for f in failed}
         # failed jobs their pipeline retries: before saving, so a crash or a failed
         # retry is redone by the next poll (under the same attempt's key: never twice)
         redo = self.retry.after(c.new for c in changes if c.event.event_id not in failed_ids) if self.retry else set()
+        result.retries_pending += len(redo)
         for change in changes:
             if change.event.event_id in failed_ids or change.new.job_id in redo:
                 continue
@@ -233,18 +283,20 @@ class Tracker:
                 result.lost += change.new.state == LOST
             else:
                 cursor.known[change.new.job_id] = change.fingerprint
+        return failed
 
-        if error is None and slurm_now is not None and not result.deferred and not redo:
-            cursor.update_time = slurm_now
-        if sweep and error is None:
-            cursor.last_sweep = now
+    def _save_cursor(self, cursor: Cursor, update_time: int | None, swept_at: float | None, result: PollResult) -> None:
+        """Advance the cursor (``update_time`` only when every change is saved, ``swept_at``
+        only after a complete sweep) and save it last."""
+        if update_time is not None:
+            cursor.update_time = update_time
+        if swept_at is not None:
+            cursor.last_sweep = swept_at
         states = Counter(_state_of(v) for v in cursor.known.values())
         result.pending, result.running = states["PENDING"], states["RUNNING"]
         result.to_look_up = len(cursor.vanished)
         if not self.store.save_cursor(self.cluster, cursor):
             logger.warning("cursor saved by someone else meanwhile; keeping theirs", extra={"cluster": self.cluster})
-        if error is not None:
-            raise error
 
     def _server_time(self, asked: float) -> int | None:
         """Slurm's clock for answers without ``last_update`` (v0.0.38, v0.0.39): diag's
@@ -261,12 +313,12 @@ class Tracker:
             return None
         return None if seconds is None else seconds - 1 - int(time.monotonic() - asked)
 
-    def _scan(self, page: JobsPage, cursor: Cursor, result: PollResult) -> tuple[list[tuple[Job, Source | None, str]], set[int]]:
+    def _scan(self, page: JobsPage, cursor: Cursor, result: PollResult) -> tuple[list[_Moved], set[int]]:
         """The tracked jobs whose key differs from ``known`` (parsed, with their source
         and new fingerprint), and the ids of all listed jobs. Only those jobs are parsed
         in full (a lazy page parses nothing else): a steady poll parses ~1% of them."""
         result.jobs_seen = len(page.jobs)
-        moved: list[tuple[Job, Source | None, str]] = []
+        moved: list[_Moved] = []
         listed: set[int] = set()
         for key, parse in page.keyed():
             listed.add(key.job_id)
@@ -421,7 +473,9 @@ def iso(moment: datetime | float | None) -> str | None:
         return None
     if not isinstance(moment, datetime):
         moment = datetime.fromtimestamp(moment, timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    elif moment.tzinfo is not timezone.utc:
+        moment = moment.astimezone(timezone.utc)
+    return moment.isoformat(timespec="seconds")[:19] + "Z"  # 3x strftime: 4 a job
 
 
 def tracked_from_job(cluster: str, job: Job, src: Source | None, **extra: Any) -> TrackedJob:
