@@ -30,7 +30,7 @@ steps:
   - name: first
     job:
       name: step-first
-      script: "#!/bin/bash\\nsleep 4\\n"{JOB}
+      script: "#!/bin/bash\\nuntil [ -e \\"$OUT_DIR/go\\" ]; do sleep 0.5; done\\n"{JOB}
   - name: second
     after: {{first: afterok}}
     job:
@@ -109,6 +109,9 @@ def test_a_transient_failure_halfway_ends_with_each_step_once_and_the_dependenci
     # (Slurm drops a dependency once it holds: singleton does at once when no other
     # job of that name runs, so only the afterany is left to read back)
     assert f"afterany:{ids['second'].job_id}" in (ids["third"].dependency or ""), ids["third"]
+    # the first step waits for this file, so the dependencies above are read while they
+    # hold, however slow the machine (Slurm drops a dependency once it is satisfied)
+    world.target.host_path(f"{world.outdir}/go").write_text("", encoding="utf-8")
     assert world.trigger.handle_event(notification(r))[0].status == "duplicate"
     submitted = [e for e in world.events() if e["detail-type"] == "Slurm Job Submitted"]
     for event in submitted:
