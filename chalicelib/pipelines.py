@@ -14,7 +14,7 @@ pipeline; an object matching none is skipped by the trigger.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -178,7 +178,12 @@ def parse(data: Any, file: Path, site: Mapping[str, str] | None = None) -> Pipel
         script_names: dict[int, str] = {}
 
         def template_of(job: Any) -> JobSubmission:
-            template, script_names[id(template)] = _template(job, file.parent, site)
+            template, script_name = _template(job, file.parent, site)
+            if not template.name:
+                # Named after the pipeline (as sbatch names a job after its script): a
+                # takeover's accounting search filters by name, and squeue/sacct show it.
+                template = replace(template, name=name)
+            script_names[id(template)] = script_name
             return template
 
         steps: tuple[Step, ...] = ()
