@@ -1,4 +1,5 @@
-"""Two SQS batches of 10 objects through the batched path on the REAL local Slurm, with one
+"""Two SQS batches of 10 objects through the batched path on the REAL local Slurm (the
+newest version of each local cluster), with one
 failure injected in the middle of the first batch: exactly one job per object, counted in
 Slurm by the idempotency key in its comment, and one "Submitted" event per job on the
 bus (rule → SQS target). The AWS calls of every delivery are counted (botocore hooks) and
@@ -27,9 +28,11 @@ import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
 from chalicelib.idempotency import idempotency_key
+from chalicelib.slurm.dialects import version_key
 from chalicelib.slurm.errors import SlurmUnavailableError
 from chalicelib.trigger import BatchNotDone, build_trigger
 from test_trigger import TRUE_PIPELINE, _clients, make_world, notification, obj  # noqa: I001 - same folder
+from test_trigger_exactly_once import targets  # noqa: I001 - same folder
 
 pytestmark = pytest.mark.real_slurm
 
@@ -86,8 +89,20 @@ def sqs_batch(refs: list[Any], first: int) -> dict[str, Any]:
     "failure,report", [("answer lost", True), ("event refused", False)],
     ids=["answer-lost-report-item-failures", "event-refused-fail-closed"],
 )
-def test_a_burst_with_one_failure_mid_batch(aws, slurm_target, tmp_path, failure, report):
-    world = make_world(slurm_target, tmp_path, TRUE_PIPELINE)
+def test_a_burst_with_one_failure_mid_batch(aws, slurm_clusters, tmp_path, failure, report):
+    """On the newest API version of every local cluster (the batch is the trigger's;
+    the versions' wire is covered elsewhere)."""
+    newest: dict[str, Any] = {}
+    for target in targets(slurm_clusters):
+        if target.name not in newest or version_key(target.version) > version_key(newest[target.name].version):
+            newest[target.name] = target
+    assert newest, "no local cluster answers"
+    for i, target in enumerate(newest.values()):
+        burst(target, tmp_path / str(i), failure, report, suffix=f"-{i}")
+
+
+def burst(target: Any, tmp_path: Any, failure: str, report: bool, suffix: str) -> None:
+    world = make_world(target, tmp_path, TRUE_PIPELINE, suffix=suffix)
     # the hold of an unknown outcome (read timeout + settle) is what the redelivery waits out
     settings = replace(world.settings, read_timeout=10, submit_settle_seconds=1,
                        sqs_report_batch_item_failures=report)
@@ -164,6 +179,7 @@ def test_a_burst_with_one_failure_mid_batch(aws, slurm_target, tmp_path, failure
         expected_retry = [tx] + expected_retry  # nine duplicates answered from one cancelled claim transaction
     assert sorted(retry) == sorted(expected_retry)
     per_object = (len(first) + len(retry)) / N
-    print(json.dumps({"failure": failure, "report": report, "aws_calls": len(first) + len(retry),
+    print(json.dumps({"target": f"{target.name}/{target.version}", "failure": failure, "report": report,
+                      "aws_calls": len(first) + len(retry),
                       "per_object": per_object, "jobs": N}))
     assert per_object <= 1.3
