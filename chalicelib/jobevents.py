@@ -16,6 +16,10 @@ from __future__ import annotations
 import hashlib
 
 DETAIL_TYPE = "Slurm Job State Change"
+# ``detail.publishedBy``: which path published this copy. Both copies of a change carry
+# the same eventId; this tells them apart (consumers may watch that the push works).
+POLLED = "tracker"
+PUSHED = "headnode"
 
 
 def event_id(cluster: str, job_id: int, state: str, submitted_at: str | None) -> str:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import unquote_plus
 
+from aws_lambda_powertools.utilities.data_classes.s3_event import S3Event, S3EventBridgeNotificationEvent
+
 from chalicelib.observability import logger
 
 
@@ -49,51 +51,54 @@ def _version(value: str | None) -> str | None:
 
 
 def from_notification(event: Mapping[str, Any]) -> list[ObjectRef]:
-    """Records of an S3 notification (``{"Records": [...]}``); ``s3:TestEvent`` → []."""
+    """Records of an S3 notification (``{"Records": [...]}``); ``s3:TestEvent`` → [].
+
+    Read through Powertools' ``S3Event``; optional fields with ``.get``, as its properties
+    raise KeyError where S3 leaves a field out (``sequencer``, ``versionId``)."""
     if event.get("Event") == "s3:TestEvent":
         logger.info("s3:TestEvent ignored", extra={"bucket": event.get("Bucket")})
         return []
-    records = event.get("Records")
-    if not isinstance(records, list):
+    if not isinstance(event.get("Records"), list):
         raise EventShapeError("not an S3 notification: no 'Records' list")
     refs = []
-    for record in records:
-        try:
-            name = record["eventName"]
-            s3 = record["s3"]
-            obj = s3["object"]
-            bucket = s3["bucket"]["name"]
-            key = unquote_plus(obj["key"])
-        except (KeyError, TypeError) as exc:
-            raise EventShapeError(f"S3 record without {exc}") from None
-        if not name.startswith("ObjectCreated:"):
-            logger.info("S3 event ignored", extra={"event_name": name, "bucket": bucket})
-            continue
-        refs.append(
-            ObjectRef(
-                bucket=bucket,
-                key=key,
-                size=obj.get("size"),
-                etag=clean_etag(obj.get("eTag")),
-                version_id=_version(obj.get("versionId")),
-                sequencer=obj.get("sequencer"),
-                event_time=record.get("eventTime"),
-                region=record.get("awsRegion"),
+    try:
+        for record in S3Event(dict(event)).records:
+            name, bucket, obj = record.event_name, record.s3.bucket.name, record.s3.get_object
+            key = unquote_plus(obj.key)  # S3Object.key is the URL-encoded key as sent
+            if not name.startswith("ObjectCreated:"):
+                logger.info("S3 event ignored", extra={"event_name": name, "bucket": bucket})
+                continue
+            refs.append(
+                ObjectRef(
+                    bucket=bucket,
+                    key=key,
+                    size=obj.get("size"),
+                    etag=clean_etag(obj.etag),
+                    version_id=_version(obj.version_id),
+                    sequencer=obj.get("sequencer"),
+                    event_time=record.get("eventTime"),
+                    region=record.get("awsRegion"),
+                )
             )
-        )
+    except (KeyError, TypeError) as exc:
+        raise EventShapeError(f"S3 record without {exc}") from None
     return refs
 
 
 def from_eventbridge(event: Mapping[str, Any]) -> list[ObjectRef]:
-    """An EventBridge "Object Created" event from ``aws.s3`` (key NOT URL-encoded)."""
-    if event.get("source") != "aws.s3" or event.get("detail-type") != "Object Created":
+    """An EventBridge "Object Created" event from ``aws.s3`` (key NOT URL-encoded).
+
+    Read through Powertools' ``S3EventBridgeNotificationEvent``, except the key: its
+    ``.key`` applies ``unquote_plus``, which would turn a real ``+`` of an EventBridge
+    key (sent as is, events/eventbridge-object-created.json) into a space."""
+    eb = S3EventBridgeNotificationEvent(dict(event))
+    if eb.get("source") != "aws.s3" or eb.get("detail-type") != "Object Created":
         raise EventShapeError(
             f"not an S3 'Object Created' event: {event.get('source')!r} / {event.get('detail-type')!r}"
         )
     try:
-        detail = event["detail"]
-        obj = detail["object"]
-        bucket = detail["bucket"]["name"]
+        obj = eb.detail.object
+        bucket = eb.detail.bucket.name
         key = obj["key"]
     except (KeyError, TypeError) as exc:
         raise EventShapeError(f"'Object Created' event without {exc}") from None
@@ -101,12 +106,12 @@ def from_eventbridge(event: Mapping[str, Any]) -> list[ObjectRef]:
         ObjectRef(
             bucket=bucket,
             key=key,
-            size=obj.get("size"),
-            etag=clean_etag(obj.get("etag")),
+            size=obj.size,
+            etag=clean_etag(obj.etag),
             version_id=_version(obj.get("version-id")),
             sequencer=obj.get("sequencer"),
-            event_time=event.get("time"),
-            region=event.get("region"),
+            event_time=eb.get("time"),
+            region=eb.get("region"),
         )
     ]
 

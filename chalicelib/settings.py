@@ -12,7 +12,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_pipelines_path() -> str:
+    """Where pipelines are when PIPELINES_PATH is unset: beside the function's code in
+    Lambda (vendor/pipelines is packaged there), else ./pipelines of the working
+    directory, never a folder inside an installed package (site-packages holds none)."""
+    task_root = os.environ.get("LAMBDA_TASK_ROOT")
+    return str(Path(task_root) / "pipelines") if task_root else "pipelines"
 SITE_PREFIX = "SITE_"  # SITE_PARTITION=compute is @{partition} in pipeline files
 
 
@@ -115,7 +122,7 @@ class Settings:
     targets_json: str | None = None
 
     # --- the trigger
-    pipelines_path: str = str(PROJECT_ROOT / "pipelines")
+    pipelines_path: str = field(default_factory=default_pipelines_path)
     idempotency_table: str = "slurm-trigger-idempotency"
     idempotency_ttl_days: int = 30
     idempotency_in_progress_seconds: int = 60  # an attempt's deadline where none is known (not Lambda)
@@ -206,7 +213,7 @@ class Settings:
             retries=_int(g("SLURM_RETRIES"), 3),
             max_connections=_int(g("SLURM_MAX_CONNECTIONS"), 4),
             targets_json=g("SLURM_TARGETS") or None,
-            pipelines_path=g("PIPELINES_PATH") or str(PROJECT_ROOT / "pipelines"),
+            pipelines_path=g("PIPELINES_PATH") or default_pipelines_path(),
             idempotency_table=g("IDEMPOTENCY_TABLE", "slurm-trigger-idempotency"),
             idempotency_ttl_days=_int(g("IDEMPOTENCY_TTL_DAYS"), 30),
             idempotency_in_progress_seconds=_int(g("IDEMPOTENCY_IN_PROGRESS_SECONDS"), 60),

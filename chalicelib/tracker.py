@@ -30,7 +30,7 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 from chalicelib import provenance
 from chalicelib.eventbus import Event, EventBus, EventBusError
-from chalicelib.jobevents import DETAIL_TYPE, event_id, job_resources
+from chalicelib.jobevents import DETAIL_TYPE, POLLED, event_id, job_resources
 from chalicelib.jobstore import LOST, TRACKER_FINAL_STATES, Cursor, DynamoDBJobStore, JobStore, TrackedJob
 from chalicelib.observability import SERVICE, logger, tracer
 from chalicelib.provenance import Source
@@ -471,6 +471,7 @@ def state_change_detail(job: TrackedJob, flags: tuple[str, ...] = (), signal: in
         "startedAt": job.started_at,
         "endedAt": job.ended_at,
         "source": source.to_detail() if source else None,
+        "publishedBy": POLLED,
     }
 
 

@@ -51,7 +51,7 @@ def not_available(reason: str) -> None:
 
 
 def read_clusters() -> list[dict[str, Any]]:
-    from chalicelib.localrun import local_clusters
+    from slurm_trigger_dev.localrun import local_clusters
 
     return local_clusters(STATE)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from chalicelib.localrun import LambdaContext, sqs_lambda_event
+from slurm_trigger_dev.localrun import LambdaContext, sqs_lambda_event
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 from chalicelib.settings import Settings
 from chalicelib.slurm.errors import SlurmError
 
-COMMAND_MODULES = ("slurm_commands", "trigger_commands", "redrive_commands", "tracker_commands")
+COMMAND_MODULES = ("slurm_commands", "trigger_commands", "redrive_commands", "tracker_commands", "examples_commands")
 
 
 def common_options() -> argparse.ArgumentParser:

@@ -160,6 +160,7 @@ def hook_entry(env: dict[str, str], cluster: str, bus: str, source: str, scontro
         "startedAt": iso(start),
         "endedAt": iso(end),
         "source": src.to_detail() if src else None,
+        "publishedBy": jobevents.PUSHED,
         "eventId": jobevents.event_id(cluster, int(job_id), state, submitted_at),
     }
     return {

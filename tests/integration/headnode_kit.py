@@ -20,10 +20,11 @@ import socket
 import subprocess
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import boto3
 
@@ -57,6 +58,9 @@ class KitUnderTest:
     # under /var/tmp: SlurmUser and the kit's users must be able to traverse it
     root: Path = field(default_factory=lambda: Path(f"/var/tmp/st-headnode-{uuid.uuid4().hex[:8]}"))
     queue: str = ""  # SQS queue behind a rule for every event of the bus (prepare_bus)
+    # --hook-dir: where scripts/local-slurm's wrapper (the host's PrologSlurmctld and
+    # JobCompLoc) finds the hooks slurmctld runs; empty: slurmctld never calls this kit
+    hook_dir: str = ""
 
     @property
     def parameter(self) -> str:
@@ -94,6 +98,7 @@ class KitUnderTest:
             "--port", str(self.port), "--listen", "127.0.0.1", "--ip", self.ip, "--dns", self.dns,
             "--event-bus", self.bus,
             "--token-interval", str(self.token_interval), "--token-lifespan", str(self.token_lifespan),
+            *(["--hook-dir", self.hook_dir] if self.hook_dir else []),
         ]
 
     def run(self, command: str, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -209,3 +214,17 @@ def moto_server() -> tuple[Any, str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     return server, f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def installed_kit(**fields: Any) -> Iterator[KitUnderTest]:
+    """A kit installed against its own moto server and bus (rule -> SQS); uninstalled after."""
+    server, endpoint = moto_server()
+    kit = KitUnderTest(endpoint, **fields)
+    kit.prepare_bus()
+    try:
+        kit.install()
+        yield kit
+    finally:
+        kit.uninstall()
+        server.stop()

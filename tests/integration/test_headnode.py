@@ -32,7 +32,7 @@ from chalicelib.slurm.errors import SlurmAuthError, SlurmError, SlurmTLSError
 from chalicelib.slurm.models import JobSubmission
 from chalicelib.tracker import build_tracker
 from chalicelib.trigger import build_trigger
-from headnode_kit import KitUnderTest, moto_server, receive_all, scontrol_job  # sibling helper module
+from headnode_kit import KitUnderTest, installed_kit, receive_all, scontrol_job  # sibling helper module
 
 pytestmark = pytest.mark.real_slurm
 WORKDIR = "/tmp/slurm-trigger-jobs"
@@ -53,15 +53,8 @@ job:
 def kit(slurm_clusters: dict[str, Any]) -> Iterator[KitUnderTest]:
     if "host" not in slurm_clusters:
         pytest.fail("the host cluster (Slurm 22.05) is needed")
-    server, endpoint = moto_server()
-    kit = KitUnderTest(endpoint)
-    kit.prepare_bus()
-    try:
-        kit.install()
+    with installed_kit() as kit:
         yield kit
-    finally:
-        kit.uninstall()
-        server.stop()
 
 
 def settings(kit: KitUnderTest, **extra: Any) -> Settings:

@@ -3,6 +3,8 @@
 Real Slurm (22.05, 24.11, 26.05 with slurmdbd), moto in server mode, the app's own handlers: every sample
 object becomes exactly one job (a repeated notification included), the job finishes,
 and its events reach the bus and come back through the example rule's SQS queue.
+On the host cluster the state changes also come pushed by its slurmctld through the head node
+kit's hook, under the eventIds of the polled copies.
 """
 from __future__ import annotations
 
@@ -48,3 +50,9 @@ def test_run_local_closes_the_loop(slurm_clusters, tmp_path: Path):
                 assert len(o["jobs"]) == 1 and o["final"] == "COMPLETED" and o["submitted_events"] == 1, o
             else:
                 assert o["jobs"] == [], o
+        changes = s["state_changes"]
+        assert changes["ids_per_change_max"] == 1, changes  # pushed and polled copies share one eventId
+        if name == "host":  # its slurmctld pushes through the head node kit's hook
+            assert s["push"] and changes["pushed"] >= len(expected), changes  # each job's end at least
+        else:
+            assert changes["pushed"] == 0, changes

@@ -13,7 +13,7 @@ import pytest
 
 from chalicelib import s3events
 from chalicelib.cli.redrive_commands import Redrive, queue_url
-from chalicelib.localrun import sqs_lambda_event
+from slurm_trigger_dev.localrun import sqs_lambda_event
 from chalicelib.s3events import EventShapeError, ObjectRef
 from chalicelib.settings import Settings
 from chalicelib.trigger import BatchNotDone, Outcome, Trigger

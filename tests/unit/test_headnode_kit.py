@@ -94,7 +94,8 @@ def test_the_hooks_event_is_the_trackers(tmp_path: Path, context: str) -> None:
     entry = hn.hook_entry(env, "pc1", "bus", "slurm-trigger", scontrol)
     detail = json.loads(entry["Detail"])
     expected = state_change_detail(job)
-    assert {k: v for k, v in detail.items() if k != "eventId"} == expected
+    assert {**detail, "publishedBy": "tracker"} == {**expected, "eventId": detail["eventId"]}  # only the path differs
+    assert detail["publishedBy"] == "headnode"
     assert detail["eventId"] == jobevents.event_id("pc1", 42, job.state, job.submitted_at)
     assert entry["Resources"] == list(resources(job))
     assert entry["DetailType"] == jobevents.DETAIL_TYPE and entry["Source"] == "slurm-trigger"
@@ -114,7 +115,8 @@ def test_the_hooks_event_of_an_array_task_of_a_step_is_the_trackers(tmp_path: Pa
                      pipeline="demux", bucket="reads", key="runs/r1", step="align", array_job_id=50, array_task_id=1,
                      submitted_at="2026-12-01T10:00:00Z", started_at="2026-12-01T10:00:05Z")
     detail = json.loads(hn.hook_entry(env, "pc1", "bus", "slurm-trigger", scontrol)["Detail"])
-    assert {k: v for k, v in detail.items() if k != "eventId"} == state_change_detail(job)
+    assert {k: v for k, v in detail.items() if k not in ("eventId", "publishedBy")} == {
+        k: v for k, v in state_change_detail(job).items() if k != "publishedBy"}
     assert (detail["arrayJobId"], detail["arrayTaskId"], detail["source"]["step"]) == (50, 1, "align")
 
 

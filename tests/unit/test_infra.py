@@ -241,7 +241,7 @@ def code_variables() -> set[str]:
     pattern = re.compile(r"""(?:environ\.get|getenv|environ\[|\bg)\(?\s*["']([A-Z][A-Z0-9_]{2,})["']""")
     for path in files:
         names.update(pattern.findall(path.read_text()))
-    return names - {"AWS_REGION", "AWS_DEFAULT_REGION", "AWS_LAMBDA_FUNCTION_NAME"}
+    return names - {"AWS_REGION", "AWS_DEFAULT_REGION", "AWS_LAMBDA_FUNCTION_NAME", "LAMBDA_TASK_ROOT"}  # Lambda's own
 
 
 def test_every_variable_the_code_reads_is_documented() -> None:
@@ -447,10 +447,10 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], 
         merge = MERGE_FILES.get(sub)
         project = base / f"{stage}-{sub}"
         project.mkdir()
-        for name in ("app.py", "chalicelib", "pipelines", "vendor"):
+        for name in ("app.py", "chalicelib", "pipelines", "vendor"):  # what Chalice packages; rename: keep
             src = ROOT / name
-            if src.is_dir():
-                shutil.copytree(src, project / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+            if src.is_dir():  # vendor's links followed, as Chalice does (vendor/ may link to any folder)
+                shutil.copytree(src, project / name, symlinks=name != "vendor", ignore=shutil.ignore_patterns("__pycache__"))
             elif src.exists():
                 shutil.copy2(src, project / name)
         (project / ".chalice").mkdir()

@@ -1,7 +1,7 @@
 """The local loop's runner: real Slurm, local AWS (moto server), the app's own handlers.
 
 ``scripts/run-local`` starts the local Slurm clusters and a moto server, then runs
-``python -m chalicelib.localrun``. This module holds NO handler logic. It only
+``python -m slurm_trigger_dev.localrun``. This module holds NO handler logic. It only
 
 * creates the AWS side the deployed stack would have (bucket with its notification, input
   queue, token secret ``slurm_token_<cluster>``, the two DynamoDB tables, an event bus and
@@ -15,10 +15,17 @@
   run by ``scripts/run-local`` in its test mode): HTTPS through the kit's nginx, trusting
   the certificate the kit published to SSM, with the token of the kit's service user that
   the kit keeps in Secrets Manager (so the loop does not write that secret itself);
+* with ``--push NAME`` (``scripts/run-local`` gives it with ``--kit``), expects that
+  cluster's slurmctld to push each state change through the kit's hook onto the same bus
+  as the tracker's poll (``detail.publishedBy`` says which path a copy came from; both
+  carry the same ``eventId``), and reports each path's latency: from the change in Slurm
+  (its ``startedAt``/``endedAt``, to the second) to the message the rule put in SQS;
 * prints what happens (objects -> jobs -> states -> events read back from the rule's
-  queue) and a summary. ``--ci`` asserts that the loop closed: every sample object became
-  exactly one job (a duplicate notification included), the job finished COMPLETED, and its
-  events reached the bus and went through the rule to SQS.
+  queue) and a summary. ``--ci`` (or ``CI=true``) asserts that the loop closed: every
+  sample object became exactly one job (a duplicate notification included), the job
+  finished COMPLETED, and its events reached the bus and went through the rule to SQS;
+  with ``--push``, also that each job's end was pushed and that the pushed and polled
+  copies of a change share one ``eventId``.
 
 One pass per cluster, each in its own process (the app reads its settings from the
 environment at import time).
@@ -38,6 +45,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote_plus
+
+from chalicelib.jobevents import POLLED, PUSHED
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("SLURM_TRIGGER_STATE") or "/var/tmp/slurm-trigger")
@@ -292,6 +301,50 @@ def scheduled_event(rule: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- one pass
 
 
+# the moment a state change happened, from the event's own detail
+CHANGED_AT = {"PENDING": "submittedAt", "RUNNING": "startedAt"}
+
+
+def changed_at(detail: dict[str, Any]) -> float | None:
+    """When the job entered ``detail.state``, by Slurm's clock (to the second)."""
+    key = CHANGED_AT.get(detail.get("state") or "", "endedAt" if detail.get("state") in FINAL else "")
+    value = detail.get(key) if key else None
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp() if value else None
+
+
+def p50(values: list[float]) -> float | None:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else None
+
+
+@dataclass
+class Copies:
+    """Every copy of every state change of this run's jobs, by the path that published it."""
+
+    by_path: dict[str, list[float]] = field(default_factory=dict)  # publishedBy -> latencies (s)
+    ids: dict[tuple[int, str], set[str]] = field(default_factory=dict)  # (job, state) -> eventIds
+    pushed_final: set[int] = field(default_factory=set)  # jobs whose end came pushed
+
+    def add(self, detail: dict[str, Any], on_bus_at: float) -> None:
+        path, state, job = detail.get("publishedBy") or "tracker", detail.get("state") or "", detail.get("jobId")
+        at = changed_at(detail)
+        self.by_path.setdefault(path, [])
+        if at is not None:
+            self.by_path[path].append(max(0.0, on_bus_at - at))
+        self.ids.setdefault((job, state), set()).add(detail.get("eventId") or "")
+        if path == PUSHED and state in FINAL:
+            self.pushed_final.add(job)
+
+    def report(self) -> dict[str, Any]:
+        pushed, polled = p50(self.by_path.get(PUSHED, [])), p50(self.by_path.get(POLLED, []))
+        return {
+            "pushed": len(self.by_path.get(PUSHED, [])), "polled": len(self.by_path.get(POLLED, [])),
+            "changes": len(self.ids), "pushed_p50_s": pushed, "polled_p50_s": polled,
+            "ratio": round(polled / pushed, 1) if pushed and polled else None,
+            "ids_per_change_max": max((len(v) for v in self.ids.values()), default=0),
+        }
+
+
 @dataclass
 class Tracking:
     expected: dict[str, Sample]  # s3 uri -> sample with a pipeline
@@ -305,15 +358,18 @@ class Tracking:
     duplicates: int = 0
     handler_errors: list[str] = field(default_factory=list)
     extra_jobs: set[int] = field(default_factory=set)  # jobs for objects of this run that expect none
+    copies: Copies = field(default_factory=Copies)
     foreign_jobs: set[int] = field(default_factory=set)  # jobs of other runs/tests in the shared Slurm
 
-    def closed(self) -> bool:
+    def closed(self, pushed: bool = False) -> bool:
+        """Every expected object has one job that ended (and, with push on, whose end
+        came pushed too: the pushed copy may come after the polled one)."""
         for uri in self.expected:
             jobs = self.jobs_by_uri.get(uri, set())
             if len(jobs) != 1:
                 return False
             (job,) = jobs
-            if not set(self.states.get(job, [])) & FINAL:
+            if not set(self.states.get(job, [])) & FINAL or (pushed and job not in self.copies.pushed_final):
                 return False
         return True
 
@@ -329,7 +385,7 @@ def _job_id(detail: dict[str, Any]) -> int | None:
 
 class Pass:
     def __init__(self, cluster: dict[str, Any], names: Names, aws: dict[str, str], via: str, app_module: Any,
-                 poll_every: float, timeout: float, ci: bool, token: str) -> None:
+                 poll_every: float, timeout: float, ci: bool, token: str, pushed: bool = False) -> None:
         self.token = token
         self.c = cluster
         self.n = names
@@ -338,7 +394,8 @@ class Pass:
         self.app = app_module
         self.poll_every = poll_every
         self.timeout = timeout
-        self.ci = ci
+        self.ci = ci or os.environ.get("CI") == "true"
+        self.pushed = pushed  # the cluster's slurmctld pushes through the head node kit's hook
         self.sqs = _client("sqs")
         self.s3 = _client("s3")
         self.run = datetime.now(timezone.utc).strftime("%H%M%S") + uuid.uuid4().hex[:4]
@@ -456,19 +513,22 @@ class Pass:
 
     def read_events(self) -> None:
         while True:
-            r = self.sqs.receive_message(QueueUrl=self.aws["events_url"], MaxNumberOfMessages=10, WaitTimeSeconds=0)
+            r = self.sqs.receive_message(QueueUrl=self.aws["events_url"], MaxNumberOfMessages=10, WaitTimeSeconds=0,
+                                         AttributeNames=["SentTimestamp"])
             msgs = r.get("Messages", [])
             if not msgs:
                 return
             for m in msgs:
                 self.sqs.delete_message(QueueUrl=self.aws["events_url"], ReceiptHandle=m["ReceiptHandle"])
-                self.on_event(json.loads(m["Body"]))
+                # when the rule delivered it: the event was on the bus by then
+                sent = int(m.get("Attributes", {}).get("SentTimestamp") or time.time() * 1000) / 1000
+                self.on_event(json.loads(m["Body"]), sent)
 
     def mine(self, uri: str | None) -> bool:
         """An object of this run (the local Slurm also runs other tests' and earlier runs' jobs)."""
         return bool(uri) and uri.startswith(f"s3://{self.n.bucket}/") and self.run in uri
 
-    def on_event(self, ev: dict[str, Any]) -> None:
+    def on_event(self, ev: dict[str, Any], on_bus_at: float | None = None) -> None:
         self.t.events += 1
         dt, d = ev.get("detail-type"), ev.get("detail") or {}
         job, uri = _job_id(d), _uri(d)
@@ -479,10 +539,13 @@ class Pass:
                 if len(self.t.foreign_jobs) == 1:
                     say("(events about jobs of earlier runs/tests in the same Slurm are counted, not shown)")
             return
+        path = f" ({d['publishedBy']})" if d.get("publishedBy") else ""
+        if dt == STATE_CHANGE:
+            self.t.copies.add(d, time.time() if on_bus_at is None else on_bus_at)
         eid = f"{d.get('eventId') or ev.get('id')}/{job}"
         if eid in self.t.event_ids:
             self.t.duplicates += 1
-            say(f"event (repeat, same eventId) {dt} job {job}")
+            say(f"event (repeat, same eventId){path} {dt} job {job} {d.get('state') or ''}")
             return
         self.t.event_ids.add(eid)
         if dt == SUBMITTED:
@@ -493,7 +556,7 @@ class Pass:
             self.t.failed_events.append(d)
         elif dt == STATE_CHANGE:
             extra = f" (exit {d.get('exitCode')})" if d.get("state") in FINAL else ""
-            say(f"event {dt}: job {job} {d.get('previousState') or 'new'} -> {d.get('state')}{extra}  {uri}")
+            say(f"event {dt}{path}: job {job} {d.get('previousState') or 'new'} -> {d.get('state')}{extra}  {uri}")
         else:
             say(f"event {dt}: {json.dumps(d, default=str)[:200]}")
         if job is not None:
@@ -519,7 +582,7 @@ class Pass:
                 self.poll()
                 next_poll = time.monotonic() + self.poll_every
             self.read_events()
-            if self.t.closed() and self.redelivered:
+            if self.t.closed(self.pushed) and self.redelivered:
                 # one last poll + read: a late duplicate job would show up here
                 self.poll()
                 time.sleep(0.5)
@@ -599,12 +662,22 @@ class Pass:
             problems.append(f"{len(self.t.failed_events)} '{SUBMIT_FAILED}' event(s)")
         if not self.redelivered:
             problems.append("the duplicate notification was never delivered")
+        push = self.t.copies.report()
+        if self.pushed and self.ci:
+            if not push["pushed"]:
+                problems.append("no state change came pushed from the head node kit's hook")
+            unpushed = sorted(j for uri in self.t.expected for j in self.t.jobs_by_uri.get(uri, set())
+                              if j not in self.t.copies.pushed_final)
+            if unpushed:
+                problems.append(f"the end of job(s) {unpushed} was not pushed")
+        if push["ids_per_change_max"] > 1:
+            problems.append(f"a state change reached the bus under {push['ids_per_change_max']} eventIds: {self.t.copies.ids}")
         if not closed and not problems:
             problems.append(f"loop not closed after {self.timeout:.0f}s")
         return {"cluster": self.c["name"], "slurm_cluster": self.n.cluster, "url": os.environ.get("SLURM_URL") or self.c["url"], "via": self.via,
                 "closed": closed and not problems, "elapsed_s": round(elapsed, 1), "polls": self.polls,
                 "events": self.t.events, "repeated_events": self.t.duplicates,
-                "other_jobs_seen": len(self.t.foreign_jobs),
+                "other_jobs_seen": len(self.t.foreign_jobs), "state_changes": push, "push": self.pushed,
                 "handler_errors": self.t.handler_errors, "objects": rows, "problems": problems}
 
 
@@ -664,7 +737,10 @@ def run_pass(a: argparse.Namespace) -> int:
     sys.path.insert(0, os.environ.get("LOCALRUN_APP_DIR") or str(REPO))  # where app.py is
     import app as app_module  # the app's own handlers, settings read from the env above
 
-    p = Pass(cluster, names, aws, a.via, app_module, a.poll_every, a.timeout, a.ci, token)
+    pushed = a.cluster in (a.push or [])
+    if pushed:
+        say(f"{a.cluster}: its slurmctld pushes state changes through the head node kit's hook onto bus {names.bus}")
+    p = Pass(cluster, names, aws, a.via, app_module, a.poll_every, a.timeout, a.ci, token, pushed)
     try:
         closed = p.loop()
     except SystemExit as exc:
@@ -693,6 +769,12 @@ def print_summary(results: list[dict[str, Any]]) -> None:
               f"{' > '.join(r['states']) or '-'}\n")
             for sj in r.get("slurm", []):
                 w(f"      Slurm: job {sj['job_id']} {sj['state']}; output: {sj['output'][:100]}\n")
+        sc = s.get("state_changes") or {}
+        if sc.get("changes"):
+            lat = (f"; from the change in Slurm to the bus, p50 pushed {sc['pushed_p50_s']:.2f} s, "
+                   f"polled {sc['polled_p50_s']:.2f} s ({sc['ratio']}x)") if sc.get("ratio") else ""
+            w(f"  state changes: {sc['changes']} (one eventId each), {sc['pushed']} copies pushed by the head node, "
+              f"{sc['polled']} polled by the tracker{lat}\n")
         for prob in s.get("problems", []):
             w(f"  PROBLEM: {prob}\n")
         for err in s.get("handler_errors", [])[:5]:
@@ -702,7 +784,7 @@ def print_summary(results: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m chalicelib.localrun", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m slurm_trigger_dev.localrun", description=__doc__.split("\n\n")[0])
     ap.add_argument("--cluster", action="append", help="host|chroot|forky (repeatable; default: every cluster in clusters.json)")
     ap.add_argument("--via", choices=sorted(HANDLERS), default=os.environ.get("LOCALRUN_VIA", "sqs"),
                     help="how S3 notifications reach the trigger (default sqs, as deployed)")
@@ -712,6 +794,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ci", action="store_true", help="non-interactive; exit 1 unless the loop closed")
     ap.add_argument("--kit", action="append", metavar="NAME=URL",
                     help="reach cluster NAME through the head node kit's TLS endpoint URL (scripts/run-local sets it up)")
+    ap.add_argument("--push", action="append", metavar="NAME",
+                    help="cluster NAME's slurmctld pushes state changes through the head node kit's hook (scripts/run-local sets it up)")
     ap.add_argument("--log-dir", default=str(STATE / "run-local"))
     ap.add_argument("--pass", dest="one_pass", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--summary", help=argparse.SUPPRESS)
@@ -730,10 +814,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         summary = Path(a.log_dir) / f"summary-{name}.json"
         summary.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "chalicelib.localrun", "--pass", "--cluster", name, "--via", a.via,
+        cmd = [sys.executable, "-m", "slurm_trigger_dev.localrun", "--pass", "--cluster", name, "--via", a.via,
                "--endpoint", a.endpoint, "--poll-every", str(a.poll_every), "--timeout", str(a.timeout),
                "--log-dir", a.log_dir, "--summary", str(summary)] + (["--ci"] if a.ci else []) \
-            + [arg for k in a.kit or [] for arg in ("--kit", k)]
+            + [arg for k in a.kit or [] for arg in ("--kit", k)] + [arg for k in a.push or [] for arg in ("--push", k)]
         rc = subprocess.run(cmd, cwd=REPO).returncode
         if summary.exists():
             results.append(json.loads(summary.read_text()))
