@@ -1,15 +1,13 @@
 #!/usr/bin/env python3
 """What the trigger costs per object, against a bare POST of the same body.
 
-    .venv/bin/python bench/bench_trigger.py [--cluster host|chroot] [--objects 200] [--burst 1000]
+    .venv/bin/python bench/bench_trigger.py [--cluster host|chroot] [--objects 200]
 
 1. Per object, ``--objects`` times: an S3 notification in → job accepted (claim,
    POST, "Slurm Job Submitted", record), split into AWS calls (in-process moto:
    DynamoDB, EventBridge), the Slurm POST and the rest (our code); then a bare POST of
    the same rendered body with a plain ``requests`` session. Medians.
-2. A burst of ``--burst`` objects through the SQS handler in batches of 10: jobs per
-   second against a bare sequential POST loop, and AWS calls per object (counted with a
-   botocore event hook).
+2. Bursts through the SQS handler: bench/bench_burst.py.
 
 Real Slurm (scripts/local-slurm), AWS in-process moto. Every job it submits is a
 ``#!/bin/bash true`` and is cancelled at the end so the queue is left as it was found.
@@ -65,17 +63,19 @@ class AwsMeter:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.by_service: dict[str, int] = {}
         self.seconds = 0.0
-        self._start: dict[int, float] = {}
 
     def attach(self, client: Any) -> Any:
         client.meta.events.register("before-call.*.*", self._before)
         client.meta.events.register("after-call.*.*", self._after)
         return client
 
-    def _before(self, context: dict, **_: Any) -> None:
+    def _before(self, context: dict, event_name: str = "", **_: Any) -> None:
         context["bench_t0"] = time.perf_counter()
         self.calls += 1
+        service = event_name.split(".")[1] if event_name.count(".") >= 2 else "?"
+        self.by_service[service] = self.by_service.get(service, 0) + 1
 
     def _after(self, context: dict, **_: Any) -> None:
         self.seconds += time.perf_counter() - context.pop("bench_t0", time.perf_counter())
@@ -129,7 +129,6 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cluster", default="host", choices=("host", "chroot"))
     ap.add_argument("--objects", type=int, default=200)
-    ap.add_argument("--burst", type=int, default=1000, help="0 skips the burst")
     args = ap.parse_args()
     info = cluster_info(args.cluster)
     version = info["versions"][-1]
@@ -192,37 +191,6 @@ def main() -> int:
         }
         print(json.dumps({"cluster": args.cluster, "api_version": version, "per_object": per_object}, indent=2))
 
-        # 2. burst through the SQS handler, batches of 10
-        if args.burst:
-            calls0 = meter.calls
-            refs = [ObjectRef("b", f"bench/{run}/burst-{i}", version_id=f"b{i}") for i in range(args.burst)]
-            batches = [refs[i:i + 10] for i in range(0, len(refs), 10)]
-            t0 = time.perf_counter()
-            for n, batch in enumerate(batches):
-                event = {"Records": [
-                    {"messageId": f"{n}-{i}", "receiptHandle": "r", "body": json.dumps(notification(r)),
-                     "attributes": {}, "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
-                     "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q", "awsRegion": "us-east-1"}
-                    for i, r in enumerate(batch)]}
-                assert trigger.handle_sqs(event) == {"batchItemFailures": []}
-            burst_s = time.perf_counter() - t0
-            aws_calls = meter.calls - calls0
-            bodies = [trigger.client.submit_body(render_job(
-                ObjectRef("b", f"bench/{run}/bare-{i}", version_id=f"x{i}"), trigger.pipelines[0]))
-                for i in range(args.burst)]
-            t0 = time.perf_counter()
-            for body in bodies:
-                submitted.append(post(body))
-            bare_s = time.perf_counter() - t0
-            ours = [j for j in trigger.client.list_jobs().jobs if j.comment and f"bench/{run}/burst-" in j.comment]
-            submitted.extend(j.job_id for j in ours)
-            print(json.dumps({"burst": {
-                "objects": args.burst,
-                "jobs_in_slurm": len({j.job_id for j in ours}),
-                "handler_jobs_per_s": round(args.burst / burst_s, 1),
-                "bare_post_jobs_per_s": round(args.burst / bare_s, 1),
-                "aws_calls_per_object": round(aws_calls / args.burst, 2),
-            }}, indent=2))
         cancelled = 0
         for job_id in set(submitted):
             try:

@@ -14,6 +14,10 @@ an earlier, silent attempt made), record the job id with its event (the outbox),
   "Slurm Job Submission Failed" event, a log line, ``SubmissionFailures``; the claim is
   released (a fixed pipeline can run again, e.g. by ``backfill``); nothing is raised.
 
+An SQS batch goes through the same unit together (``submit_rendered_many``): one claim
+transaction, the submits overlapped (``chalicelib.pacing``), one record transaction,
+one ``PutEvents`` per 10 events, one complete transaction (docs/trigger.md#bursts).
+
 Everything per container (clients, pipelines, the negotiated version) is built once and
 handed in; a ``Trigger`` holds no per-event state. docs/trigger.md#exactly-once has the
 state machine and its limits.
@@ -21,7 +25,9 @@ state machine and its limits.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -29,10 +35,11 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from chalicelib import provenance, s3events
-from chalicelib.eventbus import Event, EventBus
+from chalicelib.eventbus import Event, EventBus, EventBusError
 from chalicelib.idempotency import Claim, ClaimLostError, DynamoDBIdempotencyStore, IdempotencyStore, idempotency_key
 from chalicelib.observability import logger, metrics as default_metrics, tracer
 from chalicelib.outcome import Outcome
+from chalicelib.pacing import BUSY_TRIES, Pacer
 from chalicelib.pipelines import Pipeline, PipelineError, load, matching
 from chalicelib.provenance import Source
 from chalicelib.retry import first_attempt
@@ -41,7 +48,7 @@ from chalicelib.sets import SetCollector
 from chalicelib.setstore import DynamoDBSetStore, SetStore
 from chalicelib.settings import Settings
 from chalicelib.slurm import build_client
-from chalicelib.slurm.errors import SlurmError
+from chalicelib.slurm.errors import SlurmBusyError, SlurmError
 from chalicelib.slurm.models import JobSubmission
 from chalicelib.steps import Step
 from chalicelib.templating import TemplateError, object_variables, render
@@ -110,6 +117,25 @@ class DeadlinePassedError(Exception):
         self.key = key
 
 
+@dataclass(frozen=True)
+class _Attempt:
+    """What a unit's calls to Slurm came to, for the thread that owns the claim to act
+    on: ``made`` the job and its event to record, else ``write`` (release, hold or
+    expire the claim) and then ``error`` to raise or ``failed`` to report."""
+
+    made: tuple[int, Event] | None = None
+    write: str | None = None
+    error: BaseException | None = None
+    failed: Exception | None = None
+
+
+def _caught(work: Callable[[], T]) -> T | BaseException:
+    try:
+        return work()
+    except Exception as exc:  # noqa: BLE001 - handed back as that item's answer
+        return exc
+
+
 def lambda_deadline(context: Any) -> float | None:
     """When Lambda ends this invocation (epoch seconds); None outside Lambda."""
     remaining = getattr(context, "get_remaining_time_in_millis", None)
@@ -143,6 +169,7 @@ class Trigger:
         clock: Callable[[], float] = time.time,
         report_batch_item_failures: bool = False,  # the SQS mapping has ReportBatchItemFailures
         targets: Mapping[str, Any] | None = None,  # more clusters by name: their clients
+        pacers: Mapping[str, Pacer] | None = None,  # per cluster: how many submits at once
     ) -> None:
         self.pipelines = list(pipelines)
         self.client = client
@@ -166,6 +193,7 @@ class Trigger:
         self.clock = clock
         self.report_batch_item_failures = report_batch_item_failures
         self._batch = BatchProcessor(event_type=EventType.SQS)
+        self.pacers = {name: (pacers or {}).get(name) or Pacer() for name in clusters}
         self.sets = SetCollector(self, sets, redrive_after=redrive_after)
 
     # --- entry points, one per subscription shape
@@ -182,18 +210,95 @@ class Trigger:
         messages to retry. Elsewhere Lambda ignores that answer and deletes the whole
         batch on any normal return, so a batch with a failed message raises
         ``BatchNotDone`` instead: every message comes back, and the claims make the
-        repeats of those already done duplicates."""
+        repeats of those already done duplicates.
+
+        The batch's objects go through the exactly-once unit together
+        (``submit_rendered_many``); Powertools' ``BatchProcessor`` then gives each
+        message its answer and builds the response."""
+        done = self._sqs_batch(event.get("Records") or [], lambda_deadline(context))
+
+        def answer_of(record: SQSRecord) -> list[dict[str, Any]]:
+            result = done[record.message_id]
+            if isinstance(result, BaseException):
+                raise result
+            return result
+
         answer = process_partial_response(
-            event=dict(event), record_handler=self._sqs_record, processor=self._batch, context=context
+            event=dict(event), record_handler=answer_of, processor=self._batch, context=context
         )
         failed = [f["itemIdentifier"] for f in answer.get("batchItemFailures") or []]
         if failed and not self.report_batch_item_failures:
             raise BatchNotDone(failed, len(event.get("Records") or []))
         return answer
 
-    def _sqs_record(self, record: SQSRecord, lambda_context: Any = None) -> list[dict[str, Any]]:
-        refs = s3events.parse_sqs_body(record.body)
-        return [o.to_dict() for o in self.handle_objects(refs, deadline=lambda_deadline(lambda_context))]
+    def _sqs_batch(
+        self, records: Sequence[Mapping[str, Any]], deadline: float | None
+    ) -> dict[str, list[dict[str, Any]] | BaseException]:
+        """Each message's outcomes, or the first error of its objects (after all of
+        them were tried). Single-job pipelines' objects go through
+        ``submit_rendered_many`` at once; sets, steps and retrying pipelines one by one."""
+        outcomes: dict[str, list[Outcome]] = {}
+        errors: dict[str, BaseException] = {}
+        units: list[tuple[str, ObjectRef, Pipeline, Source, JobSubmission]] = []
+        one_by_one: list[tuple[str, ObjectRef, Pipeline, Mapping[str, str] | None]] = []
+
+        def fail(message: str, exc: BaseException, ref: ObjectRef | None = None, pipeline: str | None = None) -> None:
+            if ref is not None:
+                logger.warning(
+                    "submission will be retried",
+                    extra={"bucket": ref.bucket, "key": ref.key, "pipeline": pipeline, "error": str(exc)},
+                )
+            errors.setdefault(message, exc)
+
+        for record in records:
+            message = str(record.get("messageId"))
+            outcomes[message] = []
+            try:
+                refs = s3events.parse_sqs_body(record.get("body") or "")
+            except Exception as exc:  # noqa: BLE001 - this message fails, the others go on
+                fail(message, exc)
+                continue
+            for ref in refs:
+                matched = matching(self.pipelines, ref)
+                if not matched:
+                    outcomes[message].append(self._unmatched(ref))
+                    continue
+                try:
+                    metadata = self._metadata(ref) if any(p.metadata for p in matched) else None
+                except Exception as exc:  # noqa: BLE001 - transient: this message comes back
+                    fail(message, exc, ref)
+                    continue
+                for pipeline in matched:
+                    meta = metadata if pipeline.metadata else None
+                    if pipeline.collect is not None or len(pipeline.jobs) > 1 or pipeline.retry is not None:
+                        # (a retrying pipeline's first attempt is stamped and its job kept
+                        # by submit_rendered; the batch does not do that yet)
+                        one_by_one.append((message, ref, pipeline, meta))
+                        continue
+                    [step] = pipeline.jobs
+                    source = step.source(_source(ref, pipeline))
+                    try:
+                        job = render_job(ref, pipeline, meta, source, step)
+                    except TemplateError as exc:
+                        reported = _caught(lambda: self._failed(source, exc))
+                        if isinstance(reported, Outcome):
+                            outcomes[message].append(reported)
+                        else:
+                            fail(message, reported, ref, pipeline.name)
+                        continue
+                    units.append((message, ref, pipeline, source, job))
+        made = self.submit_rendered_many([(u[3], u[4]) for u in units], deadline=deadline)
+        for (message, ref, pipeline, _, _), result in zip(units, made):
+            if isinstance(result, BaseException):
+                fail(message, result, ref, pipeline.name)
+            else:
+                outcomes[message].append(result)
+        for message, ref, pipeline, meta in one_by_one:
+            try:
+                outcomes[message].append(self.submit(ref, pipeline, meta, deadline=deadline))
+            except Exception as exc:  # noqa: BLE001 - this message fails, the others go on
+                fail(message, exc, ref, pipeline.name)
+        return {m: errors.get(m) or [o.to_dict() for o in found] for m, found in outcomes.items()}
 
     def target(self, pipeline: str | None) -> tuple[str, Any]:
         """The cluster name and client a pipeline's jobs go to: its ``target``, else the default."""
@@ -214,9 +319,7 @@ class Trigger:
         """One object: one job per matching pipeline."""
         matched = matching(self.pipelines, ref)
         if not matched:
-            logger.info("object matches no pipeline: skipped", extra={"bucket": ref.bucket, "key": ref.key})
-            self.metrics.add_metric(name="UnmatchedObjects", unit=MetricUnit.Count, value=1)
-            return [Outcome("unmatched", ref.bucket, ref.key)]
+            return [self._unmatched(ref)]
         metadata = self._metadata(ref) if any(p.metadata for p in matched) else None
 
         def one(pipeline: Pipeline) -> list[Outcome]:
@@ -230,6 +333,11 @@ class Trigger:
                 raise
 
         return _each(matched, one)
+
+    def _unmatched(self, ref: ObjectRef) -> Outcome:
+        logger.info("object matches no pipeline: skipped", extra={"bucket": ref.bucket, "key": ref.key})
+        self.metrics.add_metric(name="UnmatchedObjects", unit=MetricUnit.Count, value=1)
+        return Outcome("unmatched", ref.bucket, ref.key)
 
     def submit(
         self,
@@ -311,9 +419,7 @@ class Trigger:
             deadline = self.clock() + self.window_seconds
         claim = self.store.claim(key, max(0.0, deadline - self.clock()) + self.settle_seconds)
         if claim.completed:
-            logger.info("object version already has its job", extra={"key": key, "job_id": claim.job_id})
-            self.metrics.add_metric(name="DuplicateObjectsSkipped", unit=MetricUnit.Count, value=1)
-            return Outcome("duplicate", source.bucket, source.key, source.pipeline, claim.job_id, key)
+            return self._duplicate(source, claim)
         if claim.submitted:
             # an earlier attempt recorded the job but did not publish: publish what it recorded
             return self._publish(claim, source, _event(claim.outbox or {}), resumed=True)
@@ -345,47 +451,181 @@ class Trigger:
             raise
         return self._publish(claim, source, event, resumed=False)
 
+    def submit_rendered_many(
+        self, items: Sequence[tuple[Source, JobSubmission]], *, deadline: float | None = None
+    ) -> list[Outcome | BaseException]:
+        """``submit_rendered`` of every ``(source, job)``, together: each item's answer is
+        its ``Outcome`` or the exception ``submit_rendered`` would raise for it.
+
+        The same states, in the same order for each key, and every write but the
+        claim still conditional on its owner; only the calls are shared: the claims in
+        one transaction, the Slurm calls overlapped on the target's ``Pacer`` (this
+        thread waits and does every store write), the records in one transaction,
+        the events in one ``PutEvents`` per 10 (only refused entries retried), the
+        completions in one transaction. A key met twice is done once, then again
+        alone (a duplicate by then)."""
+        if not items:
+            return []
+        if deadline is None:
+            deadline = self.clock() + self.window_seconds
+        results: list[Outcome | BaseException | None] = [None] * len(items)
+        firsts: dict[str, int] = {}
+        for i, (source, _) in enumerate(items):
+            if not source.idempotency_key:
+                raise ValueError("submit_rendered_many needs sources with their idempotency keys")
+            firsts.setdefault(source.idempotency_key, i)
+        order = list(firsts.values())
+        lease = max(0.0, deadline - self.clock()) + self.settle_seconds
+        to_publish: list[tuple[int, Claim | None, Event, bool]] = []  # (item, claim, event, resumed)
+        to_send: list[tuple[int, Claim]] = []
+        for i, claim in zip(order, self.store.claim_many(list(firsts), lease)):
+            if isinstance(claim, BaseException):
+                results[i] = claim
+            elif claim.completed:
+                results[i] = self._duplicate(items[i][0], claim)
+            elif claim.submitted:
+                to_publish.append((i, claim, _event(claim.outbox or {}), True))
+            else:
+                to_send.append((i, claim))
+
+        def attempt(i: int, claim: Claim) -> _Attempt:
+            return self._attempt(claim, items[i][0], items[i][1], deadline, None)
+
+        if len(to_send) > 1:
+            futures = [self.pacers[self.target(items[i][0].pipeline)[0]].run(lambda i=i, c=c: attempt(i, c))
+                       for i, c in to_send]
+            attempts = [f.result() for f in futures]
+        else:
+            attempts = [attempt(i, c) for i, c in to_send]
+        to_record: list[tuple[int, Claim, int, Event]] = []
+        for (i, claim), tried in zip(to_send, attempts):
+            if tried.made is not None:
+                to_record.append((i, claim, *tried.made))
+                continue
+            written = _caught(lambda: self._write_claim(claim, tried))
+            if isinstance(written, BaseException):
+                results[i] = written
+            else:  # failed for good and released: report it with the batch's events
+                to_publish.append((i, None, self._failure_event(items[i][0], tried.failed), False))
+        recorded = self.store.record_many([(c, job_id, dataclasses.asdict(e)) for _, c, job_id, e in to_record])
+        for (i, claim, job_id, event), refused in zip(to_record, recorded):
+            source = items[i][0]
+            if refused is None:
+                to_publish.append((i, claim, event, False))
+            elif isinstance(refused, ClaimLostError):
+                logger.warning(
+                    "claim taken over while this attempt submitted: the attempt holding it adopts the job",
+                    extra={"key": claim.key, "job_id": job_id, "pipeline": source.pipeline},
+                )
+                results[i] = Outcome("superseded", source.bucket, source.key, source.pipeline, job_id, claim.key)
+            else:
+                logger.error(
+                    "job submitted but not recorded: the next attempt adopts it by its comment",
+                    extra={"key": claim.key, "job_id": job_id, "pipeline": source.pipeline},
+                )
+                self._quietly(self.store.expire, claim)
+                results[i] = refused
+        unpublished: dict[int, BaseException] = {}
+        try:
+            self.bus.put([event for _, _, event, _ in to_publish])
+        except EventBusError as exc:
+            unpublished = {id(f.event): exc for f in exc.failed}
+        except Exception as exc:  # noqa: BLE001 - none of them published
+            unpublished = {id(event): exc for _, _, event, _ in to_publish}
+        to_complete: list[tuple[int, Claim, Event, bool]] = []
+        for i, claim, event, resumed in to_publish:
+            if id(event) in unpublished:
+                if claim is not None:
+                    self._quietly(self.store.expire, claim)  # the next attempt publishes the record at once
+                results[i] = unpublished[id(event)]
+            elif claim is None:
+                results[i] = self._report(items[i][0], event, resumed=False)
+            else:
+                to_complete.append((i, claim, event, resumed))
+        for (i, claim, event, resumed), refused in zip(
+            to_complete, self.store.complete_many([c for _, c, _, _ in to_complete])
+        ):
+            if isinstance(refused, ClaimLostError):
+                logger.info("claim taken over after the job was recorded", extra={"key": claim.key})
+            elif refused is not None:
+                results[i] = refused
+                continue
+            results[i] = self._report(items[i][0], event, resumed=resumed)
+        for i, (source, job) in enumerate(items):
+            if results[i] is None:  # a key met twice in the batch: the first is done by now
+                results[i] = _caught(lambda: self.submit_rendered(source, job, deadline=deadline))
+        return results  # type: ignore[return-value]
+
     def _adopt_or_submit(
         self, claim: Claim, source: Source, job: JobSubmission, deadline: float, detail: Mapping[str, Any] | None
     ) -> tuple[int, Event] | Outcome:
         """The job id and the event to record, or the ``Outcome`` of a failure that
-        made no job. Whatever may have made a job keeps the claim (it is ``hold``),
-        whatever certainly made none gives it back (``release``)."""
+        made no job."""
+        return self._settle(claim, source, self._attempt(claim, source, job, deadline, detail))
+
+    def _attempt(
+        self, claim: Claim, source: Source, job: JobSubmission, deadline: float, detail: Mapping[str, Any] | None
+    ) -> _Attempt:
+        """Adopt the job an earlier attempt made, or submit ``job``: only calls to
+        Slurm, so a batch runs these side by side while its own thread writes the
+        claims. Whatever may have made a job keeps the claim (``hold``), whatever
+        certainly made none gives it back (``release``)."""
+        client = self.target(source.pipeline)[1]
+        pacer = self.pacers[self.target(source.pipeline)[0]]
         if claim.taken_over:
             # An earlier attempt ended without a word after its lease, which outlasts
             # any job its submit could make: if Slurm has none now, it never will.
             try:
-                found = self.target(source.pipeline)[1].find_jobs_by_comment(claim.key, name=job.name)
-            except BaseException:
-                self._quietly(self.store.expire, claim)  # not asked: the next attempt asks
-                raise
+                found = pacer.call(lambda: client.find_jobs_by_comment(claim.key, name=job.name))
+            except BaseException as exc:  # noqa: BLE001 - not asked: the next attempt asks
+                return _Attempt(write="expire", error=exc)
             # Slurm matches a substring: a hostile key or template comment may carry
             # another object's key, so only a job stamped with exactly this key counts.
             found = [j for j in found if _stamped_key(j.comment) == claim.key]
             if found:
                 job_id = min(j.job_id for j in found)
-                return job_id, self._submitted_event(source, job_id, adopted=True, extra=detail)
-        if self.clock() >= deadline:
-            self._quietly(self.store.release, claim)
-            raise DeadlinePassedError(claim.key)
-        try:
-            result = self.target(source.pipeline)[1].submit(job)
-        except SlurmError as exc:
-            if exc.job_id:
-                # Slurm made the job but reported errors (e.g. 22.05's 200 + errors): keep
-                # it as the object's job so no second one is made, and report the errors.
-                return exc.job_id, self._failure_event(source, exc, exc.job_id)
-            if exc.maybe_submitted:
-                self._quietly(self.store.hold, claim, self.settle_seconds)
-                raise
-            self._quietly(self.store.release, claim)
-            if exc.transient:
-                raise
-            return self._failed(source, exc)
-        except BaseException:
-            self._quietly(self.store.hold, claim, self.settle_seconds)  # after sending? unknown
-            raise
-        return result.job_id, self._submitted_event(source, result.job_id, adopted=False, extra=detail)
+                return _Attempt(made=(job_id, self._submitted_event(source, job_id, adopted=True, extra=detail)))
+        for tries in itertools.count(1):
+            if self.clock() >= deadline:
+                return _Attempt(write="release", error=DeadlinePassedError(claim.key))
+            try:
+                result = pacer.call(lambda: client.submit(job))
+            except SlurmBusyError as exc:
+                if tries < BUSY_TRIES:
+                    continue  # slurmctld made nothing; the pacer holds the next send back
+                return _Attempt(write="release", error=exc)
+            except SlurmError as exc:
+                if exc.job_id:
+                    # Slurm made the job but reported errors (e.g. 22.05's 200 + errors): keep
+                    # it as the object's job so no second one is made, and report the errors.
+                    return _Attempt(made=(exc.job_id, self._failure_event(source, exc, exc.job_id)))
+                if exc.maybe_submitted:
+                    return _Attempt(write="hold", error=exc)
+                if exc.transient:
+                    return _Attempt(write="release", error=exc)
+                return _Attempt(write="release", failed=exc)
+            except BaseException as exc:  # noqa: BLE001 - after sending? unknown
+                return _Attempt(write="hold", error=exc)
+            return _Attempt(made=(result.job_id, self._submitted_event(source, result.job_id, adopted=False, extra=detail)))
+        raise AssertionError("unreachable")
+
+    def _settle(self, claim: Claim, source: Source, attempt: _Attempt) -> tuple[int, Event] | Outcome:
+        """Act on an ``_Attempt`` in the claim's thread: hand back the job to record,
+        or write the claim, then raise or report."""
+        if attempt.made is not None:
+            return attempt.made
+        self._write_claim(claim, attempt)
+        assert attempt.failed is not None
+        return self._failed(source, attempt.failed)
+
+    def _write_claim(self, claim: Claim, attempt: _Attempt) -> None:
+        """The claim write a failed attempt asks for, then its error raised."""
+        if attempt.write == "hold":
+            self._quietly(self.store.hold, claim, self.settle_seconds)
+        elif attempt.write:
+            self._quietly(getattr(self.store, attempt.write), claim)
+        if attempt.error is not None:
+            raise attempt.error
 
     def _publish(self, claim: Claim, source: Source, event: Event, *, resumed: bool) -> Outcome:
         """Publish a recorded job's event, then complete the record."""
@@ -422,6 +662,11 @@ class Trigger:
         )
         self.metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
         return Outcome("adopted" if adopted else "submitted", source.bucket, source.key, source.pipeline, job_id, key)
+
+    def _duplicate(self, source: Source, claim: Claim) -> Outcome:
+        logger.info("object version already has its job", extra={"key": claim.key, "job_id": claim.job_id})
+        self.metrics.add_metric(name="DuplicateObjectsSkipped", unit=MetricUnit.Count, value=1)
+        return Outcome("duplicate", source.bucket, source.key, source.pipeline, claim.job_id, claim.key)
 
     def _failed(self, source: Source, exc: Exception) -> Outcome:
         """Report a permanent failure that made no job; the caller returns normally."""
@@ -510,4 +755,5 @@ def build_trigger(
         settle_seconds=settings.read_timeout + settings.submit_settle_seconds,
         window_seconds=settings.idempotency_in_progress_seconds,
         report_batch_item_failures=settings.sqs_report_batch_item_failures,
+        pacers={name: Pacer(target.max_connections) for name, target in settings.targets().items()},
     )

@@ -22,7 +22,10 @@ Error classification (``Dialect.classify``), from Slurm's own error numbers:
 * 2017 → not found; any other 2xxx (job errors: 2019, 2063 …) or 9xxx (query or
   data-parser errors: 9000, 9202, 9208 …) → rejected, whatever the HTTP status
   (24.11 answers 500 for a malformed environment).
-* 429, 502, 503, 504 and any other 5xx without a job/parser error → unavailable.
+* 11 EAGAIN "Resource temporarily unavailable", 2007 "job queue full" (MaxJobCount),
+  2016 "job creation temporarily disabled" (the three sbatch retries) and 429 → busy:
+  unavailable, and certainly no job made.
+* 502, 503, 504 and any other 5xx without a job/parser error → unavailable.
 * Other 4xx (400 "Unable to parse query.", 404, 422) → rejected / not found.
   26.05 answers 422 where 24.11 answered 500 for the same rejected body (2127
   "Environment is missing in job", 2063 for no cwd, 2000 bad partition): rejected
@@ -36,7 +39,8 @@ Error classification (``Dialect.classify``), from Slurm's own error numbers:
 "May Slurm have made a job?" (``Dialect.submit_maybe_made``), for a failed answer to
 ``POST job/submit`` that carries no ``job_id``: **no** when someone refused the request
 before slurmctld acted on it: the token (401, 511, 1007), slurmrestd's parser (9xxx),
-slurmctld's job checks (2xxx), any other 4xx, or a 429 (a rate limit never forwards).
+slurmctld's job checks (2xxx), slurmctld saying it is busy (11, 2007, 2016), any other
+4xx, or a 429 (a rate limit never forwards).
 **Maybe** for everything else: a 5xx without such a code (a proxy's 502/504 after it
 forwarded, 503, a bare 500), 22.05's 500 with only 5005 "Zero Bytes were transmitted
 or received" (a refused token *or* a socket that broke after slurmctld got the RPC:
@@ -54,6 +58,7 @@ import msgspec
 
 from chalicelib.slurm.errors import (
     SlurmAuthError,
+    SlurmBusyError,
     SlurmError,
     SlurmNotFoundError,
     SlurmRejectedError,
@@ -101,6 +106,8 @@ NOT_FOUND = 2017
 ALREADY_DONE = 2021  # "Job/step already completing or completed": cancelling is a no-op
 AUTH_ERROR = 1007
 DBD_CONNECTION = 7000  # slurmdbd: "Unable to connect to database" (a bad token gives it too)
+# slurmctld's "not now" (EAGAIN, job queue full, job creation disabled): no job made
+BUSY = frozenset({11, 2007, 2016})
 _TRANSIENT_STATUS = frozenset({429, 502, 503, 504})
 _NO_CHANGE = re.compile(r"no job changes", re.IGNORECASE)
 
@@ -510,6 +517,8 @@ class Dialect:
             return SlurmAuthError  # slurmdbd: a bad token, or slurmdbd itself is down
         if NOT_FOUND in codes or status == 404:
             return SlurmNotFoundError
+        if status == 429 or BUSY.intersection(codes):
+            return SlurmBusyError
         if any(2000 <= c < 3000 or 9000 <= c < 10000 for c in codes):
             return SlurmRejectedError
         if status in _TRANSIENT_STATUS or status >= 500:
@@ -524,7 +533,7 @@ class Dialect:
         """May this failed answer to a submit (without ``job_id``) have come after
         slurmctld made the job? See the module docstring."""
         codes = error_codes(errors)
-        if status in (401, 511) or AUTH_ERROR in codes:
+        if status in (401, 511) or AUTH_ERROR in codes or BUSY.intersection(codes):
             return False
         if any(2000 <= c < 3000 or 9000 <= c < 10000 for c in codes):
             return False

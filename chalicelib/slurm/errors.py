@@ -83,6 +83,13 @@ class SlurmUnavailableError(SlurmError):
     transient = True
 
 
+class SlurmBusyError(SlurmUnavailableError):
+    """slurmctld refused the job for now and made nothing: EAGAIN "Resource temporarily
+    unavailable", 2007 the job queue is full (MaxJobCount), 2016 job creation
+    disabled; or a proxy's 429. sbatch sleeps and sends the same job again on these,
+    and so may the caller, after slowing down (``chalicelib.pacing``)."""
+
+
 class SlurmTLSError(SlurmUnavailableError):
     """The head node's certificate failed verification (not the published one,
     expired, or issued for another name). Not retried on the spot: the same

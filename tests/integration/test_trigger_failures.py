@@ -475,3 +475,37 @@ def test_a_takeover_adopts_only_the_job_stamped_with_its_own_key(setup, clock):
     [outcome] = trigger.handle(REF)  # taken over: Slurm asked, the impostor is not adopted
     assert (outcome.status, outcome.job_id) == ("submitted", 101)
     assert slurm.finds == 1
+
+
+# ------------------------------------------------------------------ backpressure
+
+
+def test_busy_answers_are_sent_again_after_a_pause_and_never_dropped(setup):
+    """slurmctld's "not now" (EAGAIN, job queue full) made no job: the same job goes
+    again after the pacer's pause, within the deadline; when it stays busy the claim is
+    given back and the failure is transient, so the object comes back."""
+    from chalicelib.pacing import BUSY_TRIES, Pacer
+    from chalicelib.slurm.errors import SlurmBusyError
+
+    trigger, slurm, _, published = setup
+    trigger.pacers["c"] = pacer = Pacer(4, pause=0.01)
+    busy = raiser(SlurmBusyError("Resource temporarily unavailable", status=500))
+    answers = iter([busy, busy])
+    real_submit = slurm.submit
+
+    def submit(sub: Any) -> SubmitResult:
+        slurm.fail = next(answers, None)
+        return real_submit(sub)
+
+    slurm.submit = submit  # type: ignore[method-assign]
+    [outcome] = trigger.handle(REF)
+    assert outcome.status == "submitted" and (slurm.submits, len(slurm.jobs), pacer.busy_answers) == (3, 1, 2)
+    assert pacer.window < 4  # slowed down, growing back
+    # busy on every try: given back, transient
+    answers = iter([busy] * BUSY_TRIES)
+    other = ObjectRef("b", "in/y", version_id="v1")
+    with pytest.raises(SlurmBusyError) as info:
+        trigger.handle(other)
+    assert info.value.transient and not info.value.maybe_submitted
+    assert record_of(idempotency_key("p", other)) is None and len(slurm.jobs) == 1
+    assert trigger.handle(other)[0].status == "submitted" and len(published()) == 2

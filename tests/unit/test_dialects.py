@@ -12,6 +12,7 @@ import pytest
 from chalicelib.slurm.dialects import DIALECTS, newest, served_versions
 from chalicelib.slurm.errors import (
     SlurmAuthError,
+    SlurmBusyError,
     SlurmNotFoundError,
     SlurmRejectedError,
     SlurmUnavailableError,
@@ -320,7 +321,11 @@ def test_v0038_304_means_unchanged() -> None:
         ("v0.0.42", 422, [{"error_number": 9000}], SlurmRejectedError),
         ("v0.0.42", 500, [{"error_number": 9208, "error": "Data parser expected a list"}], SlurmRejectedError),
         ("v0.0.42", 500, [{"error_number": 2019}], SlurmRejectedError),
-        ("v0.0.42", 429, [], SlurmUnavailableError),
+        ("v0.0.42", 429, [], SlurmBusyError),
+        # slurmctld's "not now", which sbatch sleeps on and sends again: no job made
+        ("v0.0.38", 500, [{"error_code": 11, "error": "Resource temporarily unavailable"}], SlurmBusyError),
+        ("v0.0.42", 500, [{"error_number": 2007, "error": "Slurm job queue full"}], SlurmBusyError),
+        ("v0.0.42", 500, [{"error_number": 2016, "error": "Requested nodes are busy"}], SlurmBusyError),
         ("v0.0.42", 502, [], SlurmUnavailableError),
         ("v0.0.42", 503, [], SlurmUnavailableError),
         ("v0.0.43", 401, [], SlurmAuthError),

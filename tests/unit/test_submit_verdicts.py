@@ -141,6 +141,9 @@ SYNTHETIC = [
     ("404: the version was dropped", Reply(404, b"Not Found", "text/plain"), "maybe"),
     ("200 without a job id", Reply.json(200, {"errors": [], "warnings": []}), "maybe"),
     ("429 rate limited", Reply(429, b"slow down", "text/plain"), "no"),
+    # slurmctld's "not now" (sbatch sleeps and sends again): refused, nothing made
+    ("500 + 11 EAGAIN", Reply.json(500, {"errors": [{"error_number": 11, "error": "Resource temporarily unavailable"}]}), "no"),
+    ("500 + 2007 queue full", Reply.json(500, {"errors": [{"error_code": 2007, "error": "Slurm job queue full"}]}), "no"),
     ("413 too large", Reply(413, b"too large", "text/plain"), "no"),
     ("401 no auth headers", Reply(401, b"Authentication failure", "text/plain"), "no"),
     ("511 + 1007", Reply.json(511, {"errors": [{"error_number": 1007, "error": "Protocol authentication error"}]}), "no"),
