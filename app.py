@@ -1,6 +1,6 @@
-"""slurm-trigger's Chalice app: only wiring. Every handler calls into chalicelib.
+"""slurm-trigger's Chalice app: only wiring. Every handler calls into slurm_trigger.
 
-chalicelib is imported when a handler first runs, not here: every function of the app
+slurm_trigger is imported when a handler first runs, not here: every function of the app
 imports this file, and a new container should pay only for what its own first event
 needs (the tracker never loads the trigger's modules, and the reverse);
 bench/bench_import.py measures it.
@@ -15,14 +15,14 @@ import boto3
 from chalice import Chalice, Rate
 
 if TYPE_CHECKING:
-    from chalicelib.tracker import Tracker
-    from chalicelib.trigger import Trigger
+    from slurm_trigger.tracker import Tracker
+    from slurm_trigger.trigger import Trigger
 
 app = Chalice(app_name="slurm-trigger")
 
 
 def _flush_metrics() -> None:
-    from chalicelib.observability import metrics
+    from slurm_trigger.observability import metrics
 
     metrics.flush_metrics()
 
@@ -35,9 +35,9 @@ POLL_RATE_MINUTES = int(os.environ.get("POLL_RATE_MINUTES") or 1)
 @lru_cache(maxsize=1)
 def _trackers() -> tuple[Tracker, ...]:
     """One per target and container: token caches and HTTP connections survive warm starts."""
-    from chalicelib.settings import Settings
-    from chalicelib.slurm import build_client
-    from chalicelib.tracker import build_tracker
+    from slurm_trigger.settings import Settings
+    from slurm_trigger.slurm import build_client
+    from slurm_trigger.tracker import build_tracker
 
     ddb, events = boto3.client("dynamodb"), boto3.client("events")
     return tuple(build_tracker(s, build_client(s), ddb, events) for s in Settings.from_env().targets().values())
@@ -48,8 +48,8 @@ def poll_jobs(event):
     """Publish every state change of the tracked jobs, each target under its own lease
     and cursor. A lease lasts as long as this invocation may, so a poll that dies frees
     the cluster for the next one."""
-    from chalicelib.observability import metrics
-    from chalicelib.tracker import record_metrics
+    from slurm_trigger.observability import metrics
+    from slurm_trigger.tracker import record_metrics
 
     context = getattr(event, "context", None)
     out, failed = {}, []
@@ -93,8 +93,8 @@ SQS_MAXIMUM_CONCURRENCY = int(os.environ.get("SQS_MAXIMUM_CONCURRENCY") or 5)
 @lru_cache(maxsize=1)
 def _trigger() -> Trigger:
     """One per container: pipelines loaded, clients and the negotiated version kept."""
-    from chalicelib.settings import Settings
-    from chalicelib.trigger import build_trigger
+    from slurm_trigger.settings import Settings
+    from slurm_trigger.trigger import build_trigger
 
     return build_trigger(
         Settings.from_env(),
@@ -108,7 +108,7 @@ def _objects(event) -> list:
     """S3 notification or EventBridge event: transient errors raise, Lambda retries and
     then hands the event to the function's on-failure destination (docs/deploy.md).
     Claims last as long as this invocation may, plus the settle time of a submit."""
-    from chalicelib.trigger import lambda_deadline
+    from slurm_trigger.trigger import lambda_deadline
 
     deadline = lambda_deadline(getattr(event, "context", None))
     try:

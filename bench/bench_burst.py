@@ -41,10 +41,10 @@ from bench_trigger import PIPELINE, REPO, AwsMeter, NoMetrics, cluster_info, not
 import boto3  # noqa: E402
 import requests  # noqa: E402
 
-from chalicelib.idempotency import create_table  # noqa: E402
-from chalicelib.s3events import ObjectRef  # noqa: E402
-from chalicelib.settings import Settings  # noqa: E402
-from chalicelib.trigger import build_trigger, render_job  # noqa: E402
+from slurm_trigger.idempotency import create_table  # noqa: E402
+from slurm_trigger.s3events import ObjectRef  # noqa: E402
+from slurm_trigger.settings import Settings  # noqa: E402
+from slurm_trigger.trigger import build_trigger, render_job  # noqa: E402
 
 BATCH = 10  # the SQS mapping's batch_size (app.py)
 

@@ -28,18 +28,18 @@ BASELINES = {"import requests": "import requests", "import app": "import boto3, 
 GOAL = {"import app": 1.15}
 CASES = {
     "import requests": "import requests",
-    "import chalicelib.slurm.client": "import chalicelib.slurm.client",
+    "import slurm_trigger.slurm.client": "import slurm_trigger.slurm.client",
     "build_client (url + token)": (
-        "from chalicelib.settings import Settings\n"
-        "from chalicelib.slurm import build_client\n"
+        "from slurm_trigger.settings import Settings\n"
+        "from slurm_trigger.slurm import build_client\n"
         "build_client(Settings(slurm_url='http://127.0.0.1:1', token='t', slurm_user='u'))"
     ),
     # Lambda has no `cryptography`, so PyJWT loads only its HMAC algorithms there:
     # block it here too, or the figure is that of a dev machine.
     "build_client + mint (key file)": (
         "import sys, tempfile; sys.modules['cryptography'] = None\n"
-        "from chalicelib.settings import Settings\n"
-        "from chalicelib.slurm import build_client\n"
+        "from slurm_trigger.settings import Settings\n"
+        "from slurm_trigger.slurm import build_client\n"
         "f = tempfile.NamedTemporaryFile(); f.write(b'k' * 32); f.flush()\n"
         "c = build_client(Settings(slurm_url='http://127.0.0.1:1', jwt_key_file=f.name, slurm_user='u'))\n"
         "c._auth.token()"
@@ -49,10 +49,10 @@ CASES = {
     "import boto3, requests, jwt": "import sys; sys.modules['cryptography'] = None\nimport boto3, requests, jwt",
     "import app": "import app",
     # what the first object then adds (the trigger's modules, before any AWS or Slurm call)
-    "import app + trigger modules": "import app, chalicelib.trigger",
-    "import app + tracker modules": "import app, chalicelib.tracker, chalicelib.slurm",
+    "import app + trigger modules": "import app, slurm_trigger.trigger",
+    "import app + tracker modules": "import app, slurm_trigger.tracker, slurm_trigger.slurm",
 }
-HEAVY = ("boto3", "botocore", "aws_lambda_powertools", "chalicelib.observability", "aws_xray_sdk.core", "chalice", "jwt",
+HEAVY = ("boto3", "botocore", "aws_lambda_powertools", "slurm_trigger.observability", "aws_xray_sdk.core", "chalice", "jwt",
          "cryptography")
 
 PROBE = """

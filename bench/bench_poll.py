@@ -13,7 +13,7 @@ N jobs with 1% of them moved to another state. For each: CPU time (``process_tim
 peak traced memory (``tracemalloc``, a separate run: tracing slows CPU; the answer's
 bytes, which exist before the poll decodes them, are not in it: ``body_mb`` says how
 big they are), PutEvents calls, and store calls and items read and written. Each
-revision runs in its own interpreter (``git archive`` of its ``chalicelib``), one after
+revision runs in its own interpreter (``git archive`` of its ``slurm_trigger``), one after
 the other per N. Goals: the first poll at 100,000 jobs ≤ 3 s CPU and ≤ 300 MB,
 PutEvents calls = ceil(transitions / 10), store work ∝ jobs that changed.
 
@@ -35,17 +35,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 ROOT = Path(__file__).resolve().parent.parent
-# A worker measures the chalicelib under --code-root (another revision's, unpacked).
+# A worker measures the slurm_trigger under --code-root (another revision's, unpacked).
 sys.path.insert(0, sys.argv[sys.argv.index("--code-root") + 1] if "--code-root" in sys.argv else str(ROOT))
 
-from chalicelib import provenance  # noqa: E402
-from chalicelib.eventbus import EventBus  # noqa: E402
-from chalicelib.jobstore import Cursor, JobStore, TrackedJob  # noqa: E402
-from chalicelib.provenance import Source  # noqa: E402
-from chalicelib.slurm.client import decode  # noqa: E402
-from chalicelib.slurm.dialects import DIALECTS  # noqa: E402
-from chalicelib.slurm.models import JobsPage  # noqa: E402
-from chalicelib.tracker import Tracker  # noqa: E402
+from slurm_trigger import provenance  # noqa: E402
+from slurm_trigger.eventbus import EventBus  # noqa: E402
+from slurm_trigger.jobstore import Cursor, JobStore, TrackedJob  # noqa: E402
+from slurm_trigger.provenance import Source  # noqa: E402
+from slurm_trigger.slurm.client import decode  # noqa: E402
+from slurm_trigger.slurm.dialects import DIALECTS  # noqa: E402
+from slurm_trigger.slurm.models import JobsPage  # noqa: E402
+from slurm_trigger.tracker import Tracker  # noqa: E402
 
 
 class MemoryJobStore(JobStore):
@@ -225,7 +225,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         codes = {"this": ROOT}
         if args.baseline:
-            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline, "chalicelib"], check=True, capture_output=True).stdout
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline, "slurm_trigger"], check=True, capture_output=True).stdout
             subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
             codes = {args.baseline: Path(tmp), **codes}
         rows = [{"code": label, **row} for n in sizes for label, root in codes.items() for row in run_worker(root, args.version, n)]

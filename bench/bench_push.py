@@ -39,13 +39,13 @@ from headnode_kit import FAKE_AWS, KitUnderTest, moto_server, scontrol_job  # no
 for k, v in FAKE_AWS.items():
     os.environ[k] = v
 
-from chalicelib import provenance  # noqa: E402
-from chalicelib.jobstore import create_table  # noqa: E402
-from chalicelib.provenance import Source  # noqa: E402
-from chalicelib.settings import Settings  # noqa: E402
-from chalicelib.slurm.client import build_client  # noqa: E402
-from chalicelib.slurm.models import JobSubmission  # noqa: E402
-from chalicelib.tracker import build_tracker  # noqa: E402
+from slurm_trigger import provenance  # noqa: E402
+from slurm_trigger.jobstore import create_table  # noqa: E402
+from slurm_trigger.provenance import Source  # noqa: E402
+from slurm_trigger.settings import Settings  # noqa: E402
+from slurm_trigger.slurm.client import build_client  # noqa: E402
+from slurm_trigger.slurm.models import JobSubmission  # noqa: E402
+from slurm_trigger.tracker import build_tracker  # noqa: E402
 
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
 

@@ -26,10 +26,10 @@ from bench_trigger import AwsMeter, NoMetrics, cluster_info, notification  # noq
 import boto3  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
-from chalicelib import idempotency, setstore  # noqa: E402
-from chalicelib.s3events import ObjectRef  # noqa: E402
-from chalicelib.settings import Settings  # noqa: E402
-from chalicelib.trigger import build_trigger  # noqa: E402
+from slurm_trigger import idempotency, setstore  # noqa: E402
+from slurm_trigger.s3events import ObjectRef  # noqa: E402
+from slurm_trigger.settings import Settings  # noqa: E402
+from slurm_trigger.trigger import build_trigger  # noqa: E402
 
 JOB = """
 job:

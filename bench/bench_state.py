@@ -22,7 +22,7 @@ for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "te
 import boto3  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
-from chalicelib.jobstore import Cursor, DynamoDBJobStore, create_table  # noqa: E402
+from slurm_trigger.jobstore import Cursor, DynamoDBJobStore, create_table  # noqa: E402
 
 ITEM_LIMIT = 400 * 1024
 

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import requests
 
-from chalicelib.settings import Settings
-from chalicelib.slurm.auth import StaticToken
-from chalicelib.slurm.client import SlurmClient
-from chalicelib.slurm.models import JobSubmission
-from chalicelib.slurm.transport import build_session
+from slurm_trigger.settings import Settings
+from slurm_trigger.slurm.auth import StaticToken
+from slurm_trigger.slurm.client import SlurmClient
+from slurm_trigger.slurm.models import JobSubmission
+from slurm_trigger.slurm.transport import build_session
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("SLURM_TRIGGER_STATE") or "/var/tmp/slurm-trigger")

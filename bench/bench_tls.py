@@ -28,8 +28,8 @@ import requests  # noqa: E402
 import urllib3  # noqa: E402
 from urllib3.util.retry import Retry  # noqa: E402
 
-from chalicelib.settings import Settings  # noqa: E402
-from chalicelib.slurm.transport import build_session  # noqa: E402
+from slurm_trigger.settings import Settings  # noqa: E402
+from slurm_trigger.slurm.transport import build_session  # noqa: E402
 
 
 class Ok(BaseHTTPRequestHandler):

@@ -40,10 +40,10 @@ import boto3  # noqa: E402
 import requests  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
-from chalicelib.idempotency import create_table  # noqa: E402
-from chalicelib.s3events import ObjectRef  # noqa: E402
-from chalicelib.settings import Settings  # noqa: E402
-from chalicelib.trigger import build_trigger, render_job  # noqa: E402
+from slurm_trigger.idempotency import create_table  # noqa: E402
+from slurm_trigger.s3events import ObjectRef  # noqa: E402
+from slurm_trigger.settings import Settings  # noqa: E402
+from slurm_trigger.trigger import build_trigger, render_job  # noqa: E402
 
 PIPELINE = """
 name: bench

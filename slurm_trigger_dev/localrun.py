@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote_plus
 
-from chalicelib.jobevents import POLLED, PUSHED
+from slurm_trigger.jobevents import POLLED, PUSHED
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("SLURM_TRIGGER_STATE") or "/var/tmp/slurm-trigger")
@@ -147,7 +147,7 @@ def site_root(cluster: dict[str, Any]) -> str:
 def app_env(
     cluster: dict[str, Any], names: Names, endpoint: str, via: str, kit_url: str | None = None, root: str = ""
 ) -> dict[str, str]:
-    """The environment the app reads (chalicelib.settings), pointing at the local pieces;
+    """The environment the app reads (slurm_trigger.settings), pointing at the local pieces;
     with ``kit_url``, at the head node kit's TLS endpoint, its published PEM and its secret."""
     kit = {
         "SLURM_URL": kit_url,
@@ -207,7 +207,7 @@ def _queue(sqs: Any, name: str) -> tuple[str, str]:
 def create_aws(names: Names, token: str | None, via: str) -> dict[str, str]:
     """Everything the deployed stack (infra + chalice) would provide. Idempotent. No
     ``token``: the head node kit keeps the secret (it must exist already)."""
-    from chalicelib import idempotency, jobstore, setstore
+    from slurm_trigger import idempotency, jobstore, setstore
 
     s3, sqs, sm, ddb, ev = (_client(s) for s in ("s3", "sqs", "secretsmanager", "dynamodb", "events"))
     tables = ddb.list_tables()["TableNames"]
@@ -601,9 +601,9 @@ class Pass:
     def slurm_view(self) -> dict[str, list[dict[str, Any]]]:
         """Ask Slurm itself (not our events or tables): the jobs whose comment names an
         object of this run, by S3 URI, with their state and the last line of their output."""
-        from chalicelib import provenance
-        from chalicelib.slurm import SlurmClient
-        from chalicelib.slurm.auth import StaticToken
+        from slurm_trigger import provenance
+        from slurm_trigger.slurm import SlurmClient
+        from slurm_trigger.slurm.auth import StaticToken
 
         # the client (newest version both sides know) reads each version's job fields
         client = SlurmClient(self.c["url"], StaticToken(self.token), user=self.c["user"])

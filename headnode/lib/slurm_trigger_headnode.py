@@ -19,9 +19,9 @@ Subcommands:
     The kit's AWS calls (SSM parameter of the certificate, Secrets Manager secret
     of the service user's token); boto3 from the kit's Python.
 
-The event's ``detail`` is the tracker's (``chalicelib.tracker.state_change_detail``);
+The event's ``detail`` is the tracker's (``slurm_trigger.tracker.state_change_detail``);
 its ``eventId`` and ``resources`` come from ``slurm_trigger_jobevents``, a link to
-``chalicelib/jobevents.py`` (the bundle ships the file itself).
+``slurm_trigger/jobevents.py`` (the bundle ships the file itself).
 """
 from __future__ import annotations
 

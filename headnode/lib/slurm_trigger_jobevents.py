@@ -1,1 +1,1 @@
-../../chalicelib/jobevents.py
+../../slurm_trigger/jobevents.py

@@ -1,1 +1,1 @@
-../../chalicelib/provenance.py
+../../slurm_trigger/provenance.py

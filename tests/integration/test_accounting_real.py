@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from chalicelib.cli import main
-from chalicelib.settings import Settings
-from chalicelib.slurm import SlurmClient
-from chalicelib.slurm.auth import StaticToken
-from chalicelib.slurm.errors import SlurmNotFoundError
-from chalicelib.slurm.models import JobSubmission
-from chalicelib.slurm.transport import build_session
+from slurm_trigger_cli import main
+from slurm_trigger.settings import Settings
+from slurm_trigger.slurm import SlurmClient
+from slurm_trigger.slurm.auth import StaticToken
+from slurm_trigger.slurm.errors import SlurmNotFoundError
+from slurm_trigger.slurm.models import JobSubmission
+from slurm_trigger.slurm.transport import build_session
 from conftest import not_available
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,5 +1,5 @@
 """The slurm subcommands against the real local slurmrestd, every served version:
-through ``chalicelib.cli.main`` (capsys) and once through the installed entry point."""
+through ``slurm_trigger_cli.main`` (capsys) and once through the installed entry point."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib.cli import main
+from slurm_trigger_cli import main
 
 pytestmark = pytest.mark.real_slurm
 WAIT_SECONDS = 120

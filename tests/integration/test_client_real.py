@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from chalicelib.slurm import SlurmClient
-from chalicelib.slurm.auth import StaticToken
-from chalicelib.slurm.dialects import newest
-from chalicelib.slurm.errors import SlurmAuthError, SlurmNotFoundError, SlurmRejectedError
-from chalicelib.slurm.models import Job, JobsPage, JobSubmission
-from chalicelib.settings import Settings
-from chalicelib.slurm.transport import build_session
+from slurm_trigger.slurm import SlurmClient
+from slurm_trigger.slurm.auth import StaticToken
+from slurm_trigger.slurm.dialects import newest
+from slurm_trigger.slurm.errors import SlurmAuthError, SlurmNotFoundError, SlurmRejectedError
+from slurm_trigger.slurm.models import Job, JobsPage, JobSubmission
+from slurm_trigger.settings import Settings
+from slurm_trigger.slurm.transport import build_session
 
 pytestmark = pytest.mark.real_slurm
 WAIT_SECONDS = 120  # bound of every poll; a healthy single-node cluster needs a few seconds

@@ -23,15 +23,15 @@ import pytest
 import requests
 import urllib3
 
-from chalicelib.idempotency import create_table
-from chalicelib.jobevents import event_id
-from chalicelib.jobstore import create_table as create_jobs_table
-from chalicelib.settings import Settings
-from chalicelib.slurm.client import build_client
-from chalicelib.slurm.errors import SlurmAuthError, SlurmError, SlurmTLSError
-from chalicelib.slurm.models import JobSubmission
-from chalicelib.tracker import build_tracker
-from chalicelib.trigger import build_trigger
+from slurm_trigger.idempotency import create_table
+from slurm_trigger.jobevents import event_id
+from slurm_trigger.jobstore import create_table as create_jobs_table
+from slurm_trigger.settings import Settings
+from slurm_trigger.slurm.client import build_client
+from slurm_trigger.slurm.errors import SlurmAuthError, SlurmError, SlurmTLSError
+from slurm_trigger.slurm.models import JobSubmission
+from slurm_trigger.tracker import build_tracker
+from slurm_trigger.trigger import build_trigger
 from headnode_kit import KitUnderTest, installed_kit, receive_all, scontrol_job  # sibling helper module
 
 pytestmark = pytest.mark.real_slurm
@@ -267,8 +267,8 @@ def test_hook_pushes_the_same_event_ids_as_the_tracker(kit: KitUnderTest, tmp_pa
     """A real job of the service user; the hook run as slurmctld runs it (SlurmUser, its
     variables) at the start and at the end; the tracker polls beside it. Both give each
     change the same eventId; the pushed ones reach the bus (rule -> SQS) first."""
-    from chalicelib import provenance
-    from chalicelib.provenance import Source
+    from slurm_trigger import provenance
+    from slurm_trigger.provenance import Source
 
     client = client_for(kit)
     table = f"hn-jobs-{uuid.uuid4().hex[:6]}"
@@ -309,8 +309,8 @@ def test_hook_and_tracker_agree_on_each_task_of_an_array(kit: KitUnderTest) -> N
     """A real two-task array of a step: for each task the hook's detail (jobcomp, as
     slurmctld runs it) is the tracker's, array, task and step included; the last task
     has the array's id, for which scontrol prints every task."""
-    from chalicelib import provenance
-    from chalicelib.provenance import Source
+    from slurm_trigger import provenance
+    from slurm_trigger.provenance import Source
 
     client = client_for(kit)
     table = f"hn-jobs-{uuid.uuid4().hex[:6]}"

@@ -20,14 +20,14 @@ from typing import Any, Iterator
 
 import pytest
 
-from chalicelib import provenance
-from chalicelib.jobevents import POLLED, PUSHED, event_id
-from chalicelib.jobstore import create_table as create_jobs_table
-from chalicelib.provenance import Source
-from chalicelib.settings import Settings
-from chalicelib.slurm.client import build_client
-from chalicelib.slurm.models import JobSubmission
-from chalicelib.tracker import build_tracker
+from slurm_trigger import provenance
+from slurm_trigger.jobevents import POLLED, PUSHED, event_id
+from slurm_trigger.jobstore import create_table as create_jobs_table
+from slurm_trigger.provenance import Source
+from slurm_trigger.settings import Settings
+from slurm_trigger.slurm.client import build_client
+from slurm_trigger.slurm.models import JobSubmission
+from slurm_trigger.tracker import build_tracker
 from headnode_kit import KitUnderTest, installed_kit, receive_all, scontrol_job  # sibling helper module
 
 pytestmark = pytest.mark.real_slurm

@@ -20,14 +20,14 @@ from urllib.parse import quote_plus
 
 import pytest
 
-from chalicelib import pipelines
-from chalicelib.idempotency import idempotency_key
-from chalicelib.s3events import from_notification
-from chalicelib.settings import Settings
-from chalicelib.slurm import SlurmClient
-from chalicelib.slurm.auth import StaticToken
-from chalicelib.slurm.transport import build_session
-from chalicelib.trigger import render_job
+from slurm_trigger import pipelines
+from slurm_trigger.idempotency import idempotency_key
+from slurm_trigger.s3events import from_notification
+from slurm_trigger.settings import Settings
+from slurm_trigger.slurm import SlurmClient
+from slurm_trigger.slurm.auth import StaticToken
+from slurm_trigger.slurm.transport import build_session
+from slurm_trigger.trigger import render_job
 
 pytestmark = pytest.mark.real_slurm
 

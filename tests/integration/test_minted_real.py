@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from test_client_real import submission, wait_final
 
-from chalicelib.cli import main
-from chalicelib.settings import Settings
-from chalicelib.slurm import SlurmClient, build_client
-from chalicelib.slurm.errors import SlurmAuthError
-from chalicelib.slurm.minting import MintedToken, SigningKey
-from chalicelib.slurm.transport import build_session
+from slurm_trigger_cli import main
+from slurm_trigger.settings import Settings
+from slurm_trigger.slurm import SlurmClient, build_client
+from slurm_trigger.slurm.errors import SlurmAuthError
+from slurm_trigger.slurm.minting import MintedToken, SigningKey
+from slurm_trigger.slurm.transport import build_session
 
 pytestmark = pytest.mark.real_slurm
 WAIT_SECONDS = 120

@@ -23,10 +23,10 @@ from event_queue import events_to_queue
 from pcs_stub import cluster_answer, stubbed_pcs
 from test_client_real import submission, wait_final
 
-from chalicelib.cli import main
-from chalicelib.settings import Settings
-from chalicelib.slurm import build_client, client as client_module, pcs
-from chalicelib.slurm.minting import MintedToken
+from slurm_trigger_cli import main
+from slurm_trigger.settings import Settings
+from slurm_trigger.slurm import build_client, client as client_module, pcs
+from slurm_trigger.slurm.minting import MintedToken
 
 pytestmark = pytest.mark.real_slurm
 PCS_ID = "pcs_4ahbm6fbzy"
@@ -137,9 +137,9 @@ def test_cli_through_the_pcs_path(world: PcsWorld, capsys: pytest.CaptureFixture
 
 
 def test_trigger_through_the_pcs_path(world: PcsWorld, tmp_path: Path) -> None:
-    from chalicelib.idempotency import create_table
-    from chalicelib.s3events import ObjectRef
-    from chalicelib.trigger import build_trigger
+    from slurm_trigger.idempotency import create_table
+    from slurm_trigger.s3events import ObjectRef
+    from slurm_trigger.trigger import build_trigger
 
     outdir = f"{world.target.workdir}/pcs-{uuid.uuid4().hex[:10]}"
     world.target.host_path(outdir).mkdir(mode=0o777)

@@ -22,17 +22,17 @@ import jsonschema
 import pytest
 from atomic_dynamodb import AtomicDynamoDB  # sibling helper module
 
-from chalicelib import provenance
-from chalicelib.eventbus import EventBus
-from chalicelib.idempotency import create_table as create_claims
-from chalicelib.jobstore import DynamoDBJobStore, create_table as create_jobs
-from chalicelib.retry import EXHAUSTED, build_retrier
-from chalicelib.s3events import ObjectRef
-from chalicelib.settings import Settings
-from chalicelib.slurm import build_client
-from chalicelib.slurm.models import JobSubmission
-from chalicelib.tracker import DETAIL_TYPE, Tracker
-from chalicelib.trigger import SUBMITTED, build_trigger
+from slurm_trigger import provenance
+from slurm_trigger.eventbus import EventBus
+from slurm_trigger.idempotency import create_table as create_claims
+from slurm_trigger.jobstore import DynamoDBJobStore, create_table as create_jobs
+from slurm_trigger.retry import EXHAUSTED, build_retrier
+from slurm_trigger.s3events import ObjectRef
+from slurm_trigger.settings import Settings
+from slurm_trigger.slurm import build_client
+from slurm_trigger.slurm.models import JobSubmission
+from slurm_trigger.tracker import DETAIL_TYPE, Tracker
+from slurm_trigger.trigger import SUBMITTED, build_trigger
 
 pytestmark = pytest.mark.real_slurm
 

@@ -28,11 +28,11 @@ import boto3
 import pytest
 from cfnlint.decode import decode
 
-from chalicelib import cli
-from chalicelib.idempotency import create_table, idempotency_key
-from chalicelib.s3events import ObjectRef
-from chalicelib.settings import Settings
-from chalicelib.slurm import build_client
+import slurm_trigger_cli as cli
+from slurm_trigger.idempotency import create_table, idempotency_key
+from slurm_trigger.s3events import ObjectRef
+from slurm_trigger.settings import Settings
+from slurm_trigger.slurm import build_client
 from lambda_semantics import SqsMapping, eventbridge_dead_letter, invoke_async  # noqa: I001 - tests/
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,9 +18,9 @@ import boto3
 import jsonschema
 import pytest
 
-from chalicelib import setstore
-from chalicelib.s3events import ObjectRef
-from chalicelib.trigger import build_trigger
+from slurm_trigger import setstore
+from slurm_trigger.s3events import ObjectRef
+from slurm_trigger.trigger import build_trigger
 from test_trigger import HOSTILE, World, _clients, make_world, notification, wait_final  # sibling module
 
 pytestmark = pytest.mark.real_slurm

@@ -21,10 +21,10 @@ import boto3
 import pytest
 import requests
 
-from chalicelib import idempotency, setstore
-from chalicelib.s3events import ObjectRef
-from chalicelib.settings import Settings
-from chalicelib.trigger import build_trigger
+from slurm_trigger import idempotency, setstore
+from slurm_trigger.s3events import ObjectRef
+from slurm_trigger.settings import Settings
+from slurm_trigger.trigger import build_trigger
 
 pytestmark = pytest.mark.real_slurm
 

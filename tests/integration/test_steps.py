@@ -8,9 +8,9 @@ from typing import Any
 import boto3
 import pytest
 
-from chalicelib import setstore
-from chalicelib.slurm.errors import SlurmUnavailableError
-from chalicelib.steps import step_key
+from slurm_trigger import setstore
+from slurm_trigger.slurm.errors import SlurmUnavailableError
+from slurm_trigger.steps import step_key
 from test_sets import SETS_TABLE, check_schema, ref, set_jobs, wait_file  # sibling modules
 from test_trigger import World, make_world, notification
 

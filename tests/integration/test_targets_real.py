@@ -17,12 +17,12 @@ from conftest import REPO, SlurmTarget, not_available, read_clusters
 from event_queue import events_to_queue
 from test_tracker_real import OnlyTheseJobs
 
-from chalicelib import provenance
-from chalicelib.cli import main
-from chalicelib.jobstore import DynamoDBJobStore, create_table
-from chalicelib.settings import Settings
-from chalicelib.slurm import build_client
-from chalicelib.slurm.models import JobSubmission
+from slurm_trigger import provenance
+from slurm_trigger_cli import main
+from slurm_trigger.jobstore import DynamoDBJobStore, create_table
+from slurm_trigger.settings import Settings
+from slurm_trigger.slurm import build_client
+from slurm_trigger.slurm.models import JobSubmission
 
 pytestmark = pytest.mark.real_slurm
 WAIT_SECONDS = 180
@@ -93,7 +93,7 @@ def test_the_tracker_polls_each_target(two: dict[str, SlurmTarget], monkeypatch:
         scoped.ids = set(jobs.values())
         return scoped
 
-    monkeypatch.setattr("chalicelib.slurm.build_client", scoped_client)  # app.py imports it when polling
+    monkeypatch.setattr("slurm_trigger.slurm.build_client", scoped_client)  # app.py imports it when polling
     finals: dict[str, dict[str, Any]] = {}
     mine: list[dict[str, Any]] = []
     deadline = time.monotonic() + WAIT_SECONDS
@@ -124,9 +124,9 @@ def test_each_pipeline_submits_to_its_target(two: dict[str, SlurmTarget], tmp_pa
     """One object, two pipelines: one without ``target`` (the default cluster), one with
     ``target: lab-new``. Each job is in its own cluster, counted there, and its
     Submitted event names that cluster."""
-    from chalicelib.idempotency import create_table as create_idempotency_table
-    from chalicelib.s3events import ObjectRef
-    from chalicelib.trigger import build_trigger
+    from slurm_trigger.idempotency import create_table as create_idempotency_table
+    from slurm_trigger.s3events import ObjectRef
+    from slurm_trigger.trigger import build_trigger
 
     job = {"script": "#!/bin/bash\ntrue\n", "partition": "debug", "working_directory": "/tmp",
            "standard_output": "/dev/null", "time_limit": 1}

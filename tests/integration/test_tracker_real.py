@@ -19,15 +19,15 @@ from atomic_dynamodb import AtomicDynamoDB  # sibling helper module
 import pytest
 from conftest import read_clusters
 
-from chalicelib import provenance
-from chalicelib.eventbus import EventBus
-from chalicelib.jobstore import DynamoDBJobStore, create_table
-from chalicelib.provenance import Source
-from chalicelib.settings import Settings
-from chalicelib.slurm import build_client
-from chalicelib.slurm.errors import SlurmNotFoundError
-from chalicelib.slurm.models import FINAL_STATES, JobSubmission
-from chalicelib.tracker import DETAIL_TYPE, REQUEUED, Tracker
+from slurm_trigger import provenance
+from slurm_trigger.eventbus import EventBus
+from slurm_trigger.jobstore import DynamoDBJobStore, create_table
+from slurm_trigger.provenance import Source
+from slurm_trigger.settings import Settings
+from slurm_trigger.slurm import build_client
+from slurm_trigger.slurm.errors import SlurmNotFoundError
+from slurm_trigger.slurm.models import FINAL_STATES, JobSubmission
+from slurm_trigger.tracker import DETAIL_TYPE, REQUEUED, Tracker
 
 pytestmark = pytest.mark.real_slurm
 
@@ -257,7 +257,7 @@ def test_cli_poll_then_status(world: World, monkeypatch, capsys) -> None:
     over every tracked job of the shared cluster (no scoping here)."""
     import argparse
 
-    from chalicelib.cli import common_options, tracker_commands
+    from slurm_trigger_cli import common_options, tracker_commands
 
     def cli(*argv: str) -> str:
         parser = argparse.ArgumentParser()

@@ -18,10 +18,10 @@ import boto3
 from atomic_dynamodb import AtomicDynamoDB  # sibling helper module
 import pytest
 
-from chalicelib.idempotency import create_table, idempotency_key
-from chalicelib.s3events import ObjectRef
-from chalicelib.settings import Settings
-from chalicelib.trigger import Trigger, build_trigger, render_job
+from slurm_trigger.idempotency import create_table, idempotency_key
+from slurm_trigger.s3events import ObjectRef
+from slurm_trigger.settings import Settings
+from slurm_trigger.trigger import Trigger, build_trigger, render_job
 
 pytestmark = pytest.mark.real_slurm
 

@@ -13,7 +13,7 @@ import boto3
 import pytest
 from chalice.test import Client
 
-from chalicelib.idempotency import create_table
+from slurm_trigger.idempotency import create_table
 from test_trigger import wait_final  # noqa: I001 - same folder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,7 +115,7 @@ def test_sqs_batch_with_a_broken_message(deployed):
     keys = ["tiles/2026/11/25/T31 \u00e9t\u00e9.tif"]  # the reads match no pipeline since align-reads was retired
     trigger = module._trigger()
     jobs = [j for j in trigger.client.list_jobs().jobs if j.comment and "slurm-trigger:" in j.comment]
-    from chalicelib.provenance import decode
+    from slurm_trigger.provenance import decode
 
     sources = [decode(j.comment) for j in jobs]  # other tests' jobs share the cluster
     ours = sorted(s.key for s in sources if s is not None and s.version_id in {"v-a", "v-b", "v-c"})

@@ -27,10 +27,10 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
-from chalicelib.idempotency import idempotency_key
-from chalicelib.slurm.dialects import version_key
-from chalicelib.slurm.errors import SlurmUnavailableError
-from chalicelib.trigger import BatchNotDone, build_trigger
+from slurm_trigger.idempotency import idempotency_key
+from slurm_trigger.slurm.dialects import version_key
+from slurm_trigger.slurm.errors import SlurmUnavailableError
+from slurm_trigger.trigger import BatchNotDone, build_trigger
 from test_trigger import TRUE_PIPELINE, _clients, make_world, notification, obj  # noqa: I001 - same folder
 from test_trigger_exactly_once import targets  # noqa: I001 - same folder
 

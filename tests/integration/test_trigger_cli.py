@@ -7,11 +7,11 @@ from pathlib import Path
 import boto3
 import pytest
 
-from chalicelib.cli import main
-from chalicelib.idempotency import create_table, idempotency_key
-from chalicelib.s3events import ObjectRef
-from chalicelib.slurm import build_client
-from chalicelib.settings import Settings
+from slurm_trigger_cli import main
+from slurm_trigger.idempotency import create_table, idempotency_key
+from slurm_trigger.s3events import ObjectRef
+from slurm_trigger.slurm import build_client
+from slurm_trigger.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINES = str(REPO / "pipelines")

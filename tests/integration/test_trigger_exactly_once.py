@@ -29,11 +29,11 @@ from typing import Any, Iterator
 import boto3
 import pytest
 
-from chalicelib.eventbus import EventBusError
-from chalicelib.idempotency import ClaimLostError, idempotency_key
-from chalicelib.slurm.dialects import DIALECTS
-from chalicelib.slurm.errors import SlurmError, SlurmNotFoundError
-from chalicelib.trigger import build_trigger
+from slurm_trigger.eventbus import EventBusError
+from slurm_trigger.idempotency import ClaimLostError, idempotency_key
+from slurm_trigger.slurm.dialects import DIALECTS
+from slurm_trigger.slurm.errors import SlurmError, SlurmNotFoundError
+from slurm_trigger.trigger import build_trigger
 from conftest import STATE, SlurmTarget, _health, in_ci  # noqa: I001 - tests/ is on the path
 from test_trigger import TABLE, TRUE_PIPELINE, _clients, make_world, obj  # noqa: I001 - same folder
 

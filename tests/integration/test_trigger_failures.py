@@ -10,13 +10,13 @@ from typing import Any, Callable
 import boto3
 import pytest
 
-from chalicelib.eventbus import EventBus, EventBusError
-from chalicelib.idempotency import ClaimInProgressError, DynamoDBIdempotencyStore, create_table, idempotency_key
-from chalicelib.pipelines import parse
-from chalicelib.s3events import ObjectRef
-from chalicelib.slurm.errors import SlurmAuthError, SlurmRejectedError, SlurmUnavailableError
-from chalicelib.slurm.models import Job, SubmitResult
-from chalicelib.trigger import DeadlinePassedError, Trigger
+from slurm_trigger.eventbus import EventBus, EventBusError
+from slurm_trigger.idempotency import ClaimInProgressError, DynamoDBIdempotencyStore, create_table, idempotency_key
+from slurm_trigger.pipelines import parse
+from slurm_trigger.s3events import ObjectRef
+from slurm_trigger.slurm.errors import SlurmAuthError, SlurmRejectedError, SlurmUnavailableError
+from slurm_trigger.slurm.models import Job, SubmitResult
+from slurm_trigger.trigger import DeadlinePassedError, Trigger
 
 PIPELINE = {"name": "p", "match": {"prefix": "in/"}, "job": {"script": "#!/bin/bash\ntrue\n"}}
 
@@ -242,9 +242,9 @@ def test_metrics(setup):
 
 @pytest.mark.parametrize("key", ["in/" + "k" * 1021, "in/" + "\u2603" * 340, "in/" + "\U0001f600" * 255])
 def test_long_keys_fit_slurms_comment(tmp_path, key):
-    from chalicelib.provenance import decode
-    from chalicelib.provenance import MAX_COMMENT
-    from chalicelib.trigger import render_job
+    from slurm_trigger.provenance import decode
+    from slurm_trigger.provenance import MAX_COMMENT
+    from slurm_trigger.trigger import render_job
 
     assert len(key.encode()) <= 1024
     pipeline = parse({**PIPELINE, "job": {**PIPELINE["job"], "comment": "a template comment"}}, tmp_path / "p.yaml")
@@ -358,7 +358,7 @@ def test_claim_follows_the_deadline(setup, clock):
 
 
 def test_lambda_context_sets_the_deadline(setup, clock):
-    from chalicelib.trigger import lambda_deadline
+    from slurm_trigger.trigger import lambda_deadline
 
     class Context:
         def get_remaining_time_in_millis(self) -> int:
@@ -461,8 +461,8 @@ def test_asking_slurm_fails_the_next_attempt_asks_again(setup, clock):
 def test_a_takeover_adopts_only_the_job_stamped_with_its_own_key(setup, clock):
     """Slurm's comment search matches substrings: another object's job whose key or
     template comment carries this key is not this object's job."""
-    from chalicelib import provenance
-    from chalicelib.provenance import Source
+    from slurm_trigger import provenance
+    from slurm_trigger.provenance import Source
 
     trigger, slurm, _, _ = setup
     key = idempotency_key("p", REF)
@@ -484,8 +484,8 @@ def test_busy_answers_are_sent_again_after_a_pause_and_never_dropped(setup):
     """slurmctld's "not now" (EAGAIN, job queue full) made no job: the same job goes
     again after the pacer's pause, within the deadline; when it stays busy the claim is
     given back and the failure is transient, so the object comes back."""
-    from chalicelib.pacing import BUSY_TRIES, Pacer
-    from chalicelib.slurm.errors import SlurmBusyError
+    from slurm_trigger.pacing import BUSY_TRIES, Pacer
+    from slurm_trigger.slurm.errors import SlurmBusyError
 
     trigger, slurm, _, published = setup
     trigger.pacers["c"] = pacer = Pacer(4, pause=0.01)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 
-from chalicelib.idempotency import idempotency_key
-from chalicelib.trigger import build_trigger
+from slurm_trigger.idempotency import idempotency_key
+from slurm_trigger.trigger import build_trigger
 from test_trigger import TRUE_PIPELINE, _clients, make_world, notification, obj  # noqa: I001 - same folder
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from chalicelib.slurm.auth import SecretsManagerToken, StaticToken, Token, parse_secret
-from chalicelib.slurm.errors import SlurmAuthError
+from slurm_trigger.slurm.auth import SecretsManagerToken, StaticToken, Token, parse_secret
+from slurm_trigger.slurm.errors import SlurmAuthError
 
 # JWT-shaped (header.payload.signature), assembled so no committed file holds one.
 JWT = ".".join(["eyJ" + "hbGciOiJIUzI1NiJ9", "eyJ" + "zdWIiOiJyb290In0", "c2lnbmF0dXJlLW5vdC1yZWFs"])

@@ -1,4 +1,4 @@
-"""The slurm subcommands end to end through ``chalicelib.cli.main``, against the local
+"""The slurm subcommands end to end through ``slurm_trigger_cli.main``, against the local
 replay server of test_client_http (recorded answers of v0.0.38, v0.0.42 and v0.0.45)."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Iterator
 
 import pytest
 
-from chalicelib.cli import main
-from chalicelib.cli.slurm_commands import job_to_dict
+from slurm_trigger_cli import main
+from slurm_trigger_cli.slurm_commands import job_to_dict
 from test_client_http import GOOD, FakeSlurm, recorded, replay, reply_from  # sibling test module
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "job.json"
@@ -153,7 +153,7 @@ def test_auth_error_exit_code_without_token(capsys: pytest.CaptureFixture) -> No
 
 
 def test_job_to_dict_is_json_ready() -> None:
-    from chalicelib.slurm.dialects import DIALECTS
+    from slurm_trigger.slurm.dialects import DIALECTS
 
     raw = json.loads(Path("tests/fixtures/recorded/v0.0.42/job-completed.json").read_text())["jobs"][0]
     data = job_to_dict(DIALECTS["v0.0.42"].parse_job(raw))

@@ -15,19 +15,19 @@ from typing import Any, Iterator
 import pytest
 from fakeslurm import FakeSlurm, Reply
 
-from chalicelib.settings import Settings
-from chalicelib.slurm.auth import SecretsManagerToken, StaticToken
-from chalicelib.slurm.client import SlurmClient, build_client
-from chalicelib.slurm.dialects import DIALECTS
-from chalicelib.slurm.errors import (
+from slurm_trigger.settings import Settings
+from slurm_trigger.slurm.auth import SecretsManagerToken, StaticToken
+from slurm_trigger.slurm.client import SlurmClient, build_client
+from slurm_trigger.slurm.dialects import DIALECTS
+from slurm_trigger.slurm.errors import (
     SlurmAuthError,
     SlurmNotFoundError,
     SlurmRejectedError,
     SlurmUnavailableError,
     SlurmVersionError,
 )
-from chalicelib.slurm.models import JobSubmission
-from chalicelib.slurm.transport import build_session
+from slurm_trigger.slurm.models import JobSubmission
+from slurm_trigger.slurm.transport import build_session
 
 RECORDED = Path(__file__).resolve().parent.parent / "fixtures" / "recorded"
 VERSIONS = ("v0.0.38", "v0.0.40", "v0.0.41", "v0.0.42", "v0.0.43", "v0.0.44", "v0.0.45")
@@ -243,7 +243,7 @@ def test_auth_failures_in_each_versions_form(fake: FakeSlurm, version: str, name
     meta = recorded(version)[name]
     fake.add(meta["method"], meta["path"], reply_from(version, name))
     client = client_for(fake, token=STALE, api_version=version)
-    caplog.set_level(logging.DEBUG, logger="chalicelib")
+    caplog.set_level(logging.DEBUG, logger="slurm_trigger")
     caplog.set_level(logging.DEBUG, logger="urllib3")
     with pytest.raises(SlurmAuthError) as exc:
         call(client)
@@ -273,7 +273,7 @@ def test_token_refetched_once_then_call_repeated(fake: FakeSlurm, secrets: Any, 
                          api_version=version)
     assert provider.token().reveal() == STALE  # cached now
     secrets.put_secret_value(SecretId="slurm_token_test", SecretString=json.dumps({"token": GOOD, "user": "bob"}))
-    caplog.set_level(logging.DEBUG, logger="chalicelib")  # botocore's own DEBUG prints secrets
+    caplog.set_level(logging.DEBUG, logger="slurm_trigger")  # botocore's own DEBUG prints secrets
     caplog.set_level(logging.DEBUG, logger="urllib3")
     assert client.list_jobs().jobs
     assert [s.headers["X-SLURM-USER-TOKEN"] for s in fake.seen] == [STALE, GOOD]
@@ -484,7 +484,7 @@ def test_build_client_uses_no_aws_when_url_and_token_given(fake: FakeSlurm) -> N
 def test_build_client_discovers_and_reads_secret(aws: Any, fake: FakeSlurm, caplog: pytest.LogCaptureFixture) -> None:
     import boto3
 
-    from chalicelib.slurm import discovery
+    from slurm_trigger.slurm import discovery
 
     discovery.clear_cache()
     ec2 = boto3.client("ec2")
@@ -499,7 +499,7 @@ def test_build_client_discovers_and_reads_secret(aws: Any, fake: FakeSlurm, capl
     with pytest.raises(ValueError, match="plain HTTP to another host") as exc:
         build_client(settings, secrets_client=sm, ec2_client=ec2)
     assert "SLURM_ALLOW_HTTP=true" in str(exc.value)
-    caplog.set_level(logging.WARNING, logger="chalicelib")
+    caplog.set_level(logging.WARNING, logger="slurm_trigger")
     client = build_client(dataclasses.replace(settings, allow_http=True), secrets_client=sm, ec2_client=ec2)
     assert client.base_url == f"http://{ip}:6820"
     assert "plain HTTP to slurmrestd" in caplog.text and GOOD not in caplog.text

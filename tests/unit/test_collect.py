@@ -11,10 +11,10 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from chalicelib import collect, pipelines, setstore
-from chalicelib.cli import main
-from chalicelib.pipelines import PipelineError
-from chalicelib.s3events import ObjectRef
+from slurm_trigger import collect, pipelines, setstore
+from slurm_trigger_cli import main
+from slurm_trigger.pipelines import PipelineError
+from slurm_trigger.s3events import ObjectRef
 
 PAIRS = r"""
 name: pairs
@@ -175,7 +175,7 @@ EXAMPLES = {
 def test_shipped_set_examples_run_in_bash(tmp_path, name):
     """The set examples with a site's settings: complete from their keys, and every
     step's script runs in plain bash with the environment the job gets."""
-    from chalicelib.sets import dry_run
+    from slurm_trigger.sets import dry_run
 
     site = {"root": str(tmp_path / "jobs"), "partition": "debug", "data": str(tmp_path / "data")}
     [p] = [p for p in pipelines.load(SHIPPED, site) if p.name == name]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import boto3
 
-from chalicelib import dashboard
-from chalicelib.cli import common_options, tracker_commands
+from slurm_trigger_cli import dashboard
+from slurm_trigger_cli import common_options, tracker_commands
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED = REPO / "dashboards" / "slurm-trigger.json"

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib.slurm.dialects import DIALECTS, newest, served_versions
-from chalicelib.slurm.errors import (
+from slurm_trigger.slurm.dialects import DIALECTS, newest, served_versions
+from slurm_trigger.slurm.errors import (
     SlurmAuthError,
     SlurmBusyError,
     SlurmNotFoundError,
     SlurmRejectedError,
     SlurmUnavailableError,
 )
-from chalicelib.slurm.models import JobSubmission
+from slurm_trigger.slurm.models import JobSubmission
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 REFERENCE = FIXTURES / "reference"

@@ -5,8 +5,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from chalicelib.slurm import discovery
-from chalicelib.slurm.errors import SlurmUnavailableError
+from slurm_trigger.slurm import discovery
+from slurm_trigger.slurm.errors import SlurmUnavailableError
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from typing import Any
 
 import boto3
 import pytest
-from chalicelib.eventbus import MAX_BATCH_BYTES, Event, EventBus, EventBusError, entry_size
+from slurm_trigger.eventbus import MAX_BATCH_BYTES, Event, EventBus, EventBusError, entry_size
 
 REGION = "us-east-1"
 

@@ -11,12 +11,12 @@ from typing import Any
 import boto3
 import pytest
 
-from chalicelib import s3events
-from chalicelib.cli.redrive_commands import Redrive, queue_url
+from slurm_trigger import s3events
+from slurm_trigger_cli.redrive_commands import Redrive, queue_url
 from slurm_trigger_dev.localrun import sqs_lambda_event
-from chalicelib.s3events import EventShapeError, ObjectRef
-from chalicelib.settings import Settings
-from chalicelib.trigger import BatchNotDone, Outcome, Trigger
+from slurm_trigger.s3events import EventShapeError, ObjectRef
+from slurm_trigger.settings import Settings
+from slurm_trigger.trigger import BatchNotDone, Outcome, Trigger
 from lambda_semantics import destination_record  # noqa: I001 - tests/
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"

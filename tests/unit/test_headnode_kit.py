@@ -16,10 +16,10 @@ import boto3
 import jsonschema
 import pytest
 
-from chalicelib import jobevents, provenance
-from chalicelib.jobstore import TrackedJob
-from chalicelib.provenance import Source
-from chalicelib.tracker import resources, state_change_detail
+from slurm_trigger import jobevents, provenance
+from slurm_trigger.jobstore import TrackedJob
+from slurm_trigger.provenance import Source
+from slurm_trigger.tracker import resources, state_change_detail
 
 REPO = Path(__file__).resolve().parents[2]
 KIT = REPO / "headnode"
@@ -30,9 +30,9 @@ spec.loader.exec_module(hn)  # type: ignore[union-attr]
 
 
 def test_the_bundle_ships_chalicelibs_own_event_id_and_provenance(tmp_path: Path) -> None:
-    """One place for eventId: lib/ links to chalicelib, the bundle holds the files themselves."""
-    assert (KIT / "lib" / "slurm_trigger_jobevents.py").resolve() == REPO / "chalicelib" / "jobevents.py"
-    assert (KIT / "lib" / "slurm_trigger_provenance.py").resolve() == REPO / "chalicelib" / "provenance.py"
+    """One place for eventId: lib/ links to slurm_trigger, the bundle holds the files themselves."""
+    assert (KIT / "lib" / "slurm_trigger_jobevents.py").resolve() == REPO / "slurm_trigger" / "jobevents.py"
+    assert (KIT / "lib" / "slurm_trigger_provenance.py").resolve() == REPO / "slurm_trigger" / "provenance.py"
     out = subprocess.run([str(KIT / "build"), str(tmp_path)], capture_output=True, text=True, check=True,
                          env={"KIT_VERSION": "9.9.9-test", "PATH": "/usr/bin:/bin"}).stdout.strip()
     bundle = Path(out)
@@ -43,8 +43,8 @@ def test_the_bundle_ships_chalicelibs_own_event_id_and_provenance(tmp_path: Path
     with tarfile.open(tmp_path / "kit.tgz") as tar:
         tar.extractall(tmp_path / "x", filter="data")
     x = tmp_path / "x"
-    assert (x / "lib" / "slurm_trigger_jobevents.py").read_text() == (REPO / "chalicelib" / "jobevents.py").read_text()
-    assert (x / "lib" / "slurm_trigger_provenance.py").read_text() == (REPO / "chalicelib" / "provenance.py").read_text()
+    assert (x / "lib" / "slurm_trigger_jobevents.py").read_text() == (REPO / "slurm_trigger" / "jobevents.py").read_text()
+    assert (x / "lib" / "slurm_trigger_provenance.py").read_text() == (REPO / "slurm_trigger" / "provenance.py").read_text()
     assert not (x / "lib" / "slurm_trigger_jobevents.py").is_symlink()
     assert (x / "VERSION").read_text().strip() == "9.9.9-test"
     help_text = subprocess.run(["bash", str(bundle), "--help"], capture_output=True, text=True, check=True).stdout

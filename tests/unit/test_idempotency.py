@@ -5,14 +5,14 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from chalicelib.idempotency import (
+from slurm_trigger.idempotency import (
     ClaimInProgressError,
     ClaimLostError,
     DynamoDBIdempotencyStore,
     create_table,
     idempotency_key,
 )
-from chalicelib.s3events import ObjectRef
+from slurm_trigger.s3events import ObjectRef
 
 
 class Clock:
@@ -241,7 +241,7 @@ def test_claims_race_across_processes(tmp_path):
         create_table(client, "idem")
         code = (
             "import boto3, sys\n"
-            "from chalicelib.idempotency import DynamoDBIdempotencyStore, ClaimInProgressError\n"
+            "from slurm_trigger.idempotency import DynamoDBIdempotencyStore, ClaimInProgressError\n"
             f"c = boto3.client('dynamodb', region_name='us-east-1', endpoint_url='{url}', "
             "aws_access_key_id='x', aws_secret_access_key='x')\n"
             "try:\n    DynamoDBIdempotencyStore(c, 'idem').claim('race'); print('won')\n"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib.idempotency import COMPLETED, FRESH, SUBMITTED, TAKEN_OVER, ClaimInProgressError, ClaimLostError
+from slurm_trigger.idempotency import COMPLETED, FRESH, SUBMITTED, TAKEN_OVER, ClaimInProgressError, ClaimLostError
 from test_idempotency import Clock, clock, ddb, store  # noqa: F401 - fixtures
 
 

@@ -24,7 +24,8 @@ import pytest
 from cfnlint import api as cfnlint_api
 from cfnlint.decode import decode
 
-from chalicelib import dashboard, idempotency, jobstore, setstore
+from slurm_trigger import idempotency, jobstore, setstore
+from slurm_trigger_cli import dashboard
 
 ROOT = Path(__file__).resolve().parents[2]
 CHALICE_DIR = ROOT / ".chalice"
@@ -184,9 +185,9 @@ def test_queue_outlives_six_function_timeouts() -> None:
 
 
 def test_dashboard_is_the_code_dashboard() -> None:
-    """The stack embeds chalicelib/dashboard.py's dashboard with its knobs as parameters.
+    """The stack embeds slurm_trigger_cli/dashboard.py's dashboard with its knobs as parameters.
     When this fails, paste the output of
-    ``python -c "import json; from chalicelib import dashboard; print(json.dumps(dashboard.build(
+    ``python -c "import json; from slurm_trigger_cli import dashboard; print(json.dumps(dashboard.build(
     '${MetricsNamespace}', '${ServiceName}', '${AWS::Region}'), indent=1))"``
     into Dashboard.DashboardBody of infra/slurm-trigger-infra.yaml."""
     template = load_cfn(INFRA)
@@ -237,7 +238,7 @@ def documented_variables() -> dict[str, bool]:
 def code_variables() -> set[str]:
     """Every environment variable the product reads: settings, handlers, observability."""
     names: set[str] = set()
-    files = [ROOT / "app.py", *sorted((ROOT / "chalicelib").rglob("*.py"))]
+    files = [ROOT / "app.py", *sorted((ROOT / "slurm_trigger").rglob("*.py"))]
     pattern = re.compile(r"""(?:environ\.get|getenv|environ\[|\bg)\(?\s*["']([A-Z][A-Z0-9_]{2,})["']""")
     for path in files:
         names.update(pattern.findall(path.read_text()))
@@ -388,9 +389,9 @@ def test_policies_allow_what_the_stores_call(stage: str) -> None:
     """A store that starts calling Query (say) fails here, not in AWS."""
     env = stage_env(stage)
     needs = {
-        "on_queue_message": (dynamodb_actions(ROOT / "chalicelib" / "idempotency.py"), env["IDEMPOTENCY_TABLE"]),
-        "poll_jobs": (dynamodb_actions(ROOT / "chalicelib" / "jobstore.py"), env["JOBS_TABLE"]),
-        "check_sets": (dynamodb_actions(ROOT / "chalicelib" / "setstore.py"), env["SETS_TABLE"]),
+        "on_queue_message": (dynamodb_actions(ROOT / "slurm_trigger" / "idempotency.py"), env["IDEMPOTENCY_TABLE"]),
+        "poll_jobs": (dynamodb_actions(ROOT / "slurm_trigger" / "jobstore.py"), env["JOBS_TABLE"]),
+        "check_sets": (dynamodb_actions(ROOT / "slurm_trigger" / "setstore.py"), env["SETS_TABLE"]),
     }
     for function, (actions, table) in needs.items():
         assert actions, function

@@ -6,7 +6,7 @@ import time
 import boto3
 import pytest
 
-from chalicelib.jobstore import BATCH_GET_LIMIT, Cursor, DynamoDBJobStore, TrackedJob, create_table
+from slurm_trigger.jobstore import BATCH_GET_LIMIT, Cursor, DynamoDBJobStore, TrackedJob, create_table
 
 TABLE = "jobs"
 

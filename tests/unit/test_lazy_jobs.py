@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib.slurm.client import decode
-from chalicelib.slurm.dialects import DIALECTS
-from chalicelib.slurm.models import Job, JobKey, JobsPage, LazyJobs, job_key
+from slurm_trigger.slurm.client import decode
+from slurm_trigger.slurm.dialects import DIALECTS
+from slurm_trigger.slurm.models import Job, JobKey, JobsPage, LazyJobs, job_key
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 LISTINGS = sorted(  # every listing fixture that lists jobs, of every version

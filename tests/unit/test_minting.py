@@ -13,10 +13,10 @@ from typing import Any
 import jwt
 import pytest
 
-from chalicelib.settings import Settings
-from chalicelib.slurm.client import build_client, token_provider
-from chalicelib.slurm.errors import SlurmAuthError
-from chalicelib.slurm.minting import Identity, MintedToken, SigningKey, decode_key
+from slurm_trigger.settings import Settings
+from slurm_trigger.slurm.client import build_client, token_provider
+from slurm_trigger.slurm.errors import SlurmAuthError
+from slurm_trigger.slurm.minting import Identity, MintedToken, SigningKey, decode_key
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ def test_missing_secret_and_file(sm: Any, tmp_path: Path) -> None:
 
 
 def test_the_key_never_shows(sm: Any, key: bytes, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="chalicelib")
+    caplog.set_level(logging.DEBUG, logger="slurm_trigger")
     caplog.set_level(logging.DEBUG, logger="aws_lambda_powertools")
     text_key = base64.b64encode(key).decode()
     sm.create_secret(Name="k", SecretString=text_key)
@@ -180,7 +180,7 @@ def test_build_client_mints_from_the_key_secret(sm: Any, key: bytes) -> None:
 
 
 def test_a_token_given_directly_wins_over_minting(key: bytes) -> None:
-    from chalicelib.slurm.auth import StaticToken
+    from slurm_trigger.slurm.auth import StaticToken
 
     settings = Settings(token="abc.def.ghi", jwt_key_file="/nonexistent")
     assert isinstance(token_provider(settings, lambda: None), StaticToken)

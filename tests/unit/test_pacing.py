@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from chalicelib.pacing import Pacer
-from chalicelib.slurm.errors import SlurmBusyError
+from slurm_trigger.pacing import Pacer
+from slurm_trigger.slurm.errors import SlurmBusyError
 
 
 def test_never_more_in_flight_than_the_limit():

@@ -30,9 +30,6 @@ VENV_BIN = Path(sys.executable).parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # What no function runs, wherever it lives: the local loop, the tests and the tools.
 DEV_ONLY = ("slurm_trigger_dev/", "tests/", "scripts/", "bench/", "docs/", "infra/", "headnode/")
-# The CLI and the dashboard builder live in chalicelib until the rename moves them to  # packaging-rename: drop
-# slurm_trigger_cli (the rename deletes these lines).  # packaging-rename: drop
-NOT_YET_MOVED = ("chalicelib/cli/", "chalicelib/dashboard.py") if (ROOT / "chalicelib" / "cli").is_dir() else ()  # packaging-rename: drop
 
 
 def first_party() -> set[str]:
@@ -91,7 +88,7 @@ def zip_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copy2(ROOT / "app.py", project / "app.py")
     for name in ("chalicelib", "vendor", "pipelines"):  # what Chalice packages (vendor's links followed)  # rename: keep
-        if (ROOT / name).is_dir():  # and the folder chalicelib's examples link points to
+        if (ROOT / name).is_dir():  # and the folder slurm_trigger's examples link points to
             shutil.copytree(ROOT / name, project / name, symlinks=name != "vendor", ignore=skip)
     shutil.copytree(ROOT / ".chalice", project / ".chalice", ignore=shutil.ignore_patterns("deployments", "venv"))
     (project / "requirements.txt").write_text("")
@@ -121,7 +118,6 @@ def test_zip_holds_only_what_the_functions_import(zip_names: list[str]) -> None:
     reachable = reachable_from_app()
     modules = {n for n in ours_in_zip(zip_names) if n.endswith(".py")}
     unused = sorted(modules - reachable - {"chalicelib/__init__.py"})  # the design card's folder, whatever it holds; rename: keep
-    unused = [n for n in unused if not n.startswith(NOT_YET_MOVED)]  # packaging-rename: drop
     assert not unused, f"in the zip, but no function imports them: {unused}"
     missing = sorted(reachable - modules)
     assert not missing, f"the functions import these, the zip lacks them: {missing}"
@@ -185,7 +181,7 @@ def test_the_package_declares_every_distribution_it_imports() -> None:
         dists = {canonicalize_name(d) for d in by_module.get(module, [module])}
         if not dists & covered:
             missing[module] = where
-    # Building Powertools' Tracer imports the X-Ray SDK (chalicelib/observability.py).
+    # Building Powertools' Tracer imports the X-Ray SDK (slurm_trigger/observability.py).
     if not {"aws-xray-sdk"} & covered:
         missing["aws_xray_sdk"] = "Tracer()"
     assert not missing, f"add to pyproject.toml dependencies: {missing}"

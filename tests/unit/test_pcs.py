@@ -13,12 +13,12 @@ import pytest
 from fakeslurm import FakeSlurm, Reply
 from pcs_stub import cluster_answer, stubbed_pcs, stubbed_pcs_error
 
-from chalicelib.settings import Settings
-from chalicelib.slurm import pcs
-from chalicelib.slurm.client import build_client, same_secret
-from chalicelib.slurm.errors import SlurmError, SlurmUnavailableError
-from chalicelib.slurm.minting import MintedToken
-from chalicelib.slurm.transport import check_plain_http
+from slurm_trigger.settings import Settings
+from slurm_trigger.slurm import pcs
+from slurm_trigger.slurm.client import build_client, same_secret
+from slurm_trigger.slurm.errors import SlurmError, SlurmUnavailableError
+from slurm_trigger.slurm.minting import MintedToken
+from slurm_trigger.slurm.transport import check_plain_http
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +90,7 @@ def test_build_client_for_a_pcs_cluster(key_secret: tuple[Any, bytes, str, str],
         port = int(fake.url.rsplit(":", 1)[1])
         fake.add("GET", "/slurm/v0.0.42/ping", Reply.json(200, {"pings": [{"hostname": "pcs", "pinged": "UP"}]}))
         pcs_client, _ = stubbed_pcs(cluster_answer(ip="127.0.0.1", port=port, secret_arn=arn, secret_version=version))
-        caplog.set_level(logging.DEBUG, logger="chalicelib")
+        caplog.set_level(logging.DEBUG, logger="slurm_trigger")
         settings = Settings(pcs_cluster="pcs_4ahbm6fbzy", slurm_user="alice", slurm_uid=1001, slurm_gid=1001,
                             api_version="v0.0.42", auth_header="x-slurm")
         client = build_client(settings, secrets_client=sm, pcs_client=pcs_client)
@@ -128,7 +128,7 @@ def test_pcs_http_is_allowed_with_a_warning(key_secret: tuple[Any, bytes, str, s
                                             caplog: pytest.LogCaptureFixture) -> None:
     sm, _, arn, version = key_secret
     pcs_client, _ = stubbed_pcs(cluster_answer(ip="10.3.149.220", secret_arn=arn, secret_version=version))
-    caplog.set_level(logging.WARNING, logger="chalicelib")
+    caplog.set_level(logging.WARNING, logger="slurm_trigger")
     client = build_client(Settings(pcs_cluster="pcs_4ahbm6fbzy", slurm_user="a", slurm_uid=1, slurm_gid=1),
                           secrets_client=sm, pcs_client=pcs_client)
     assert client.base_url == "http://10.3.149.220:6820"

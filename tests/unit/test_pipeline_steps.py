@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from chalicelib import pipelines
-from chalicelib.cli import main
-from chalicelib.pipelines import PipelineError
-from chalicelib.steps import step_key
+from slurm_trigger import pipelines
+from slurm_trigger_cli import main
+from slurm_trigger.pipelines import PipelineError
+from slurm_trigger.steps import step_key
 
 CHAIN = """
 name: chain

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib import pipelines
-from chalicelib.pipelines import PipelineError
-from chalicelib.s3events import ObjectRef
-from chalicelib.templating import object_variables, render
+from slurm_trigger import pipelines
+from slurm_trigger.pipelines import PipelineError
+from slurm_trigger.s3events import ObjectRef
+from slurm_trigger.templating import object_variables, render
 
 SHIPPED = Path(__file__).resolve().parents[2] / "pipelines"
 
@@ -150,7 +150,7 @@ def test_validate_shows_unsafe_placements(tmp_path):
             eval "ls ${key}"
           partition: debug
     """)
-    run = subprocess.run([sys.executable, "-c", "import sys; from chalicelib.cli import main; sys.exit(main())",
+    run = subprocess.run([sys.executable, "-c", "import sys; from slurm_trigger_cli import main; sys.exit(main())",
                           "validate", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 1
     err = run.stderr

@@ -7,8 +7,8 @@ from dataclasses import asdict
 
 import pytest
 
-from chalicelib import provenance
-from chalicelib.provenance import MARKER, Source
+from slurm_trigger import provenance
+from slurm_trigger.provenance import MARKER, Source
 
 FAKE = 'slurm-trigger:{"bucket":"evil","key":"stolen","pipeline":"p"}'
 HOSTILE_KEYS = [

@@ -11,17 +11,17 @@ import boto3
 import pytest
 import yaml
 
-from chalicelib import provenance
-from chalicelib.eventbus import EventBus
-from chalicelib.idempotency import DynamoDBIdempotencyStore, create_table as create_claims
-from chalicelib.jobstore import DynamoDBJobStore, TrackedJob, create_table as create_jobs
-from chalicelib.outcome import Outcome
-from chalicelib.pipelines import PipelineError, parse as parse_pipeline
-from chalicelib.provenance import Source
-from chalicelib.retry import DEFAULT_STATES, EXHAUSTED, Retrier, RetryPolicy, attempt_key, parse
-from chalicelib.slurm.models import Job, JobsPage, JobSubmission, SubmitResult
-from chalicelib.tracker import Tracker
-from chalicelib.trigger import Trigger
+from slurm_trigger import provenance
+from slurm_trigger.eventbus import EventBus
+from slurm_trigger.idempotency import DynamoDBIdempotencyStore, create_table as create_claims
+from slurm_trigger.jobstore import DynamoDBJobStore, TrackedJob, create_table as create_jobs
+from slurm_trigger.outcome import Outcome
+from slurm_trigger.pipelines import PipelineError, parse as parse_pipeline
+from slurm_trigger.provenance import Source
+from slurm_trigger.retry import DEFAULT_STATES, EXHAUSTED, Retrier, RetryPolicy, attempt_key, parse
+from slurm_trigger.slurm.models import Job, JobsPage, JobSubmission, SubmitResult
+from slurm_trigger.tracker import Tracker
+from slurm_trigger.trigger import Trigger
 
 
 # --- the policy
@@ -211,7 +211,7 @@ class Events:
 
 
 def test_trigger_and_tracker_make_one_job_per_attempt(aws, tmp_path: Path) -> None:
-    from chalicelib.s3events import ObjectRef
+    from slurm_trigger.s3events import ObjectRef
 
     db = boto3.client("dynamodb", region_name="us-east-1")
     create_claims(db, "claims")
@@ -252,7 +252,7 @@ job: {script: "#!/bin/bash\\nexit 3\\n", comment: mine}
 
 
 def test_the_tracker_builds_its_retrier_only_for_a_job_with_an_attempt() -> None:
-    from chalicelib.retry import OnDemand
+    from slurm_trigger.retry import OnDemand
 
     built: list[int] = []
     r, trigger = retrier(RetryPolicy(3, frozenset({3}), frozenset()))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib import s3events
-from chalicelib.s3events import EventShapeError, ObjectRef
+from slurm_trigger import s3events
+from slurm_trigger.s3events import EventShapeError, ObjectRef
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 

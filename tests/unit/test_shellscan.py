@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib import shellscan
-from chalicelib.s3events import ObjectRef
-from chalicelib.slurm.models import JobSubmission
-from chalicelib.templating import TemplateError, check_template, compile_script, object_variables, render
+from slurm_trigger import shellscan
+from slurm_trigger.s3events import ObjectRef
+from slurm_trigger.slurm.models import JobSubmission
+from slurm_trigger.templating import TemplateError, check_template, compile_script, object_variables, render
 
 # CANARY is replaced by an absolute path in the test's own directory.
 HOSTILE_KEYS = [

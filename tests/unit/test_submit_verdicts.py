@@ -14,13 +14,13 @@ import pytest
 import requests
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ProxyError
 
-from chalicelib.settings import Settings
-from chalicelib.slurm.auth import StaticToken
-from chalicelib.slurm.client import SlurmClient, _maybe_sent
-from chalicelib.slurm.dialects import DIALECTS
-from chalicelib.slurm.errors import SlurmError
-from chalicelib.slurm.models import JobSubmission
-from chalicelib.slurm.transport import build_session
+from slurm_trigger.settings import Settings
+from slurm_trigger.slurm.auth import StaticToken
+from slurm_trigger.slurm.client import SlurmClient, _maybe_sent
+from slurm_trigger.slurm.dialects import DIALECTS
+from slurm_trigger.slurm.errors import SlurmError
+from slurm_trigger.slurm.models import JobSubmission
+from slurm_trigger.slurm.transport import build_session
 from test_client_http import GOOD, STALE, VERSIONS, FakeSlurm, Reply, client_for, recorded, reply_from  # noqa: I001
 
 JOB = JobSubmission(script="#!/bin/sh\ntrue\n")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib.settings import CLUSTER_VARIABLES, TARGET_INHERITS, Settings
+from slurm_trigger.settings import CLUSTER_VARIABLES, TARGET_INHERITS, Settings
 
-SETTINGS_PY = Path(__file__).resolve().parents[2] / "chalicelib" / "settings.py"
+SETTINGS_PY = Path(__file__).resolve().parents[2] / "slurm_trigger" / "settings.py"
 
 
 def test_one_cluster_needs_no_configuration() -> None:

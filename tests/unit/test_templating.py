@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib.s3events import ObjectRef
-from chalicelib.slurm.models import JobSubmission
-from chalicelib.templating import (
+from slurm_trigger.s3events import ObjectRef
+from slurm_trigger.slurm.models import JobSubmission
+from slurm_trigger.templating import (
     VARIABLES,
     TemplateError,
     UnsafeValueError,

@@ -30,14 +30,14 @@ import pytest
 from event_queue import events_to_queue
 from fakeslurm import FakeSlurm, Reply, Seen, self_signed
 
-from chalicelib.cli import main
-from chalicelib.observability import logger
-from chalicelib.settings import Settings
-from chalicelib.slurm.auth import SecretsManagerToken, StaticToken, Token, parse_secret
-from chalicelib.slurm.client import SlurmClient
-from chalicelib.slurm.errors import SlurmAuthError, SlurmError
-from chalicelib.slurm.models import JobSubmission
-from chalicelib.slurm.transport import build_session
+from slurm_trigger_cli import main
+from slurm_trigger.observability import logger
+from slurm_trigger.settings import Settings
+from slurm_trigger.slurm.auth import SecretsManagerToken, StaticToken, Token, parse_secret
+from slurm_trigger.slurm.client import SlurmClient
+from slurm_trigger.slurm.errors import SlurmAuthError, SlurmError
+from slurm_trigger.slurm.models import JobSubmission
+from slurm_trigger.slurm.transport import build_session
 
 REPO = Path(__file__).resolve().parents[2]
 VERSION = "v0.0.42"
@@ -88,7 +88,7 @@ def exception_texts(exc: BaseException) -> list[str]:
 
 @pytest.fixture
 def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    for name in ("chalicelib", "urllib3", "requests", "aws_lambda_powertools", "slurm-trigger"):
+    for name in ("slurm_trigger", "urllib3", "requests", "aws_lambda_powertools", "slurm-trigger"):
         caplog.set_level(logging.DEBUG, logger=name)
     return caplog
 
@@ -317,9 +317,9 @@ def test_trigger_events_and_logs_never_show_the_token(name: str, aws: Any, fake:
                                                       logs: pytest.LogCaptureFixture) -> None:
     import boto3
 
-    from chalicelib.idempotency import create_table
-    from chalicelib.s3events import ObjectRef
-    from chalicelib.trigger import build_trigger
+    from slurm_trigger.idempotency import create_table
+    from slurm_trigger.s3events import ObjectRef
+    from slurm_trigger.trigger import build_trigger
 
     setup, _, _ = ERROR_PATHS[name]
     if name == "511 auth echo":
@@ -374,12 +374,12 @@ xray_recorder.configure(emitter=memory, sampling=False, context_missing="LOG_ERR
 from aws_lambda_powertools import Tracer
 tracer = Tracer(service="hygiene", disabled=False)  # patches requests, botocore, httplib
 
-from chalicelib.settings import Settings
-from chalicelib.slurm.auth import StaticToken
-from chalicelib.slurm.client import SlurmClient
-from chalicelib.slurm.errors import SlurmError
-from chalicelib.slurm.models import JobSubmission
-from chalicelib.slurm.transport import build_session
+from slurm_trigger.settings import Settings
+from slurm_trigger.slurm.auth import StaticToken
+from slurm_trigger.slurm.client import SlurmClient
+from slurm_trigger.slurm.errors import SlurmError
+from slurm_trigger.slurm.models import JobSubmission
+from slurm_trigger.slurm.transport import build_session
 
 token, cases = sys.argv[1], json.loads(sys.argv[2])
 
@@ -393,7 +393,7 @@ def one(url, what):
 
 @tracer.capture_method
 def mint(sm):
-    from chalicelib.slurm.minting import MintedToken, SigningKey
+    from slurm_trigger.slurm.minting import MintedToken, SigningKey
     return MintedToken(SigningKey.from_secret(sm, "slurm_jwt_key"), "alice").token()
 
 xray_recorder.begin_segment("hygiene")

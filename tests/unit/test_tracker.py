@@ -12,13 +12,13 @@ from typing import Any
 import boto3
 import pytest
 
-from chalicelib import provenance
-from chalicelib.eventbus import EventBus, EventBusError
-from chalicelib.jobstore import LOST, DynamoDBJobStore, create_table
-from chalicelib.provenance import Source
-from chalicelib.slurm.errors import SlurmNotFoundError, SlurmUnavailableError
-from chalicelib.slurm.models import Job, JobsPage
-from chalicelib.tracker import LOST_REASON, REQUEUED, Tracker, event_id
+from slurm_trigger import provenance
+from slurm_trigger.eventbus import EventBus, EventBusError
+from slurm_trigger.jobstore import LOST, DynamoDBJobStore, create_table
+from slurm_trigger.provenance import Source
+from slurm_trigger.slurm.errors import SlurmNotFoundError, SlurmUnavailableError
+from slurm_trigger.slurm.models import Job, JobsPage
+from slurm_trigger.tracker import LOST_REASON, REQUEUED, Tracker, event_id
 
 CLUSTER = "c1"
 T0 = datetime(2026, 11, 25, 4, 0, 0, tzinfo=timezone.utc)
@@ -383,8 +383,8 @@ def test_scheduled_handler_polls_and_emits_metrics(env, monkeypatch, capsys) -> 
 
 
 def test_record_metrics_counts_a_skipped_poll(capsys) -> None:
-    from chalicelib.observability import metrics
-    from chalicelib.tracker import PollResult, record_metrics
+    from slurm_trigger.observability import metrics
+    from slurm_trigger.tracker import PollResult, record_metrics
 
     record_metrics(PollResult(CLUSTER, skipped=True), metrics)
     metrics.flush_metrics()
@@ -615,7 +615,7 @@ RECORDED = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
 
 def recorded(release: str, name: str) -> Job:
     """A job as the dialect of the recording parses it."""
-    from chalicelib.slurm.dialects import DIALECTS
+    from slurm_trigger.slurm.dialects import DIALECTS
 
     body = json.loads((FIXTURES / release / f"{name}.json").read_text())
     return DIALECTS[release.split("-")[1]].parse_job(body["jobs"][0])

@@ -8,9 +8,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from chalicelib import setstore
-from chalicelib.cli import common_options, tracker_commands
-from chalicelib.jobstore import DynamoDBJobStore, TrackedJob, create_table
+from slurm_trigger import setstore
+from slurm_trigger_cli import common_options, tracker_commands
+from slurm_trigger.jobstore import DynamoDBJobStore, TrackedJob, create_table
 
 PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
 

@@ -11,8 +11,8 @@ import boto3
 import jsonschema
 import pytest
 
-from chalicelib.jobstore import LOST, TrackedJob
-from chalicelib.tracker import LOST_REASON, event_id, iso, resources, state_change_detail
+from slurm_trigger.jobstore import LOST, TrackedJob
+from slurm_trigger.tracker import LOST_REASON, event_id, iso, resources, state_change_detail
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((REPO / "schemas" / "slurm-job-state-change.schema.json").read_text())
@@ -147,8 +147,8 @@ class _Slurm:
         self.refuse = refuse
 
     def submit(self, sub):  # noqa: ANN001, ANN201
-        from chalicelib.slurm.errors import SlurmRejectedError
-        from chalicelib.slurm.models import SubmitResult
+        from slurm_trigger.slurm.errors import SlurmRejectedError
+        from slurm_trigger.slurm.models import SubmitResult
 
         if self.refuse:
             raise SlurmRejectedError("invalid partition specified", status=400, errors=[{"description": "Invalid partition name specified"}])
@@ -161,11 +161,11 @@ class _Slurm:
 @pytest.mark.parametrize("refuse, schema", [(False, "slurm-job-submitted"), (True, "slurm-job-submission-failed")])
 def test_the_triggers_events_match_their_schemas(aws, refuse: bool, schema: str) -> None:
     """The trigger's own events (its real code, a stub Slurm) against the schemas."""
-    from chalicelib.eventbus import EventBus
-    from chalicelib.idempotency import DynamoDBIdempotencyStore, create_table
-    from chalicelib.pipelines import load
-    from chalicelib.s3events import ObjectRef
-    from chalicelib.trigger import Trigger
+    from slurm_trigger.eventbus import EventBus
+    from slurm_trigger.idempotency import DynamoDBIdempotencyStore, create_table
+    from slurm_trigger.pipelines import load
+    from slurm_trigger.s3events import ObjectRef
+    from slurm_trigger.trigger import Trigger
 
     class Keep:
         def __init__(self) -> None:

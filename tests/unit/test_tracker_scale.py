@@ -9,9 +9,9 @@ from typing import Any, Iterable
 
 import boto3
 
-from chalicelib.eventbus import EventBus
-from chalicelib.jobstore import DynamoDBJobStore, TrackedJob, create_table
-from chalicelib.tracker import Tracker
+from slurm_trigger.eventbus import EventBus
+from slurm_trigger.jobstore import DynamoDBJobStore, TrackedJob, create_table
+from slurm_trigger.tracker import Tracker
 from tests.unit.test_tracker import CLUSTER, T0, FakeEvents, FakeSlurm
 
 JOBS = 120_000

@@ -14,12 +14,12 @@ import pytest
 import requests
 from fakeslurm import self_signed
 
-from chalicelib.settings import Settings
-from chalicelib.slurm import transport
-from chalicelib.slurm.auth import StaticToken
-from chalicelib.slurm.client import SlurmClient
-from chalicelib.slurm.errors import SlurmTLSError, SlurmUnavailableError
-from chalicelib.slurm.transport import TimeoutAdapter, build_session, retry_policy
+from slurm_trigger.settings import Settings
+from slurm_trigger.slurm import transport
+from slurm_trigger.slurm.auth import StaticToken
+from slurm_trigger.slurm.client import SlurmClient
+from slurm_trigger.slurm.errors import SlurmTLSError, SlurmUnavailableError
+from slurm_trigger.slurm.transport import TimeoutAdapter, build_session, retry_policy
 
 
 class Ping(BaseHTTPRequestHandler):

@@ -1,0 +1,142 @@
+"""The ``slurm-trigger`` command line.
+
+Each area of the product registers its own subcommands from one module
+(``slurm_commands``, ``trigger_commands``, ``redrive_commands``, ``tracker_commands``);
+this module only holds what they share: the cluster options, the output format and
+error reporting.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import sys
+from typing import Any, Callable, Sequence
+
+from slurm_trigger.settings import Settings
+from slurm_trigger.slurm.errors import SlurmError
+
+COMMAND_MODULES = ("slurm_commands", "trigger_commands", "redrive_commands", "tracker_commands", "examples_commands")
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options every subcommand takes; flags win over environment variables."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("cluster")
+    g.add_argument("-t", "--target", help="one of the deployment's clusters by name (env SLURM_TARGETS); default: the default one, SLURM_CLUSTER_NAME")
+    g.add_argument("-n", "--cluster-name", help="ParallelCluster name (env SLURM_CLUSTER_NAME)")
+    g.add_argument("-u", "--cluster-user", help="Slurm user, X-SLURM-USER-NAME (env SLURM_USER)")
+    g.add_argument("--url", help="slurmrestd base URL, e.g. https://10.0.0.5:8082 (env SLURM_URL); default: find the head node through EC2")
+    g.add_argument("--token", help="JWT to use instead of the Secrets Manager secret (env SLURM_TOKEN)")
+    g.add_argument("--token-secret", help="Secrets Manager id of the token (env SLURM_TOKEN_SECRET; default slurm_token_<cluster>)")
+    g.add_argument("--pcs-cluster", help="an AWS PCS cluster (id or name): endpoint and signing key from GetCluster, Bearer tokens minted here (env SLURM_PCS_CLUSTER; needs SLURM_UID/SLURM_GID)")
+    g.add_argument("--jwt-key-file", help="mint tokens from this HS256 key file, e.g. a copy of jwt_hs256.key (env SLURM_JWT_KEY_FILE)")
+    g.add_argument("--jwt-key-secret", help="mint tokens from the key in this Secrets Manager secret (env SLURM_JWT_KEY_SECRET)")
+    g.add_argument("--auth-header", choices=("x-slurm", "bearer"), help="send the token as X-SLURM-USER-TOKEN (default) or Authorization: Bearer (env SLURM_AUTH_HEADER)")
+    g.add_argument("--api-version", help="pin the REST version, e.g. v0.0.40 (env SLURM_API_VERSION); default: newest both sides know")
+    g.add_argument("--ca-bundle", help="PEM file that signs or is the head node's certificate (env SLURM_CA_BUNDLE)")
+    g.add_argument("--public-ip", action="store_true", default=None, help="use the head node's public IP (env SLURM_USE_PUBLIC_IP)")
+    g.add_argument("--insecure", action="store_true", default=None, help="do not verify TLS (logs a warning; env SLURM_INSECURE)")
+    p.add_argument("--format", choices=("json", "table"), default="json", help="output format (default: json)")
+    return p
+
+
+_FLAG_TO_SETTING = {
+    "cluster_name": "cluster_name",
+    "cluster_user": "slurm_user",
+    "url": "slurm_url",
+    "token": "token",
+    "token_secret": "token_secret",
+    "pcs_cluster": "pcs_cluster",
+    "jwt_key_file": "jwt_key_file",
+    "jwt_key_secret": "jwt_key_secret",
+    "auth_header": "auth_header",
+    "api_version": "api_version",
+    "ca_bundle": "ca_bundle",
+    "public_ip": "use_public_ip",
+    "insecure": "insecure",
+}
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Environment first (the target ``--target`` names), then any flag the user gave."""
+    overrides = {
+        setting: getattr(args, flag)
+        for flag, setting in _FLAG_TO_SETTING.items()
+        if getattr(args, flag, None) is not None
+    }
+    return dataclasses.replace(Settings.from_env().target(getattr(args, "target", None)), **overrides)
+
+
+def emit(data: Any, fmt: str, columns: Sequence[str] | None = None) -> None:
+    """Print JSON, or a plain table of ``columns`` for a list of dicts."""
+    if fmt == "table" and columns is not None:
+        rows = data if isinstance(data, list) else [data]
+        cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+        widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+        print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+        for row in cells:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    else:
+        json.dump(data, sys.stdout, indent=2, default=str)
+        print()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slurm-trigger",
+        description="Submit and follow Slurm jobs on an AWS ParallelCluster head node through slurmrestd.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"slurm_trigger_cli.{name}")
+        # A fresh parent per module: argparse shares the parent's actions, so one
+        # module's set_defaults(format=...) would otherwise change every command's default.
+        module.register(sub, common_options())
+    return parser
+
+
+def command_first(argv: Sequence[str]) -> list[str]:
+    """``slurm-trigger -n c -u ec2-user submit-job -j f`` (the seed ``slurmapi.py``'s order)
+    as ``submit-job -n c -u ec2-user -j f``: the shared options may stand before the
+    command too. argparse alone cannot do this: a subcommand's defaults overwrite what
+    the main parser read before it."""
+    takes_value = {
+        flag
+        for action in common_options()._actions
+        if action.nargs is None and not isinstance(action, argparse._StoreConstAction) and action.option_strings
+        for flag in action.option_strings
+    }
+    argv = list(argv)
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if not word.startswith("-"):
+            return [word, *argv[:i], *argv[i + 1 :]] if i else argv
+        if word == "--":
+            break
+        i += 2 if word in takes_value else 1
+    return argv
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(command_first(sys.argv[1:] if argv is None else argv))
+    handler: Callable[[argparse.Namespace], int | None] = args.handler
+    try:
+        return handler(args) or 0
+    except SlurmError as exc:
+        json.dump({"error": exc.to_dict()}, sys.stderr, indent=2, default=str)
+        print(f"\nslurm-trigger: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as exc:
+        print(f"slurm-trigger: {exc}", file=sys.stderr)
+        return 2
