@@ -61,7 +61,7 @@ def test_shipped_examples_validate(venv: Path, tmp_path: Path) -> None:
     """The examples come out of the package; validate reads ./pipelines by default."""
     done = run(venv, "slurm-trigger", "examples", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "pipelines" / "scripts" / "align.sh").stat().st_mode & 0o111  # still executable
+    assert (tmp_path / "pipelines" / "scripts" / "align-pair.sh").stat().st_mode & 0o111  # still executable
     done = run(venv, "slurm-trigger", "validate", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
