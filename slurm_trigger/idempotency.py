@@ -115,6 +115,10 @@ class Claim:
         return self.state == SUBMITTED
 
 
+# What ``record_many`` takes per key: (claim, job id, outbox[, the job to keep])
+RecordEntry = tuple[Claim, int, Mapping[str, Any]] | tuple[Claim, int, Mapping[str, Any], Mapping[str, Any] | None]
+
+
 class IdempotencyStore(ABC):
     """Claims keyed by idempotency key. Every write but ``claim`` raises
     ``ClaimLostError`` (and changes nothing) when ``claim.owner`` no longer holds it."""
@@ -160,13 +164,19 @@ class IdempotencyStore(ABC):
         """``claim`` of each key (all different)."""
         return [_attempt(lambda k=k: self.claim(k, lease_seconds)) for k in keys]
 
-    def record_many(self, entries: Sequence[tuple[Claim, int, Mapping[str, Any]]]) -> list[Exception | None]:
-        """``record`` of each ``(claim, job_id, outbox)``."""
+    def record_many(self, entries: Sequence[RecordEntry]) -> list[Exception | None]:
+        """``record`` of each ``(claim, job_id, outbox[, job])``."""
         return [_attempt(lambda e=e: self.record(*e)) for e in entries]
 
     def complete_many(self, claims: Sequence[Claim]) -> list[Exception | None]:
         """``complete`` of each claim."""
         return [_attempt(lambda c=c: self.complete(c)) for c in claims]
+
+
+def _wire_size(request: Mapping[str, Any]) -> int:
+    """About the bytes ``request`` takes on the wire: JSON, binary values (a kept job)
+    as base64."""
+    return len(json.dumps(request, default=lambda b: "=" * (4 * ((len(b) + 2) // 3))))
 
 
 def _attempt(write: Callable[[], T]) -> T | Exception:
@@ -267,8 +277,8 @@ class DynamoDBIdempotencyStore(IdempotencyStore):
         answers = self._transact(list(keys), put, refused)
         return [Claim(k, FRESH, owners[k]) if a is None else a for k, a in zip(keys, answers)]
 
-    def record_many(self, entries: Sequence[tuple[Claim, int, Mapping[str, Any]]]) -> list[Exception | None]:
-        def refused(entry: tuple[Claim, int, Mapping[str, Any]], item: dict[str, Any] | None) -> Exception | None:
+    def record_many(self, entries: Sequence[RecordEntry]) -> list[Exception | None]:
+        def refused(entry: RecordEntry, item: dict[str, Any] | None) -> Exception | None:
             return ClaimLostError(entry[0].key) if item is not None else _attempt(lambda: self.record(*entry))
 
         return self._transact(list(entries), lambda e: {"Update": self._record_args(*e)}, refused)
@@ -297,7 +307,7 @@ class DynamoDBIdempotencyStore(IdempotencyStore):
             chunk, size, ops = [], 0, []
             for i in pending:
                 o = op(items[i])
-                o_size = len(json.dumps(o))
+                o_size = _wire_size(o)
                 if chunk and (len(chunk) == TRANSACTION_ITEMS or size + o_size > TRANSACTION_BYTES):
                     break
                 chunk.append(i)

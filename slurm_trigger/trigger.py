@@ -236,7 +236,7 @@ class Trigger:
     ) -> dict[str, list[dict[str, Any]] | BaseException]:
         """Each message's outcomes, or the first error of its objects (after all of
         them were tried). Single-job pipelines' objects go through
-        ``submit_rendered_many`` at once; sets, steps and retrying pipelines one by one."""
+        ``submit_rendered_many`` at once; sets and steps one by one, as ever."""
         outcomes: dict[str, list[Outcome]] = {}
         errors: dict[str, BaseException] = {}
         units: list[tuple[str, ObjectRef, Pipeline, Source, JobSubmission]] = []
@@ -270,9 +270,7 @@ class Trigger:
                     continue
                 for pipeline in matched:
                     meta = metadata if pipeline.metadata else None
-                    if pipeline.collect is not None or len(pipeline.jobs) > 1 or pipeline.retry is not None:
-                        # (a retrying pipeline's first attempt is stamped and its job kept
-                        # by submit_rendered; the batch does not do that yet)
+                    if pipeline.collect is not None or len(pipeline.jobs) > 1:
                         one_by_one.append((message, ref, pipeline, meta))
                         continue
                     [step] = pipeline.jobs
@@ -413,8 +411,7 @@ class Trigger:
         key = source.idempotency_key
         if not key:
             raise ValueError("submit_rendered needs a source with its idempotency key")
-        policy = self._retry_of.get(source.pipeline)
-        source, job = first_attempt(source, policy, job)
+        source, job = first_attempt(source, self._retry_of.get(source.pipeline), job)
         if deadline is None:
             deadline = self.clock() + self.window_seconds
         claim = self.store.claim(key, max(0.0, deadline - self.clock()) + self.settle_seconds)
@@ -428,28 +425,32 @@ class Trigger:
             return made
         job_id, event = made
         try:
-            # a pipeline that retries keeps its first attempt's job, for the tracker to submit again
-            kept = job.to_dict() if policy is not None and source.attempt == 1 else None
-            self.store.record(claim, job_id, dataclasses.asdict(event), kept)
-        except ClaimLostError:
-            # This attempt outlived its lease and another took the claim over; that one
-            # asked Slurm after this job could exist, so it adopts it: nothing to do here.
-            logger.warning(
-                "claim taken over while this attempt submitted: the attempt holding it adopts the job",
-                extra={"key": key, "job_id": job_id, "pipeline": source.pipeline},
-            )
-            return Outcome("superseded", source.bucket, source.key, source.pipeline, job_id, key)
-        except Exception:
-            # The residual window: the job exists but could not be recorded. Hand the
-            # claim over now (if the table takes that), so the retry asks Slurm soon,
-            # while the job is still in /jobs (or accounting), and adopts it.
-            logger.error(
-                "job submitted but not recorded: the next attempt adopts it by its comment",
-                extra={"key": key, "job_id": job_id, "pipeline": source.pipeline},
-            )
-            self._quietly(self.store.expire, claim)
+            self.store.record(claim, job_id, dataclasses.asdict(event), self._kept(source, job))
+        except Exception as exc:
+            unrecorded = self._unrecorded(claim, source, job_id, exc)
+            if isinstance(unrecorded, Outcome):
+                return unrecorded
             raise
         return self._publish(claim, source, event, resumed=False)
+
+    def _kept(self, source: Source, job: JobSubmission) -> dict[str, Any] | None:
+        """What a record keeps of the job: a retrying pipeline's first attempt, for the
+        tracker to submit again; nothing otherwise."""
+        return job.to_dict() if source.pipeline in self._retry_of and source.attempt == 1 else None
+
+    def _unrecorded(self, claim: Claim, source: Source, job_id: int, exc: BaseException) -> Outcome | BaseException:
+        """The job exists, but its record write failed with ``exc``: "superseded" when
+        another attempt took the claim over (it asked Slurm after this job could exist,
+        so it adopts it), else ``exc`` to raise, after handing the claim over now (if
+        the table takes that), so the retry asks Slurm soon, while the job is still in
+        /jobs (or accounting), and adopts it."""
+        extra = {"key": claim.key, "job_id": job_id, "pipeline": source.pipeline}
+        if isinstance(exc, ClaimLostError):
+            logger.warning("claim taken over while this attempt submitted: the attempt holding it adopts the job", extra=extra)
+            return Outcome("superseded", source.bucket, source.key, source.pipeline, job_id, claim.key)
+        logger.error("job submitted but not recorded: the next attempt adopts it by its comment", extra=extra)
+        self._quietly(self.store.expire, claim)
+        return exc
 
     def submit_rendered_many(
         self, items: Sequence[tuple[Source, JobSubmission]], *, deadline: float | None = None
@@ -466,6 +467,7 @@ class Trigger:
         alone (a duplicate by then)."""
         if not items:
             return []
+        items = [first_attempt(source, self._retry_of.get(source.pipeline), job) for source, job in items]
         if deadline is None:
             deadline = self.clock() + self.window_seconds
         results: list[Outcome | BaseException | None] = [None] * len(items)
@@ -507,24 +509,14 @@ class Trigger:
                 results[i] = written
             else:  # failed for good and released: report it with the batch's events
                 to_publish.append((i, None, self._failure_event(items[i][0], tried.failed), False))
-        recorded = self.store.record_many([(c, job_id, dataclasses.asdict(e)) for _, c, job_id, e in to_record])
+        recorded = self.store.record_many(
+            [(c, job_id, dataclasses.asdict(e), self._kept(*items[i])) for i, c, job_id, e in to_record]
+        )
         for (i, claim, job_id, event), refused in zip(to_record, recorded):
-            source = items[i][0]
             if refused is None:
                 to_publish.append((i, claim, event, False))
-            elif isinstance(refused, ClaimLostError):
-                logger.warning(
-                    "claim taken over while this attempt submitted: the attempt holding it adopts the job",
-                    extra={"key": claim.key, "job_id": job_id, "pipeline": source.pipeline},
-                )
-                results[i] = Outcome("superseded", source.bucket, source.key, source.pipeline, job_id, claim.key)
             else:
-                logger.error(
-                    "job submitted but not recorded: the next attempt adopts it by its comment",
-                    extra={"key": claim.key, "job_id": job_id, "pipeline": source.pipeline},
-                )
-                self._quietly(self.store.expire, claim)
-                results[i] = refused
+                results[i] = self._unrecorded(claim, items[i][0], job_id, refused)
         unpublished: dict[int, BaseException] = {}
         try:
             self.bus.put([event for _, _, event, _ in to_publish])

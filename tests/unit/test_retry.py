@@ -251,6 +251,32 @@ job: {script: "#!/bin/bash\\nexit 3\\n", comment: mine}
     assert sorted(set(states)) == [(first.job_id, 1), (second, 2)]
 
 
+def test_an_sqs_batch_stamps_and_keeps_a_retrying_pipelines_first_attempt(aws, tmp_path: Path) -> None:
+    """The SQS route batches single-job pipelines (submit_rendered_many): a retrying
+    pipeline's jobs there are stamped attempt 1 and kept, as on the single path."""
+    from slurm_trigger.idempotency import idempotency_key
+    from slurm_trigger.s3events import ObjectRef
+    from slurm_trigger.trigger import render_job
+
+    db = boto3.client("dynamodb", region_name="us-east-1")
+    create_claims(db, "claims")
+    pipeline = parse_pipeline(yaml.safe_load("""
+name: p
+match: {prefix: "in/"}
+retry: {attempts: 2, exit_codes: [3]}
+job: {script: "#!/bin/bash\\nexit 3\\n", comment: mine}
+"""), tmp_path / "p.yaml")
+    slurm, store = Slurm(), DynamoDBIdempotencyStore(db, "claims")
+    trigger = Trigger(pipelines=[pipeline], client=slurm, store=store, bus=EventBus(Events(), "default", "s"), cluster="c1")
+    refs = [ObjectRef("b", f"in/{n}", size=1, etag="e", version_id="v1") for n in "xy"]
+    sources = [Source(r.bucket, r.key, "p", r.version_id, r.etag, idempotency_key=idempotency_key("p", r)) for r in refs]
+    made = trigger.submit_rendered_many([(src, render_job(r, pipeline, None, src)) for r, src in zip(refs, sources)])
+    assert [o.status for o in made] == ["submitted", "submitted"]  # type: ignore[union-attr]
+    for outcome in made:
+        assert provenance.decode(slurm.jobs[outcome.job_id].comment).attempt == 1  # type: ignore[union-attr]
+        assert store.kept_job(outcome.idempotency_key)["comment"].startswith("mine slurm-trigger:")  # type: ignore[union-attr]
+
+
 def test_the_tracker_builds_its_retrier_only_for_a_job_with_an_attempt() -> None:
     from slurm_trigger.retry import OnDemand
 
