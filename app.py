@@ -36,11 +36,12 @@ POLL_RATE_MINUTES = int(os.environ.get("POLL_RATE_MINUTES") or 1)
 def _trackers() -> tuple[Tracker, ...]:
     """One per target and container: token caches and HTTP connections survive warm starts."""
     from slurm_trigger.settings import Settings
-    from slurm_trigger.slurm import build_client
     from slurm_trigger.tracker import build_tracker
 
     ddb, events = boto3.client("dynamodb"), boto3.client("events")
-    return tuple(build_tracker(s, build_client(s), ddb, events) for s in Settings.from_env().targets().values())
+    return tuple(
+        build_tracker(s, dynamodb_client=ddb, events_client=events) for s in Settings.from_env().targets().values()
+    )
 
 
 @app.schedule(Rate(POLL_RATE_MINUTES, unit=Rate.MINUTES))
