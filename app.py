@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from slurm_trigger.tracker import Tracker
     from slurm_trigger.trigger import Trigger
 
-app = Chalice(app_name="slurm-trigger")
+# Logs are the Powertools Logger's JSON lines (slurm_trigger/observability.py): Chalice's own
+# handler would sit on the same "slurm-trigger" logger and print each line a second time.
+app = Chalice(app_name="slurm-trigger", configure_logs=False)
 
 
 def _flush_metrics() -> None:
