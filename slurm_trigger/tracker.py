@@ -52,6 +52,16 @@ class SlurmJobs(Protocol):
 
     def get_job(self, job_id: int) -> Job: ...
 
+    @property
+    def serves_job_states(self) -> bool:
+        """``job_states`` can be asked (v0.0.40+); read with ``getattr`` too."""
+
+    def job_states(self, job_ids: Any = None) -> dict[int, str]:
+        """Job id → base state of every job (``GET /jobs/state``)."""
+
+    def get_jobs(self, job_ids: Any) -> JobsPage:
+        """The jobs of these ids slurmctld holds, one ``GET /job/{id}`` each."""
+
     def diag(self) -> dict[str, Any]: ...
 
     @property
@@ -70,6 +80,7 @@ class PollResult:
     skipped: bool = False
     sweep: bool = False
     changed: bool = False
+    listing: str = ""  # how Slurm was asked: "jobs" (GET /jobs) or "states" (/jobs/state, then details)
     jobs_seen: int = 0
     tracked_seen: int = 0
     transitions: list[dict[str, Any]] = field(default_factory=list)
@@ -91,6 +102,11 @@ class PollResult:
 # Jobs diffed, published and saved together: bounds a poll's memory, whatever the
 # number of jobs that changed (a first poll over 100,000 jobs is 200 chunks).
 CHUNK = 500
+
+# Jobs a steady poll fetches one by one at most (``GET /job/{id}``) once ``/jobs/state``
+# showed them new or moved; more, and it lists ``/jobs`` instead. 50 fetches of ~8.5 KB
+# weigh what 80 jobs of a listing do, and each is one slurmctld RPC.
+MAX_DETAILS = 50
 
 # A listed job whose state differs from ``known``: parsed, its source, its new fingerprint.
 _Moved = tuple[Job, Source | None, str]
@@ -133,6 +149,7 @@ class Tracker:
         lease_seconds: float = 300,
         max_changes: int = 2000,
         max_lookups: int = 200,
+        max_details: int = MAX_DETAILS,
         lost_after: float = 600,
         owner: str | None = None,
         clock: Any = time.time,
@@ -147,6 +164,7 @@ class Tracker:
         self.lease_seconds = lease_seconds
         self.max_changes = max_changes
         self.max_lookups = max_lookups
+        self.max_details = max_details
         self.lost_after = lost_after
         self.owner = owner or uuid.uuid4().hex
         self._clock = clock
@@ -182,13 +200,16 @@ class Tracker:
         cursor = self.store.load_cursor(self.cluster)
         now = self._clock()
         result.sweep = self._wants_sweep(cursor, now) if sweep is None else sweep
-        page, slurm_now = self._list(cursor, result)
+        page, slurm_now, top = self._list(cursor, result)
         moved, listed = self._scan(page, cursor, result)
+        top = top if top is not None or not page.changed else max(listed, default=None)
         del page  # the decoded answer goes before the events are built
         self._update_vanished(cursor, listed, result.sweep)
         moved = self._bounded(moved, result)
         error = self._publish_and_save(moved, cursor, iso(now), lookups_until, result)
         done = error is None and not result.deferred and not result.retries_pending
+        if done and top is not None:
+            cursor.top_job_id = top
         self._save_cursor(cursor, slurm_now if done else None,
                           now if result.sweep and error is None else None, result)
         if error is not None:
@@ -197,13 +218,25 @@ class Tracker:
     def _wants_sweep(self, cursor: Cursor, now: float) -> bool:
         return cursor.update_time is None or cursor.last_sweep is None or now - cursor.last_sweep >= self.sweep_seconds
 
-    def _list(self, cursor: Cursor, result: PollResult) -> tuple[JobsPage, int | None]:
-        """Slurm's listing (all jobs on a sweep, else those since the cursor), and Slurm's
-        clock for the next cursor (None: nothing changed, the cursor stays)."""
+    def _list(self, cursor: Cursor, result: PollResult) -> tuple[JobsPage, int | None, int | None]:
+        """Slurm's listing (all jobs on a sweep, else those since the cursor), Slurm's
+        clock for the next cursor (None: the cursor stays), and the highest job id Slurm
+        holds when the listing does not show every job (None: read it from the listing).
+
+        A steady poll of a cluster that serves ``/jobs/state`` asks it first and fetches
+        only the jobs it shows new or moved, unless they are more than ``max_details``
+        (``update_time`` is global: any change lists every job, ~5.5 KB each)."""
+        if not result.sweep and cursor.top_job_id is not None and getattr(self.client, "serves_job_states", False):
+            states = self.client.job_states()
+            wanted = _moved_states(states, cursor)
+            if len(wanted) <= self.max_details:
+                result.listing, result.changed = "states", bool(wanted)
+                page = self.client.get_jobs(wanted) if wanted else JobsPage(jobs=(), changed=False)
+                return page, None, max(cursor.top_job_id, *states) if wanted else None
         asked = time.monotonic()
         page = self.client.list_jobs(None if result.sweep else cursor.update_time)
-        result.changed = page.changed
-        return page, (page.last_update or self._server_time(asked)) if page.changed else None
+        result.listing, result.changed = "jobs", page.changed
+        return page, (page.last_update or self._server_time(asked)) if page.changed else None, None
 
     def _update_vanished(self, cursor: Cursor, listed: set[int], sweep: bool) -> None:
         """On a sweep, queue each tracked unfinished job the listing lacks (a finished
@@ -455,6 +488,21 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def _moved_states(states: dict[int, str], cursor: Cursor) -> list[int]:
+    """The jobs of a ``/jobs/state`` answer that a full listing's scan would parse: a
+    known job in another base state, and a job ``known`` lacks above ``top_job_id`` (one
+    below it was listed before and is not tracked). What a state cannot show (a requeue
+    or a reused id back in the same state: a new submit time) waits for the next sweep."""
+    top = cursor.top_job_id or 0
+    known = cursor.known
+    moved = []
+    for job_id, state in states.items():
+        fp = known.get(job_id)
+        if (fp is None and job_id > top) or (fp is not None and _state_of(fp) != state):
+            moved.append(job_id)
+    return moved
 
 
 def _state_of(fp: str) -> str:
