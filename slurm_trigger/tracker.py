@@ -8,7 +8,9 @@ and every save is conditional on the state it replaces.
 Slurm answers ``GET /jobs?update_time=`` with every job as soon as any job changed, so
 the page is diffed in memory against the cursor's ``known`` map first: the store is
 read and written for the jobs whose state moved, not for every job of the cluster.
-The next ``update_time`` is Slurm's own clock from that answer. Every ``sweep_seconds``
+The next ``update_time`` is Slurm's own clock from that answer. Where slurmctld serves
+``/jobs/state`` (v0.0.41+), a steady poll asks it instead (ids and states, ~1% of the
+bytes) and fetches the details of only the jobs it shows new or moved. Every ``sweep_seconds``
 the poll lists all jobs without ``update_time``; each tracked unfinished job no longer
 listed joins the cursor's ``vanished`` queue, which every poll works through a bounded
 share of: by id in slurmctld, then in accounting (slurmdbd) where the cluster has it;
@@ -34,6 +36,7 @@ from slurm_trigger.jobevents import DETAIL_TYPE, POLLED, event_id, job_resources
 from slurm_trigger.jobstore import LOST, TRACKER_FINAL_STATES, Cursor, DynamoDBJobStore, JobStore, TrackedJob
 from slurm_trigger.observability import SERVICE, logger, tracer
 from slurm_trigger.provenance import Source
+from slurm_trigger.slurm.client import details_budget
 from slurm_trigger.slurm.dialects import server_time
 from slurm_trigger.slurm.errors import SlurmError, SlurmNotFoundError
 from slurm_trigger.slurm.models import Job, JobKey, JobsPage, job_key
@@ -44,9 +47,10 @@ COMPLETING = "COMPLETING"
 
 
 class SlurmJobs(Protocol):
-    """The part of ``SlurmClient`` the tracker uses. ``diag``, ``accounting`` and
-    ``get_accounting_job`` are read with ``getattr``: a client without them works,
-    with the cursor from ``last_update`` only and ``LOST`` instead of accounting."""
+    """The part of ``SlurmClient`` the tracker uses. ``diag``, ``accounting``,
+    ``get_accounting_job`` and ``serves_job_states`` are read with ``getattr``: a client
+    without them works, with the cursor from ``last_update`` only, ``LOST`` instead of
+    accounting, and every poll a listing of ``/jobs``."""
 
     def list_jobs(self, update_time: int | None = None) -> JobsPage: ...
 
@@ -54,7 +58,7 @@ class SlurmJobs(Protocol):
 
     @property
     def serves_job_states(self) -> bool:
-        """``job_states`` can be asked (v0.0.40+); read with ``getattr`` too."""
+        """``job_states`` can be asked (v0.0.41+); read with ``getattr`` too."""
 
     def job_states(self, job_ids: Any = None) -> dict[int, str]:
         """Job id → base state of every job (``GET /jobs/state``)."""
@@ -103,11 +107,6 @@ class PollResult:
 # number of jobs that changed (a first poll over 100,000 jobs is 200 chunks).
 CHUNK = 500
 
-# Jobs a steady poll fetches one by one at most (``GET /job/{id}``) once ``/jobs/state``
-# showed them new or moved; more, and it lists ``/jobs`` instead. 50 fetches of ~8.5 KB
-# weigh what 80 jobs of a listing do, and each is one slurmctld RPC.
-MAX_DETAILS = 50
-
 # A listed job whose state differs from ``known``: parsed, its source, its new fingerprint.
 _Moved = tuple[Job, Source | None, str]
 
@@ -149,7 +148,7 @@ class Tracker:
         lease_seconds: float = 300,
         max_changes: int = 2000,
         max_lookups: int = 200,
-        max_details: int = MAX_DETAILS,
+        max_details: int | None = None,
         lost_after: float = 600,
         owner: str | None = None,
         clock: Any = time.time,
@@ -225,14 +224,15 @@ class Tracker:
 
         A steady poll of a cluster that serves ``/jobs/state`` asks it first and fetches
         only the jobs it shows new or moved, unless they are more than ``max_details``
-        (``update_time`` is global: any change lists every job, ~5.5 KB each)."""
+        (default: the client's ``details_budget``, 1% of the jobs): ``update_time`` is
+        global, any change lists every job, ~5.5 KB each."""
         if not result.sweep and cursor.top_job_id is not None and getattr(self.client, "serves_job_states", False):
             states = self.client.job_states()
             wanted = _moved_states(states, cursor)
-            if len(wanted) <= self.max_details:
+            if len(wanted) <= (self.max_details or details_budget(len(states))):
                 result.listing, result.changed = "states", bool(wanted)
                 page = self.client.get_jobs(wanted) if wanted else JobsPage(jobs=(), changed=False)
-                return page, None, max(cursor.top_job_id, *states) if wanted else None
+                return page, None, max(max(states), cursor.top_job_id) if wanted else None
         asked = time.monotonic()
         page = self.client.list_jobs(None if result.sweep else cursor.update_time)
         result.listing, result.changed = "jobs", page.changed
@@ -275,8 +275,9 @@ class Tracker:
                 change = self._diff(job, src, stored.get(job.job_id), updated_at)
                 if change:
                     changes.append(change)
-                else:  # known was stale (e.g. a crash after saving the job): refresh only
-                    cursor.known[job.job_id] = fp
+                elif COMPLETING not in job.state_flags:  # known was stale (e.g. a crash after saving the job): refresh only
+                    cursor.known[job.job_id] = fp  # (a requeue still completing is looked at again: a state
+                    # poll would not, its base state being the new run's already)
             failed += self._publish(changes, cursor, result)
         todo = list(cursor.vanished)[: self.max_lookups or None]
         if todo:

@@ -58,9 +58,15 @@ ACCOUNTING_SEARCH_SECONDS = 7 * 24 * 3600
 # How far slurmctld's clock may be behind the caller's when ``since`` bounds a search
 # (both NTP-synced on EC2; generous, it only adds a few jobs to look at).
 CLOCK_SKEW_SECONDS = 60
-# Jobs a bounded search fetches one by one at most before it lists all of /jobs instead:
-# 50 x ~8.5 KB is what 80 jobs of a full listing weigh, and each is one slurmctld RPC.
-SEARCH_DETAILS = 50
+
+
+def details_budget(jobs: int) -> int:
+    """How many of ``jobs`` (what slurmctld holds) are worth fetching one by one
+    (``GET /job/{id}``, ~8.5 KB and one slurmctld RPC each) rather than listing all of
+    ``/jobs`` (~5.5 KB a job, one RPC that packs every job): 1%, at least 20, at most
+    1,000 (a few seconds of calls)."""
+    return max(20, min(1000, jobs // 100))
+
 
 
 class SlurmClient:
@@ -216,16 +222,17 @@ class SlurmClient:
 
     @property
     def serves_job_states(self) -> bool:
-        """Whether ``job_states`` can be asked (v0.0.40+: Slurm 23.11 and later)."""
+        """Whether ``job_states`` can be asked (v0.0.41+: Slurm 24.05 and later; v0.0.40's
+        answer names array tasks by their array's id, see ``dialects``)."""
         return self.dialect.job_states
 
     def job_states(self, job_ids: Iterable[int] | None = None) -> dict[int, str]:
         """Job id → base state of every job slurmctld holds (of ``job_ids`` only, if
         given; ids it does not know are absent), from ``GET /jobs/state``: ~1% of the
-        bytes of ``/jobs``. ``SlurmVersionError`` on v0.0.38/v0.0.39, which lack it."""
+        bytes of ``/jobs``. ``SlurmVersionError`` on v0.0.38–v0.0.40 (see ``serves_job_states``)."""
         dialect = self.dialect
         if not dialect.job_states:
-            raise SlurmVersionError(f"{dialect.version} has no /jobs/state (v0.0.40 and later do)", url=self.base_url)
+            raise SlurmVersionError(f"{dialect.version} has no usable /jobs/state (v0.0.41 and later do)", url=self.base_url)
         if job_ids is not None:
             job_ids = list(job_ids)
             if not job_ids:
@@ -285,7 +292,7 @@ class SlurmClient:
         to jobs of that name (slurmdbd cannot filter by comment; a busy user's week of
         jobs is too much to download on every takeover). ``since`` (epoch seconds), when
         the caller knows the job cannot have been submitted before it, lets slurmctld be
-        asked for the newest jobs only (``_newest_jobs``) instead of all of ``/jobs``."""
+        asked for the newest jobs only (``_newest_jobs``, v0.0.41+) instead of all of ``/jobs``."""
         newest = self._newest_jobs(since) if since is not None and self.dialect.job_states else None
         listed = newest if newest is not None else self.list_jobs().jobs
         found = {j.job_id: j for j in listed if j.comment and substring in j.comment}
@@ -298,34 +305,38 @@ class SlurmClient:
 
     def _newest_jobs(self, since: float) -> list[Job] | None:
         """Every job slurmctld holds that may have been submitted at or after ``since``,
-        or None when more than ``SEARCH_DETAILS`` would have to be fetched to know (the
-        caller lists all of ``/jobs`` then).
+        or None when more than ``details_budget`` of them would have to be fetched to
+        know (the caller lists all of ``/jobs`` then).
 
         Slurm numbers jobs in the order it creates them, and a job's ``submit_time`` is
         never before its creation (a requeue only moves it later), so walking the ids of
         ``/jobs/state`` downwards, the first job submitted before ``since`` (less the clock
         skew) ends the walk: every lower id was created before it. An array task split off
         later gets a new id but keeps the array's submit time, so it never ends the walk.
-        When ids wrapped around (``MaxJobId``), the lowest id is a newer job than the
-        highest: one more fetch checks that, and the full listing is used then."""
+        When ids wrapped around (``MaxJobId``), the lowest ids are newer jobs than the
+        highest: ``_wrapped`` checks, and the full listing is used then."""
         before = since - CLOCK_SKEW_SECONDS
         ids = sorted(self.job_states(), reverse=True)
         newest: list[Job] = []
-        for job_id in ids[:SEARCH_DETAILS]:
+        for job_id in ids[: details_budget(len(ids))]:
             for job in self.get_jobs([job_id]).jobs:  # none when it left meanwhile
-                submitted = job.submit_time.timestamp() if job.submit_time else None
-                if submitted is not None and submitted < before and job.array_job_id in (None, job.job_id):
-                    return newest if self._ids_in_order(ids, job) else None
+                if _created_before(job, before):
+                    return None if self._wrapped(ids, job) else newest
                 newest.append(job)
-        return newest if len(ids) <= SEARCH_DETAILS else None
+        return newest if len(ids) <= details_budget(len(ids)) else None
 
-    def _ids_in_order(self, ids: list[int], boundary: Job) -> bool:
-        """The lowest id (``ids`` is sorted downwards) was not submitted after ``boundary``,
-        a job the walk from the highest id reached: no wrap-around put new jobs below."""
-        lowest = self.get_jobs(ids[-1:]).jobs
-        if not lowest or lowest[0].job_id == boundary.job_id:
-            return True
-        return not (lowest[0].submit_time and boundary.submit_time and lowest[0].submit_time > boundary.submit_time)
+    def _wrapped(self, ids: list[int], boundary: Job) -> bool:
+        """Whether the lowest ids (``ids`` is sorted downwards) may be newer jobs than
+        ``boundary``, which the walk from the highest id reached: the first of the three
+        lowest that shows its creation time (not requeued, not a split array task) says.
+        A wrap-around (MaxJobId) puts new jobs below old ones; unsure counts as wrapped."""
+        for job_id in reversed(ids[-3:]):
+            if job_id == boundary.job_id:
+                return False
+            for job in self.get_jobs([job_id]).jobs:
+                if job.restarts == 0 and job.array_job_id in (None, job.job_id) and job.submit_time:
+                    return boundary.submit_time is None or job.submit_time > boundary.submit_time
+        return True
 
     # --- accounting (slurmdbd)
     def get_accounting_job(self, job_id: int) -> Job | None:
@@ -442,6 +453,13 @@ class SlurmClient:
         body = decode(content, decoder)
         text = content.decode(resp.encoding or "utf-8", "replace").strip()[:300] if body is None else ""
         return resp.status_code, body, text
+
+
+def _created_before(job: Job, moment: float) -> bool:
+    """The job was certainly made before ``moment``: submitted before it, and its submit
+    time is its creation (no requeue moved it; not an array task split off later)."""
+    submitted = job.submit_time.timestamp() if job.submit_time else None
+    return submitted is not None and submitted < moment and job.restarts == 0 and job.array_job_id in (None, job.job_id)
 
 
 def decode(content: bytes, decoder: Callable[[bytes], Any] | None = None) -> Any:

@@ -288,7 +288,7 @@ _JOBS_DECODER = msgspec.json.Decoder(JobsAnswer)
 
 
 class JobStateEntry(msgspec.Struct, gc=False):
-    """One entry of ``GET /jobs/state`` (v0.0.40+): ``job_id`` is a string, ``"6383"``,
+    """One entry of ``GET /jobs/state`` (v0.0.41+): ``job_id`` is a string, ``"6383"``,
     ``"6383_1"`` for an array task (its own id, then its index) or ``"6382_3"`` for each
     index of an array's pending remainder (the array's id); ``state`` is a job_state list."""
 
@@ -395,8 +395,8 @@ class Dialect:
     def jobs_params(self, update_time: int | None) -> dict[str, str]:
         return {} if update_time is None else {"update_time": str(int(update_time))}
 
-    # Whether slurmctld serves ``GET /jobs/state`` (v0.0.40+): ids and states only, about
-    # 50 bytes a job where ``/jobs`` sends about 5,500.
+    # Whether ``GET /jobs/state`` is used (v0.0.41+, see Dialect40): ids and states only,
+    # about 50 bytes a job where ``/jobs`` sends about 5,500.
     job_states = False
 
     def job_states_params(self, job_ids: Iterable[int] | None) -> list[tuple[str, str]]:
@@ -637,7 +637,12 @@ class Dialect40(Dialect39):
     def jobs_params(self, update_time: int | None) -> dict[str, str]:
         return {} if update_time is None else {"update_time": f"uts{int(update_time)}"}
 
-    job_states = True
+    @property
+    def job_states(self) -> bool:  # type: ignore[override]
+        """From v0.0.41 (Slurm 24.05): v0.0.40 names every array task by the array's id
+        (24.11: ``"6596_0"`` for task 0, which runs as job 6597; v0.0.41 says ``"6597_0"``),
+        so its answer cannot say which job of an array moved."""
+        return self.version != "v0.0.40"
 
     def _state(self, value: Any) -> tuple[str, tuple[str, ...]]:
         if type(value) is list and len(value) == 1 and value[0] in BASE_STATES:

@@ -17,7 +17,7 @@ from slurm_trigger.eventbus import EventBus
 from slurm_trigger.jobstore import DynamoDBJobStore, create_table
 from slurm_trigger.provenance import Source
 from slurm_trigger.slurm.auth import StaticToken
-from slurm_trigger.slurm.client import SEARCH_DETAILS, SlurmClient
+from slurm_trigger.slurm.client import SlurmClient, details_budget
 from slurm_trigger.slurm.dialects import DIALECTS
 from slurm_trigger.slurm.errors import SlurmVersionError
 from slurm_trigger.tracker import Tracker
@@ -39,9 +39,9 @@ def test_a_recorded_answer_parses_to_base_states_one_per_job() -> None:
 
 def test_ids_are_repeated_job_id_parameters_and_old_versions_have_none() -> None:
     assert DIALECTS["v0.0.40"].job_states_params([3, 4]) == [("job_id", "3"), ("job_id", "4")]
-    assert not DIALECTS["v0.0.38"].job_states and not DIALECTS["v0.0.39"].job_states
-    assert all(DIALECTS[v].job_states for v in ("v0.0.40", "v0.0.41", "v0.0.42", "v0.0.45"))
-    with pytest.raises(SlurmVersionError, match="no /jobs/state"):
+    assert not any(DIALECTS[v].job_states for v in ("v0.0.38", "v0.0.39", "v0.0.40"))  # v0.0.40: array ids, see dialects
+    assert all(DIALECTS[v].job_states for v in ("v0.0.41", "v0.0.42", "v0.0.45"))
+    with pytest.raises(SlurmVersionError, match="no usable /jobs/state"):
         SlurmClient("http://127.0.0.1:1", StaticToken("t"), user="u", api_version="v0.0.38").job_states()
 
 
@@ -58,10 +58,10 @@ class Cluster:
         self.fake.add("GET", f"/slurm/{VERSION}/jobs/state", self._states)
         self.fake.add("GET", "/openapi/v3", Reply.json(200, {"paths": {f"/slurm/{VERSION}/ping": {}}}))
 
-    def set(self, job_id: int, state: str, *, ours: bool = True, submitted: int = T0, restarts: int = 0, **kw: Any) -> None:
+    def set(self, job_id: int, state: str, *flags: str, ours: bool = True, submitted: int = T0, restarts: int = 0, **kw: Any) -> None:
         raw = copy.deepcopy(self.template)
         kw.setdefault("comment", provenance.encode(SRC) if ours else "someone else's")
-        raw.update(job_id=job_id, name=f"job{job_id}", job_state=[state], restart_cnt=restarts, **kw)
+        raw.update(job_id=job_id, name=f"job{job_id}", job_state=[state, *flags], restart_cnt=restarts, **kw)
         raw["submit_time"] = {"set": True, "infinite": False, "number": submitted}
         self.jobs[job_id] = raw
         self.fake.add("GET", f"/slurm/{VERSION}/job/{job_id}", lambda seen, i=job_id: self._job(i))
@@ -168,6 +168,8 @@ def test_steady_polls_ask_states_then_details_and_publish_the_same_events(two) -
 def test_many_moved_jobs_fall_back_to_the_full_listing(two) -> None:
     cluster, trackers = two
     tracker, events = trackers["states"]
+    assert tracker.max_details is None and details_budget(100) == 20 and details_budget(100_000) == 1000
+    tracker.max_details = 5
     cluster.set(1, "PENDING")
     tracker.poll()
     for i in range(2, 3 + tracker.max_details):
@@ -176,6 +178,20 @@ def test_many_moved_jobs_fall_back_to_the_full_listing(two) -> None:
     result = tracker.poll()
     assert result.listing == "jobs" and cluster.asked() == ["jobs/state", "jobs"]
     assert len(events.published()) == 2 + tracker.max_details
+
+
+def test_a_requeue_seen_while_completing_is_fetched_again_until_it_runs_anew(two) -> None:
+    """24.11: ``scontrol requeue`` shows PENDING+COMPLETING with the old submit time for
+    ~0.1 s, then PENDING with the new one: the same base state, so the poll that saw the
+    first must not take it as known."""
+    cluster, trackers = two
+    cluster.set(1, "RUNNING")
+    poll_both(cluster, trackers)
+    cluster.set(1, "PENDING", "COMPLETING", restarts=1)
+    assert poll_both(cluster, trackers)[0] == []  # the event waits for the new submit time
+    cluster.set(1, "PENDING", submitted=T0 + 50, restarts=1)
+    (_, detail), = poll_both(cluster, trackers)[0]
+    assert (detail["previousState"], detail["state"], detail["stateFlags"]) == ("RUNNING", "PENDING", ["REQUEUED"])
 
 
 def test_a_requeue_back_in_the_same_state_waits_for_the_sweep(two) -> None:
@@ -215,12 +231,27 @@ def test_a_bounded_search_fetches_only_jobs_newer_than_the_claim(two) -> None:
 def test_a_search_with_too_many_newer_jobs_or_no_bound_lists_all(two) -> None:
     cluster, _ = two
     client = SlurmClient(cluster.fake.url, StaticToken("t"), user="u", api_version=VERSION)
-    for i in range(1, SEARCH_DETAILS + 20):
+    for i in range(1, details_budget(0) + 20):
         cluster.set(i, "PENDING", ours=False, submitted=T0 + i)
     cluster.asked()
     assert client.find_jobs_by_comment("st-key", since=T0) == []
     assert cluster.asked()[-1] == "jobs"
     assert client.find_jobs_by_comment("st-key") == [] and cluster.asked() == ["jobs"]
+
+
+def test_a_requeued_or_split_job_never_ends_the_walk(two) -> None:
+    """Their submit time is not their creation: a requeue moves it later, an array task
+    split off keeps the array's. Older-looking, they are not where older ids begin."""
+    cluster, _ = two
+    client = SlurmClient(cluster.fake.url, StaticToken("t"), user="u", api_version=VERSION)
+    for i in range(1, 11):
+        cluster.set(i, "PENDING", ours=False, submitted=T0 + i)
+    cluster.set(8, "PENDING", submitted=T0 + 50, comment="st-key " + provenance.encode(SRC))  # the one made after the claim
+    cluster.set(9, "RUNNING", ours=False, submitted=T0 + 1, array_job_id={"set": True, "infinite": False, "number": 1},
+                array_task_id={"set": True, "infinite": False, "number": 3})
+    cluster.set(10, "PENDING", ours=False, submitted=T0 + 2, restarts=1)  # requeued: its submit time says nothing
+    assert [j.job_id for j in client.find_jobs_by_comment("st-key", since=T0 + 100)] == [8]
+    assert "jobs" not in cluster.asked()
 
 
 def test_wrapped_job_ids_fall_back_to_the_full_listing(two) -> None:
