@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """A burst through the SQS handler against a bare sequential POST loop, side by side.
 
-    .venv/bin/python bench/bench_burst.py [--cluster host|chroot] [--objects 1000] [--chunk 100]
+    .venv/bin/python bench/bench_burst.py [--cluster host|chroot] [--objects 1000] [--batch 10] [--chunk 100]
 
-``--objects`` S3 notifications go through ``Trigger.handle_sqs`` in batches of 10 (one
+``--objects`` S3 notifications go through ``Trigger.handle_sqs`` in batches of ``--batch`` (10; one
 container, as one Lambda; its submits overlap on the target's ``Pacer``), and as many
 bodies, rendered the same way, go through a bare ``requests`` POST loop to the same
 slurmrestd. The two alternate every ``--chunk`` objects, so both meet the same noise of
@@ -46,7 +46,6 @@ from slurm_trigger.s3events import ObjectRef  # noqa: E402
 from slurm_trigger.settings import Settings  # noqa: E402
 from slurm_trigger.trigger import build_trigger, render_job  # noqa: E402
 
-BATCH = 10  # the SQS mapping's batch_size (app.py)
 
 
 def moto_server() -> tuple[subprocess.Popen, str]:
@@ -89,8 +88,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cluster", default="host", choices=("host", "chroot"))
     ap.add_argument("--objects", type=int, default=1000)
-    ap.add_argument("--chunk", type=int, default=100, help="objects per side before switching (a multiple of 10)")
+    ap.add_argument("--batch", type=int, default=10, help="messages per SQS batch (app.py's SQS_BATCH_SIZE; up to 100)")
+    ap.add_argument("--chunk", type=int, default=100, help="objects per side before switching (a multiple of --batch)")
     args = ap.parse_args()
+    batch_size = args.batch
     info = cluster_info(args.cluster)
     version = info["versions"][-1]
     run = uuid.uuid4().hex[:8]
@@ -135,8 +136,8 @@ def main() -> int:
                         pass
 
         # warm-up: connections, the table's first writes, imports (not counted)
-        trigger.handle_sqs(sqs_event(burst_refs(0, BATCH, "warm"), -1))
-        for ref in burst_refs(BATCH, 3, "warm"):
+        trigger.handle_sqs(sqs_event(burst_refs(0, batch_size, "warm"), -1))
+        for ref in burst_refs(batch_size, 3, "warm"):
             made.append(post(trigger.client.submit_body(render_job(ref, trigger.pipelines[0]))))
         cancel_ours()
         drain(clients["sqs"], queue)
@@ -155,7 +156,7 @@ def main() -> int:
                 post(body)
             bare_s += time.perf_counter() - t0
             refs = burst_refs(start, n, "burst")
-            batches = [sqs_event(refs[i:i + BATCH], start + i) for i in range(0, n, BATCH)]
+            batches = [sqs_event(refs[i:i + batch_size], start + i) for i in range(0, n, batch_size)]
             before = dict(meter.by_service)
             aws0 = meter.seconds
             t0 = time.perf_counter()
@@ -176,7 +177,7 @@ def main() -> int:
         pacer = trigger.pacers["bench"]
         total_calls = sum(calls.values())
         print(json.dumps({
-            "cluster": args.cluster, "api_version": version, "objects": args.objects, "batch": BATCH,
+            "cluster": args.cluster, "api_version": version, "objects": args.objects, "batch": batch_size,
             "submit_pool": pacer.limit,
             "bare_post_jobs_per_s": round(args.objects / bare_s, 1),
             "handler_jobs_per_s": round(args.objects / handler_s, 1),

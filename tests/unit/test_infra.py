@@ -530,6 +530,30 @@ def test_sqs_concurrency_is_chalices_own(packaged: dict[Any, Any], stage: str, s
     assert "ScalingConfig" not in json.dumps(load_cfn(MERGE_FILES["sqs"]))
 
 
+@pytest.mark.parametrize("sub", ["sqs", "sqs-plain"])
+@pytest.mark.parametrize("stage", STAGES)
+def test_sqs_batch_is_the_stages(packaged: dict[Any, Any], stage: str, sub: str) -> None:
+    """The mapping's batch size and window are app.py's (10 and none unless a stage says)."""
+    _, props = sqs_function(packaged, stage, sub)
+    assert props["BatchSize"] == int(stage_env(stage).get("SQS_BATCH_SIZE") or 10)
+    assert props.get("MaximumBatchingWindowInSeconds", 0) == int(stage_env(stage).get("SQS_BATCHING_WINDOW_SECONDS") or 0)
+
+
+def sqs_batching(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    code = "import app\ns, = [s for s in app.app.event_sources if s.name == 'on_queue_message']\nprint(s.batch_size, s.maximum_batching_window_in_seconds)"
+    env = {**os.environ, **stage_env("dev"), "AWS_DEFAULT_REGION": "us-east-1", **env}
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+def test_sqs_batch_of_100_needs_a_window() -> None:
+    """Bursts may take 100 messages a batch (a transaction's limit), with the window AWS
+    requires past 10; without it app.py refuses at import, before a deploy fails."""
+    assert sqs_batching({"SQS_BATCH_SIZE": "100", "SQS_BATCHING_WINDOW_SECONDS": "1"}).stdout.split() == ["100", "1"]
+    for bad in ({"SQS_BATCH_SIZE": "100"}, {"SQS_BATCH_SIZE": "101", "SQS_BATCHING_WINDOW_SECONDS": "1"}):
+        done = sqs_batching(bad)
+        assert done.returncode != 0 and "SQS_BATCH_SIZE" in done.stderr
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_object_events_rule_has_retries_and_dead_letters(packaged: dict[Any, Any], stage: str) -> None:
     """Route B: Lambda's retries end in the on-failure destination, EventBridge's in the
