@@ -3,7 +3,7 @@ and then the details of a few jobs, side by side with listing all of ``/jobs`` (
 v0.0.38/v0.0.39 clusters, and this code before, do), in one run.
 
 For N in 10,000 and 100,000 (or ``--sizes``), recorded v0.0.42 answers (tests/fixtures/
-recorded/v0.0.42: ``jobs.json``, ``job-running.json``, ``jobs-state.json``) are replicated
+recorded/v0.0.42: ``jobs.json``, ``job-running.json``, ``job-states.json``) are replicated
 to N jobs with distinct ids, one submitted every 10 s, and replayed through the real
 ``SlurmClient`` (its session's adapter answers from memory: no socket, no server thread in
 the measured process) and the real ``Tracker``:
@@ -75,7 +75,7 @@ class Recorded:
         self.jobs = [self._job(i, "COMPLETED" if i < moved else "RUNNING") for i in range(n)]
         listing["jobs"] = []
         self.jobs_body = _envelope(listing, self.jobs)
-        states = json.loads((RECORDED / "jobs-state.json").read_text())
+        states = json.loads((RECORDED / "job-states.json").read_text())
         states["jobs"] = []
         self.states_body = _envelope(states, [
             b'{"job_id": "%d", "state": ["%s"]}' % (FIRST_ID + i, b"COMPLETED" if i < moved else b"RUNNING") for i in range(n)

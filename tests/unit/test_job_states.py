@@ -30,7 +30,7 @@ SRC = Source(bucket="in", key="runs/a b.csv", pipeline="align", version_id="v1")
 
 
 def test_a_recorded_answer_parses_to_base_states_one_per_job() -> None:
-    body = json.loads((RECORDED / VERSION / "jobs-state.json").read_text())
+    body = json.loads((RECORDED / VERSION / "job-states.json").read_text())
     # 24.11: task 1 split off as 6386 ("6386_1"), the remainder "6385_2".."6385_4" is one job
     assert DIALECTS[VERSION].parse_job_states(body) == {6386: "RUNNING", 6385: "PENDING"}
     flagged = {"jobs": [{"job_id": "7", "state": ["COMPLETED", "COMPLETING"]}, {"job_id": "8+0", "state": ["PENDING", "REQUEUED"]}]}
