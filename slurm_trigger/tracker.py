@@ -275,9 +275,9 @@ class Tracker:
                 change = self._diff(job, src, stored.get(job.job_id), updated_at)
                 if change:
                     changes.append(change)
-                elif COMPLETING not in job.state_flags:  # known was stale (e.g. a crash after saving the job): refresh only
-                    cursor.known[job.job_id] = fp  # (a requeue still completing is looked at again: a state
-                    # poll would not, its base state being the new run's already)
+                elif COMPLETING not in job.state_flags:  # known was stale (e.g. a crash after saving the job): refresh only;
+                    cursor.known[job.job_id] = fp  # a requeue still completing keeps the old entry, or a state poll
+                    # would take its new run (the same base state, a new submit time) as known
             failed += self._publish(changes, cursor, result)
         todo = list(cursor.vanished)[: self.max_lookups or None]
         if todo:

@@ -19,10 +19,10 @@ from slurm_trigger.settings import Settings
 from slurm_trigger.slurm.auth import REDACTED, StaticToken, Token, TokenProvider
 from slurm_trigger.slurm.dialects import (
     ALREADY_DONE,
-    RawJob,
     BEFORE_NEGOTIATION,
     DIALECTS,
     Dialect,
+    RawJob,
     error_codes,
     newest,
     number,
@@ -66,7 +66,6 @@ def details_budget(jobs: int) -> int:
     ``/jobs`` (~5.5 KB a job, one RPC that packs every job): 1%, at least 20, at most
     1,000 (a few seconds of calls)."""
     return max(20, min(1000, jobs // 100))
-
 
 
 class SlurmClient:
@@ -334,7 +333,7 @@ class SlurmClient:
             if job_id == boundary.job_id:
                 return False
             for job in self.get_jobs([job_id]).jobs:
-                if job.restarts == 0 and job.array_job_id in (None, job.job_id) and job.submit_time:
+                if _shows_creation(job):
                     return boundary.submit_time is None or job.submit_time > boundary.submit_time
         return True
 
@@ -455,11 +454,15 @@ class SlurmClient:
         return resp.status_code, body, text
 
 
+def _shows_creation(job: Job) -> bool:
+    """The job's submit time is when Slurm made it (and numbered it): no requeue moved
+    it, and it is not an array task split off (under a new id) after the array's submit."""
+    return job.submit_time is not None and job.restarts == 0 and job.array_job_id in (None, job.job_id)
+
+
 def _created_before(job: Job, moment: float) -> bool:
-    """The job was certainly made before ``moment``: submitted before it, and its submit
-    time is its creation (no requeue moved it; not an array task split off later)."""
-    submitted = job.submit_time.timestamp() if job.submit_time else None
-    return submitted is not None and submitted < moment and job.restarts == 0 and job.array_job_id in (None, job.job_id)
+    """The job was certainly made before ``moment`` (epoch seconds)."""
+    return _shows_creation(job) and job.submit_time is not None and job.submit_time.timestamp() < moment
 
 
 def decode(content: bytes, decoder: Callable[[bytes], Any] | None = None) -> Any:
