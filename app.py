@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from slurm_trigger.tracker import Tracker
     from slurm_trigger.trigger import Trigger
 
-app = Chalice(app_name="slurm-trigger")
+# Logs are the Powertools Logger's JSON lines (slurm_trigger/observability.py): Chalice's own
+# handler would sit on the same "slurm-trigger" logger and print each line a second time.
+app = Chalice(app_name="slurm-trigger", configure_logs=False)
 
 
 def _flush_metrics() -> None:
@@ -36,11 +38,12 @@ POLL_RATE_MINUTES = int(os.environ.get("POLL_RATE_MINUTES") or 1)
 def _trackers() -> tuple[Tracker, ...]:
     """One per target and container: token caches and HTTP connections survive warm starts."""
     from slurm_trigger.settings import Settings
-    from slurm_trigger.slurm import build_client
     from slurm_trigger.tracker import build_tracker
 
     ddb, events = boto3.client("dynamodb"), boto3.client("events")
-    return tuple(build_tracker(s, build_client(s), ddb, events) for s in Settings.from_env().targets().values())
+    return tuple(
+        build_tracker(s, dynamodb_client=ddb, events_client=events) for s in Settings.from_env().targets().values()
+    )
 
 
 @app.schedule(Rate(POLL_RATE_MINUTES, unit=Rate.MINUTES))

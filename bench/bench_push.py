@@ -43,7 +43,6 @@ from slurm_trigger import provenance  # noqa: E402
 from slurm_trigger.jobstore import create_table  # noqa: E402
 from slurm_trigger.provenance import Source  # noqa: E402
 from slurm_trigger.settings import Settings  # noqa: E402
-from slurm_trigger.slurm.client import build_client  # noqa: E402
 from slurm_trigger.slurm.models import JobSubmission  # noqa: E402
 from slurm_trigger.tracker import build_tracker  # noqa: E402
 
@@ -85,9 +84,10 @@ def main() -> None:
         kit.install()
         s = Settings(cluster_name=kit.cluster, slurm_url=kit.url, slurm_user=kit.service_user, ca_parameter=kit.parameter,
                      token_secret=kit.secret, jobs_table="bench-jobs", event_bus=poll_bus, read_timeout=10)
-        client = build_client(s, secrets_client=kit.client("secretsmanager"), ssm_client=kit.client("ssm"))
         create_table(kit.client("dynamodb"), "bench-jobs")
-        tracker = build_tracker(s, client, kit.client("dynamodb"), kit.client("events"))
+        tracker = build_tracker(s, dynamodb_client=kit.client("dynamodb"), events_client=kit.client("events"),
+                                secrets_client=kit.client("secretsmanager"), ssm_client=kit.client("ssm"))
+        client = tracker.client
         pushed: dict[tuple[int, str], float] = {}
         polled: dict[tuple[int, str], float] = {}
         seen: dict[tuple[int, str], float] = {}

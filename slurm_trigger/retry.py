@@ -202,9 +202,9 @@ class OnDemand:
         return self._retrier.after(candidates) if self._retrier else set()
 
 
-def build_retrier(settings: Any, slurm_client: Any, dynamodb_client: Any, events_client: Any) -> Retrier | None:
+def build_retrier(settings: Any, slurm_client: Any, *, dynamodb_client: Any, events_client: Any) -> Retrier | None:
     """The tracker's ``Retrier`` for ``settings``' cluster, or None when no pipeline
-    retries."""
+    retries; ``slurm_client`` is the tracker's own: a retry goes where the job ran."""
     from slurm_trigger.eventbus import EventBus
     from slurm_trigger.idempotency import DynamoDBIdempotencyStore
     from slurm_trigger.pipelines import load_all

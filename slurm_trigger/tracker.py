@@ -36,6 +36,8 @@ from slurm_trigger.jobevents import DETAIL_TYPE, POLLED, event_id, job_resources
 from slurm_trigger.jobstore import LOST, TRACKER_FINAL_STATES, Cursor, DynamoDBJobStore, JobStore, TrackedJob
 from slurm_trigger.observability import SERVICE, logger, tracer
 from slurm_trigger.provenance import Source
+from slurm_trigger.settings import Settings
+from slurm_trigger.slurm import build_client
 from slurm_trigger.slurm.client import details_budget
 from slurm_trigger.slurm.dialects import server_time
 from slurm_trigger.slurm.errors import SlurmError, SlurmNotFoundError
@@ -611,13 +613,28 @@ def record_metrics(result: PollResult, metrics: Any) -> None:
             pass
 
 
-def build_tracker(settings: Any, slurm_client: SlurmJobs, dynamodb_client: Any, events_client: Any, **options: Any) -> Tracker:
-    """The tracker as ``settings`` describe it (the scheduled handler and the CLI)."""
-    store = DynamoDBJobStore(dynamodb_client, settings.jobs_table)
-    bus = EventBus(events_client, settings.event_bus, settings.event_source)
-    options.setdefault("max_lookups", settings.tracker_max_lookups)
-    if "retry" not in options:
-        from slurm_trigger.retry import OnDemand, build_retrier
+def build_tracker(
+    settings: Settings,
+    *,
+    dynamodb_client: Any,
+    events_client: Any,
+    secrets_client: Any = None,
+    ec2_client: Any = None,
+    ssm_client: Any = None,
+) -> Tracker:
+    """The tracker of ``settings``' cluster from boto3 clients (moto's in tests), as
+    ``build_trigger`` makes the trigger: its Slurm client is built here from the same
+    settings, so the cluster it asks and the one its events and keys name cannot differ."""
+    from slurm_trigger.retry import OnDemand, build_retrier
 
-        options["retry"] = OnDemand(lambda: build_retrier(settings, slurm_client, dynamodb_client, events_client))
-    return Tracker(slurm_client, store, bus, settings.cluster_name, track_all=settings.track_all_jobs, **options)
+    client = build_client(settings, secrets_client=secrets_client, ec2_client=ec2_client, ssm_client=ssm_client)
+    retry = OnDemand(lambda: build_retrier(settings, client, dynamodb_client=dynamodb_client, events_client=events_client))
+    return Tracker(
+        client,
+        DynamoDBJobStore(dynamodb_client, settings.jobs_table),
+        EventBus(events_client, settings.event_bus, settings.event_source),
+        settings.cluster_name,
+        track_all=settings.track_all_jobs,
+        max_lookups=settings.tracker_max_lookups,
+        retry=retry,
+    )

@@ -8,11 +8,13 @@ error reporting.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import json
+import os
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from slurm_trigger.settings import Settings
 from slurm_trigger.slurm.errors import SlurmError
@@ -128,11 +130,48 @@ def command_first(argv: Sequence[str]) -> list[str]:
     return argv
 
 
+# What a JSON log line has that a person at a terminal does not need to read.
+_LAMBDA_KEYS = frozenset({"level", "location", "message", "timestamp", "service", "sampling_rate", "xray_trace_id",
+                          "exception", "exception_name", "exception_notes", "stack_trace"})
+
+
+def _human_line(log: dict[str, Any]) -> str:
+    """One of the Logger's records as a line: ``slurm-trigger: warning: message
+    (cluster=..., error=...)``, then the traceback if the record has one."""
+    keys = ", ".join(f"{k}={v}" for k, v in log.items() if k not in _LAMBDA_KEYS)
+    line = f"slurm-trigger: {str(log.get('level', '')).lower()}: {log.get('message')}" + (f" ({keys})" if keys else "")
+    return line + (f"\n{log['exception']}" if log.get("exception") else "")
+
+
+@contextlib.contextmanager
+def human_logs() -> Iterator[None]:
+    """While a command runs, the project's one Logger (Powertools) writes plain lines
+    to stderr, warnings and up unless ``POWERTOOLS_LOG_LEVEL`` asks for more: stdout
+    holds only the command's output, which scripts parse. Its JSON lines are for
+    CloudWatch; they come back when the command returns (main() runs in-process too)."""
+    from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+
+    from slurm_trigger.observability import logger
+
+    handler = logger.registered_handler
+    saved = handler.stream, handler.formatter, logger.log_level
+    handler.setStream(sys.stderr)
+    handler.setFormatter(LambdaPowertoolsFormatter(json_serializer=_human_line, serialize_stacktrace=False))
+    logger.setLevel((os.environ.get("POWERTOOLS_LOG_LEVEL") or "WARNING").upper())
+    try:
+        yield
+    finally:
+        handler.setStream(saved[0])
+        handler.setFormatter(saved[1])
+        logger.setLevel(saved[2])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(command_first(sys.argv[1:] if argv is None else argv))
     handler: Callable[[argparse.Namespace], int | None] = args.handler
     try:
-        return handler(args) or 0
+        with human_logs():
+            return handler(args) or 0
     except SlurmError as exc:
         json.dump({"error": exc.to_dict()}, sys.stderr, indent=2, default=str)
         print(f"\nslurm-trigger: {exc}", file=sys.stderr)

@@ -112,7 +112,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_poll(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    tracker = build_tracker(settings, build_client(settings), boto3.client("dynamodb"), boto3.client("events"))
+    tracker = build_tracker(settings, dynamodb_client=boto3.client("dynamodb"), events_client=boto3.client("events"))
     result = tracker.poll(sweep=True if args.sweep else None)
     emit(dataclasses.asdict(result), "json")
     return 0

@@ -7,15 +7,19 @@ Nothing here starts a cluster. When the file is missing or a slurmrestd does not
 the test is skipped with a hint, or FAILS when ``CI=true`` (CI must never pass by skipping).
 
 ``aws``: moto's ``mock_aws()`` with fake credentials and region us-east-1.
+
+``logged``: what the project's one Logger (Powertools) writes, its JSON lines, at DEBUG.
 """
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import requests
@@ -242,3 +246,61 @@ def aws(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.delenv(k, raising=False)
     with mock_aws() as mock:
         yield mock
+
+
+# --------------------------------------------------------------------------- log lines
+
+
+@dataclass
+class Logged:
+    """What the project's Powertools Logger wrote while a test ran: its JSON lines, as
+    CloudWatch Logs gets them. Our modules log through no other logger."""
+
+    stream: io.StringIO = field(default_factory=io.StringIO)
+
+    @property
+    def lines(self) -> list[dict[str, Any]]:
+        """Each line decoded; anything but JSON fails the test (Lambda would get it)."""
+        text, decoder, at, out = self.stream.getvalue(), json.JSONDecoder(), 0, []
+        while True:
+            while at < len(text) and text[at].isspace():
+                at += 1
+            if at == len(text):
+                return out
+            line, at = decoder.raw_decode(text, at)
+            out.append(line)
+
+    @property
+    def text(self) -> str:
+        """What a leak test searches: the lines as written, then every key and value of
+        every field (``extra`` ones, ``exception`` tracebacks) decoded, so one JSON
+        escapes (a CR/LF inside a token) still reads as itself."""
+        return "\n".join([self.stream.getvalue(), *(leaf for line in self.lines for leaf in _leaves(line))])
+
+
+def _leaves(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield str(k)
+            yield from _leaves(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _leaves(v)
+    else:
+        yield str(value)
+
+
+@pytest.fixture
+def logged() -> Iterator[Logged]:
+    """The Logger's output stream swapped for a buffer, at DEBUG, for one test."""
+    from slurm_trigger.observability import logger
+
+    out = Logged()
+    handler = logger.registered_handler
+    stream, level = handler.setStream(out.stream), logger.log_level
+    logger.setLevel("DEBUG")
+    try:
+        yield out
+    finally:
+        handler.setStream(stream)
+        logger.setLevel(level)

@@ -6,7 +6,6 @@ the transport's session, and turns every answer that is not a success into a typ
 """
 from __future__ import annotations
 
-import logging
 import ssl
 import time
 from typing import TYPE_CHECKING, Any, AnyStr, Callable, Iterable, Mapping
@@ -15,6 +14,7 @@ import msgspec
 import requests
 from urllib3.exceptions import ConnectTimeoutError, ProxyError
 
+from slurm_trigger.observability import logger
 from slurm_trigger.settings import Settings
 from slurm_trigger.slurm.auth import REDACTED, StaticToken, Token, TokenProvider
 from slurm_trigger.slurm.dialects import (
@@ -45,7 +45,6 @@ from slurm_trigger.slurm.transport import verify_failed
 if TYPE_CHECKING:
     from slurm_trigger.slurm.pcs import PcsCluster
 
-log = logging.getLogger(__name__)
 # How the token travels: slurmrestd's own headers, or a standard bearer token (Slurm
 # 24.11 and 26.05 tried, 22.05 refuses it; the only form AWS PCS takes, no user-name header).
 AUTH_HEADERS = ("x-slurm", "bearer")
@@ -141,7 +140,7 @@ class SlurmClient:
                     f"this client speaks {', '.join(DIALECTS)}",
                     url=self.base_url,
                 )
-            log.debug("slurmrestd %s: using %s of %s", self.base_url, chosen, served)
+            logger.debug("slurmrestd version chosen", extra={"url": self.base_url, "version": chosen, "served": served})
             self._dialect = DIALECTS[chosen]
         return self._dialect
 
@@ -387,7 +386,8 @@ class SlurmClient:
         if kind is SlurmAuthError:
             fresh = self._auth.refresh()
             if fresh != token and not maybe:  # never POST again when the first may have made a job
-                log.info("slurmrestd refused the token; fetched it again and retrying once")
+                logger.info("slurmrestd refused the token; fetched it again and retrying once",
+                            extra={"url": self.base_url})
                 status, body, text = self._send(method, path, fresh, params, json, decoder)
                 kind, maybe = self._verdict(method, status, body)
         if kind is None:
@@ -639,7 +639,8 @@ def build_client(
         )
     # PCS serves slurmrestd over plain HTTP only: naming a PCS cluster is the explicit choice.
     check_plain_http(url, allowed=settings.allow_http or cluster is not None,
-                     why=f"PCS cluster {cluster.name}" if cluster else "SLURM_ALLOW_HTTP=true")
+                     why=f"PCS cluster {cluster.name}" if cluster else "SLURM_ALLOW_HTTP=true",
+                     cluster=settings.cluster_name)
     auth = token_provider(settings, secrets, cluster)
     if session is None:
         session = build_session(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import logging
 import os
 import ssl
 import tempfile
@@ -31,9 +30,8 @@ from urllib3.exceptions import MaxRetryError
 from urllib3.exceptions import SSLError as Urllib3SSLError
 from urllib3.util.retry import Retry
 
+from slurm_trigger.observability import logger
 from slurm_trigger.settings import Settings
-
-log = logging.getLogger(__name__)
 
 RETRY_STATUS = (429, 502, 503, 504)
 RETRY_METHODS = frozenset({"GET", "DELETE"})
@@ -71,7 +69,8 @@ class TimeoutAdapter(HTTPAdapter):
             fresh = self.reload_verify()
             if fresh == self.verify:
                 raise
-            log.info("the head node's certificate changed; trusting the newly published one")
+            logger.info("the head node's certificate changed; trusting the newly published one",
+                        extra={"url": request.url})
             self.verify = kwargs["verify"] = fresh
             return super().send(request, **kwargs)
 
@@ -168,9 +167,10 @@ def tls_verify(
     if settings.insecure:
         import urllib3
 
-        log.warning(
+        logger.warning(
             "TLS verification is OFF for the Slurm REST API (insecure=True); "
-            "anyone on the path can read the token. Use ca_bundle/ca_secret/ca_parameter."
+            "anyone on the path can read the token. Use ca_bundle/ca_secret/ca_parameter.",
+            extra={"cluster": settings.cluster_name},
         )
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         return False
@@ -191,7 +191,7 @@ def tls_verify(
     return True
 
 
-def check_plain_http(url: str, *, allowed: bool, why: str = "SLURM_ALLOW_HTTP=true") -> None:
+def check_plain_http(url: str, *, allowed: bool, why: str = "SLURM_ALLOW_HTTP=true", cluster: str | None = None) -> None:
     """Plain HTTP carries the token in the clear. Loopback (a local cluster, an SSH
     tunnel) is fine; any other address needs an explicit ``allowed`` (``why`` says
     which setting gave it) and gets a warning (once per client built: per cold start)."""
@@ -204,9 +204,10 @@ def check_plain_http(url: str, *, allowed: bool, why: str = "SLURM_ALLOW_HTTP=tr
             "Use https (nginx in front of slurmrestd, docs/deploy.md step 4), or allow it "
             "explicitly with SLURM_ALLOW_HTTP=true"
         )
-    log.warning(
-        "plain HTTP to slurmrestd at %s (%s): tokens cross the VPC unencrypted; keep them "
-        "short-lived and the security group tight", url, why,
+    logger.warning(
+        "plain HTTP to slurmrestd: tokens cross the VPC unencrypted; keep them short-lived and "
+        "the security group tight",
+        extra={"cluster": cluster, "url": url, "allowed_by": why},
     )
 
 

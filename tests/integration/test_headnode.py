@@ -69,6 +69,12 @@ def client_for(kit: KitUnderTest, **extra: Any) -> Any:
     return build_client(settings(kit, **extra), secrets_client=kit.client("secretsmanager"), ssm_client=kit.client("ssm"))
 
 
+def tracker_for(kit: KitUnderTest, table: str) -> Any:
+    return build_tracker(settings(kit, jobs_table=table, event_bus=kit.bus), dynamodb_client=kit.client("dynamodb"),
+                         events_client=kit.client("events"), secrets_client=kit.client("secretsmanager"),
+                         ssm_client=kit.client("ssm"))
+
+
 def submission(tag: str, script: str = "#!/bin/bash\ntrue\n", comment: str | None = None) -> JobSubmission:
     return JobSubmission(script=script, environment={"PATH": "/usr/bin:/bin"}, name=f"hn-{tag}", partition="debug",
                          working_directory=WORKDIR, standard_output="/dev/null", time_limit=1, comment=comment or tag)
@@ -270,11 +276,10 @@ def test_hook_pushes_the_same_event_ids_as_the_tracker(kit: KitUnderTest, tmp_pa
     from slurm_trigger import provenance
     from slurm_trigger.provenance import Source
 
-    client = client_for(kit)
     table = f"hn-jobs-{uuid.uuid4().hex[:6]}"
     create_jobs_table(kit.client("dynamodb"), table)
-    tracker = build_tracker(settings(kit, jobs_table=table, event_bus=kit.bus), client,
-                            kit.client("dynamodb"), kit.client("events"))
+    tracker = tracker_for(kit, table)
+    client = tracker.client
     run = uuid.uuid4().hex[:10]
     src = Source(bucket="bkt", key=f"hn/{run}/hook.txt", pipeline="hn", version_id="v1")
     receive_all(kit.sqs, kit.queue)
@@ -312,11 +317,10 @@ def test_hook_and_tracker_agree_on_each_task_of_an_array(kit: KitUnderTest) -> N
     from slurm_trigger import provenance
     from slurm_trigger.provenance import Source
 
-    client = client_for(kit)
     table = f"hn-jobs-{uuid.uuid4().hex[:6]}"
     create_jobs_table(kit.client("dynamodb"), table)
-    tracker = build_tracker(settings(kit, jobs_table=table, event_bus=kit.bus), client,
-                            kit.client("dynamodb"), kit.client("events"))
+    tracker = tracker_for(kit, table)
+    client = tracker.client
     receive_all(kit.sqs, kit.queue)
     run = uuid.uuid4().hex[:10]
     src = Source(bucket="bkt", key=f"hn/{run}/array", pipeline="hn", version_id="v1", step="align")

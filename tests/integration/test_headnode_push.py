@@ -106,13 +106,14 @@ def test_slurmctld_pushes_each_change_with_the_trackers_event_id(kit: KitUnderTe
     assert kit.install() > 0  # the link (and the pusher restarted with its settings)
     assert (HOOK_DIR / kit.root.name).resolve() == kit.root / "opt/slurm-trigger/bin/slurm-trigger-hook"
     assert kit.install() == 0
-    client = client_for(kit)
     table = f"hn-push-jobs-{uuid.uuid4().hex[:6]}"
     create_jobs_table(kit.client("dynamodb"), table)
     s = Settings(cluster_name=kit.cluster, slurm_url=kit.url, slurm_user=kit.service_user,
-                 ca_parameter=kit.parameter, token_secret=kit.secret, jobs_table=table, event_bus=kit.bus,
-                 read_timeout=30)
-    tracker = build_tracker(s, client, kit.client("dynamodb"), kit.client("events"))
+                 ca_parameter=kit.parameter, token_secret=kit.secret, token_cache_seconds=60, jobs_table=table,
+                 event_bus=kit.bus, read_timeout=30)
+    tracker = build_tracker(s, dynamodb_client=kit.client("dynamodb"), events_client=kit.client("events"),
+                            secrets_client=kit.client("secretsmanager"), ssm_client=kit.client("ssm"))
+    client = tracker.client
     receive_all(kit.sqs, kit.queue)
     run = uuid.uuid4().hex[:10]
     job_id, src = submit(client, run, "#!/bin/bash\nsleep 3\nexit 3\n")

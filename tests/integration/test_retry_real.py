@@ -85,7 +85,7 @@ class World:
         """A tracker container: its own Retrier and trigger, the jobs table ``table``."""
         db = AtomicDynamoDB(boto3.client("dynamodb"))
         bus = EventBus(boto3.client("events"), "default", SOURCE)
-        retry = build_retrier(self.settings, self.client, db, boto3.client("events"))
+        retry = build_retrier(self.settings, self.client, dynamodb_client=db, events_client=boto3.client("events"))
         return Tracker(OnlyOurs(self.client, self.tag), DynamoDBJobStore(db, table), bus, CLUSTER, retry=retry)
 
     def events(self) -> list[dict[str, Any]]:

@@ -86,14 +86,14 @@ def test_the_tracker_polls_each_target(two: dict[str, SlurmTarget], monkeypatch:
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
 
-    def scoped_client(settings: Settings) -> OnlyTheseJobs:
+    def scoped_client(settings: Settings, **clients: Any) -> OnlyTheseJobs:
         """The real client of each target, its listings narrowed to this test's jobs
         (the clusters are shared: an unscoped first poll diffs thousands)."""
-        scoped = OnlyTheseJobs(build_client(settings))
+        scoped = OnlyTheseJobs(build_client(settings, **clients))
         scoped.ids = set(jobs.values())
         return scoped
 
-    monkeypatch.setattr("slurm_trigger.slurm.build_client", scoped_client)  # app.py imports it when polling
+    monkeypatch.setattr("slurm_trigger.tracker.build_client", scoped_client)  # build_tracker builds each target's
     finals: dict[str, dict[str, Any]] = {}
     mine: list[dict[str, Any]] = []
     deadline = time.monotonic() + WAIT_SECONDS

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from conftest import Logged
 
+from slurm_trigger.observability import logger
 from slurm_trigger_cli import main
 from slurm_trigger_cli.slurm_commands import job_to_dict
 from test_client_http import GOOD, FakeSlurm, recorded, replay, reply_from  # sibling test module
@@ -169,3 +171,24 @@ def test_global_options_before_the_command(server: tuple[FakeSlurm, str], capsys
     assert code == 0, err
     assert GOOD not in out and GOOD not in err
     assert fake.seen[-1].method == "POST" and fake.seen[-1].headers["X-SLURM-USER-NAME"] == "alice"
+
+
+def test_log_lines_are_plain_text_on_stderr(server: tuple[FakeSlurm, str], capsys: pytest.CaptureFixture,
+                                            logged: Logged, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A person reads the Logger's lines: plain text on stderr, warnings and up unless
+    POWERTOOLS_LOG_LEVEL says more; stdout stays the command's output alone. After the
+    command, the Logger writes its JSON lines again (the CLI runs in-process here)."""
+    fake, version = server
+    monkeypatch.delenv("POWERTOOLS_LOG_LEVEL", raising=False)
+    code, out, err = run(fake, capsys, "ping", "--insecure")
+    assert code == 0 and json.loads(out)["pings"]
+    assert err.splitlines() == ["slurm-trigger: warning: TLS verification is OFF for the Slurm REST API "
+                                "(insecure=True); anyone on the path can read the token. Use "
+                                "ca_bundle/ca_secret/ca_parameter. (cluster=local)"]
+    monkeypatch.setenv("POWERTOOLS_LOG_LEVEL", "debug")
+    code, out, err = run(fake, capsys, "ping")
+    assert code == 0 and json.loads(out)["pings"]
+    assert f"slurm-trigger: debug: slurmrestd version chosen (url={fake.url}, version={version}, served=[" in err
+    assert logged.lines == []  # nothing of the commands' went to the JSON stream
+    logger.warning("after the command", extra={"cluster": "c"})
+    assert [(line["message"], line["cluster"]) for line in logged.lines] == [("after the command", "c")]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from conftest import Logged
 from fakeslurm import FakeSlurm, Reply
 
 from slurm_trigger.settings import Settings
@@ -239,17 +240,17 @@ def test_ping_and_diag(fake: FakeSlurm, version: str) -> None:
      ("error-no-headers.txt", lambda c: c.list_jobs())],
 )
 def test_auth_failures_in_each_versions_form(fake: FakeSlurm, version: str, name: str, call: Any,
-                                              caplog: pytest.LogCaptureFixture) -> None:
+                                              logged: Logged, caplog: pytest.LogCaptureFixture) -> None:
     meta = recorded(version)[name]
     fake.add(meta["method"], meta["path"], reply_from(version, name))
     client = client_for(fake, token=STALE, api_version=version)
-    caplog.set_level(logging.DEBUG, logger="slurm_trigger")
     caplog.set_level(logging.DEBUG, logger="urllib3")
     with pytest.raises(SlurmAuthError) as exc:
         call(client)
     assert exc.value.transient
     assert len(fake.seen) == 1  # a static token cannot be refreshed: no second try
-    for text in (str(exc.value), repr(exc.value), json.dumps(exc.value.to_dict()), caplog.text, repr(client)):
+    for text in (str(exc.value), repr(exc.value), json.dumps(exc.value.to_dict()), logged.text, caplog.text,
+                 repr(client)):
         assert STALE not in text
 
 
@@ -264,7 +265,7 @@ def secrets(aws: Any) -> Any:
 
 @pytest.mark.parametrize("version,bad", [("v0.0.38", "error-bad-token.json"), ("v0.0.42", "error-bad-token.json")])
 def test_token_refetched_once_then_call_repeated(fake: FakeSlurm, secrets: Any, version: str, bad: str,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+                                                  logged: Logged, caplog: pytest.LogCaptureFixture) -> None:
     ok = reply_from(version, "jobs.json")
     fake.add("GET", f"/slurm/{version}/jobs", lambda s: ok if s.headers["X-SLURM-USER-TOKEN"] == GOOD
              else reply_from(version, bad))
@@ -273,12 +274,12 @@ def test_token_refetched_once_then_call_repeated(fake: FakeSlurm, secrets: Any, 
                          api_version=version)
     assert provider.token().reveal() == STALE  # cached now
     secrets.put_secret_value(SecretId="slurm_token_test", SecretString=json.dumps({"token": GOOD, "user": "bob"}))
-    caplog.set_level(logging.DEBUG, logger="slurm_trigger")  # botocore's own DEBUG prints secrets
-    caplog.set_level(logging.DEBUG, logger="urllib3")
+    caplog.set_level(logging.DEBUG, logger="urllib3")  # not botocore: its own DEBUG prints secrets
     assert client.list_jobs().jobs
     assert [s.headers["X-SLURM-USER-TOKEN"] for s in fake.seen] == [STALE, GOOD]
     assert fake.seen[-1].headers["X-SLURM-USER-NAME"] == "bob"  # the secret's user wins
-    for text in (repr(provider), str(provider), caplog.text):
+    assert [line["message"] for line in logged.lines] == ["slurmrestd refused the token; fetched it again and retrying once"]
+    for text in (repr(provider), str(provider), logged.text, caplog.text):
         assert GOOD not in text and STALE not in text
 
 
@@ -481,7 +482,7 @@ def test_build_client_uses_no_aws_when_url_and_token_given(fake: FakeSlurm) -> N
     assert fake.seen[-1].headers["X-SLURM-USER-NAME"] == "carol"
 
 
-def test_build_client_discovers_and_reads_secret(aws: Any, fake: FakeSlurm, caplog: pytest.LogCaptureFixture) -> None:
+def test_build_client_discovers_and_reads_secret(aws: Any, fake: FakeSlurm, logged: Logged) -> None:
     import boto3
 
     from slurm_trigger.slurm import discovery
@@ -499,8 +500,10 @@ def test_build_client_discovers_and_reads_secret(aws: Any, fake: FakeSlurm, capl
     with pytest.raises(ValueError, match="plain HTTP to another host") as exc:
         build_client(settings, secrets_client=sm, ec2_client=ec2)
     assert "SLURM_ALLOW_HTTP=true" in str(exc.value)
-    caplog.set_level(logging.WARNING, logger="slurm_trigger")
     client = build_client(dataclasses.replace(settings, allow_http=True), secrets_client=sm, ec2_client=ec2)
     assert client.base_url == f"http://{ip}:6820"
-    assert "plain HTTP to slurmrestd" in caplog.text and GOOD not in caplog.text
+    [warning] = logged.lines
+    assert warning["message"].startswith("plain HTTP to slurmrestd") and warning["level"] == "WARNING"
+    assert (warning["cluster"], warning["url"], warning["allowed_by"]) == ("demo", client.base_url, "SLURM_ALLOW_HTTP=true")
+    assert GOOD not in logged.text
     discovery.clear_cache()

@@ -12,6 +12,7 @@ from typing import Any
 
 import jwt
 import pytest
+from conftest import Logged
 
 from slurm_trigger.settings import Settings
 from slurm_trigger.slurm.client import build_client, token_provider
@@ -146,8 +147,8 @@ def test_missing_secret_and_file(sm: Any, tmp_path: Path) -> None:
     assert exc.value.__context__ is None
 
 
-def test_the_key_never_shows(sm: Any, key: bytes, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="slurm_trigger")
+def test_the_key_never_shows(sm: Any, key: bytes, tmp_path: Path, logged: Logged,
+                             caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="aws_lambda_powertools")
     text_key = base64.b64encode(key).decode()
     sm.create_secret(Name="k", SecretString=text_key)
@@ -162,7 +163,7 @@ def test_the_key_never_shows(sm: Any, key: bytes, tmp_path: Path, caplog: pytest
         texts += [repr(provider), str(provider), repr(provider.key), repr(token), json.dumps(provider.claims(0))]
     with pytest.raises(SlurmAuthError) as exc:
         MintedToken(SigningKey.from_bytes(key[:8]), "u").token()
-    texts += ["".join(traceback.format_exception(exc.value)), caplog.text]
+    texts += ["".join(traceback.format_exception(exc.value)), logged.text, caplog.text]
     for text in texts:
         assert text_key not in text and key.hex() not in text and repr(key) not in text
     assert set(tmp_path.iterdir()) == before  # nothing written

@@ -4,12 +4,12 @@ a token minted from the key in moto's Secrets Manager); plain HTTP only where al
 from __future__ import annotations
 
 import base64
-import logging
 import secrets
 from typing import Any, Iterator
 
 import jwt
 import pytest
+from conftest import Logged
 from fakeslurm import FakeSlurm, Reply
 from pcs_stub import cluster_answer, stubbed_pcs, stubbed_pcs_error
 
@@ -81,8 +81,7 @@ def key_secret(aws: Any) -> tuple[Any, bytes, str, str]:
     return sm, key, made["ARN"], made["VersionId"]
 
 
-def test_build_client_for_a_pcs_cluster(key_secret: tuple[Any, bytes, str, str],
-                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_build_client_for_a_pcs_cluster(key_secret: tuple[Any, bytes, str, str], logged: Logged) -> None:
     """Bearer only, no user name, a token minted from the key GetCluster names."""
     sm, key, arn, version = key_secret
     fake = FakeSlurm()
@@ -90,7 +89,6 @@ def test_build_client_for_a_pcs_cluster(key_secret: tuple[Any, bytes, str, str],
         port = int(fake.url.rsplit(":", 1)[1])
         fake.add("GET", "/slurm/v0.0.42/ping", Reply.json(200, {"pings": [{"hostname": "pcs", "pinged": "UP"}]}))
         pcs_client, _ = stubbed_pcs(cluster_answer(ip="127.0.0.1", port=port, secret_arn=arn, secret_version=version))
-        caplog.set_level(logging.DEBUG, logger="slurm_trigger")
         settings = Settings(pcs_cluster="pcs_4ahbm6fbzy", slurm_user="alice", slurm_uid=1001, slurm_gid=1001,
                             api_version="v0.0.42", auth_header="x-slurm")
         client = build_client(settings, secrets_client=sm, pcs_client=pcs_client)
@@ -104,7 +102,7 @@ def test_build_client_for_a_pcs_cluster(key_secret: tuple[Any, bytes, str, str],
     scheme, token = seen.headers["Authorization"].split(" ")
     claims = jwt.decode(token, key, algorithms=["HS256"])
     assert scheme == "Bearer" and claims["sun"] == "alice" and claims["uid"] == 1001 and claims["id"]["gids"] == [1001]
-    assert token not in caplog.text
+    assert token not in logged.text
 
 
 def test_a_pcs_target_needs_the_users_identity(key_secret: tuple[Any, bytes, str, str]) -> None:
@@ -124,15 +122,14 @@ def test_a_key_secret_that_is_not_the_clusters(key_secret: tuple[Any, bytes, str
         build_client(settings, secrets_client=sm, pcs_client=pcs_client)
 
 
-def test_pcs_http_is_allowed_with_a_warning(key_secret: tuple[Any, bytes, str, str],
-                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_pcs_http_is_allowed_with_a_warning(key_secret: tuple[Any, bytes, str, str], logged: Logged) -> None:
     sm, _, arn, version = key_secret
     pcs_client, _ = stubbed_pcs(cluster_answer(ip="10.3.149.220", secret_arn=arn, secret_version=version))
-    caplog.set_level(logging.WARNING, logger="slurm_trigger")
     client = build_client(Settings(pcs_cluster="pcs_4ahbm6fbzy", slurm_user="a", slurm_uid=1, slurm_gid=1),
                           secrets_client=sm, pcs_client=pcs_client)
     assert client.base_url == "http://10.3.149.220:6820"
-    assert "plain HTTP to slurmrestd at http://10.3.149.220:6820 (PCS cluster lab-pcs)" in caplog.text
+    [warning] = [line for line in logged.lines if line["level"] == "WARNING"]
+    assert (warning["url"], warning["allowed_by"]) == ("http://10.3.149.220:6820", "PCS cluster lab-pcs")
     assert client.base_url.startswith("http://")
 
 

@@ -749,3 +749,22 @@ def test_array_tasks_and_steps_carry_their_ids_through_poll_store_and_lookup(env
     tracker(lost_after=0).poll(sweep=True)
     lost = events.details()[-1]
     assert (lost["jobId"], lost["state"], lost["arrayJobId"], lost["arrayTaskId"], lost["source"]["step"]) == (11, LOST, 10, 0, "align")
+
+
+def test_build_tracker_takes_its_clients_as_build_trigger_does(aws) -> None:
+    """Keyword-only boto3 clients; the Slurm client is built from the same settings (its
+    token secret read through the Secrets Manager client handed in), so the cluster it
+    asks is the one the events and keys name."""
+    from slurm_trigger.settings import Settings
+    from slurm_trigger.tracker import build_tracker
+
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdW4iOiJ1In0.c2lnbmF0dXJlLW9mLWEtdGVzdA"
+    secrets = boto3.client("secretsmanager")
+    secrets.create_secret(Name="slurm_token_c9", SecretString=token)
+    settings = Settings(cluster_name="c9", slurm_url="http://127.0.0.1:9", slurm_user="u", jobs_table="t")
+    with pytest.raises(TypeError):
+        build_tracker(settings, boto3.client("dynamodb"), boto3.client("events"))  # type: ignore[misc]
+    tracker = build_tracker(settings, dynamodb_client=boto3.client("dynamodb"), events_client=boto3.client("events"),
+                            secrets_client=secrets)
+    assert (tracker.cluster, tracker.client.base_url) == ("c9", "http://127.0.0.1:9")
+    assert tracker.client._auth.token().reveal() == token

@@ -3,7 +3,6 @@ HTTPS server with a self-signed certificate stands in for the head node)."""
 from __future__ import annotations
 
 import json
-import logging
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,6 +11,7 @@ from typing import Any, Iterator
 
 import pytest
 import requests
+from conftest import Logged
 from fakeslurm import self_signed
 
 from slurm_trigger.settings import Settings
@@ -134,13 +134,13 @@ def test_ca_secret_must_be_pem(aws: Any) -> None:
         build_session(Settings(ca_secret="not-a-cert"), secrets_client=lambda: sm)
 
 
-def test_insecure_turns_verification_off_and_warns(https: tuple[str, str], caplog: pytest.LogCaptureFixture,
+def test_insecure_turns_verification_off_and_warns(https: tuple[str, str], logged: Logged,
                                                    recwarn: pytest.WarningsRecorder) -> None:
     url, _ = https
-    caplog.set_level(logging.WARNING)
     session = build_session(Settings(insecure=True))
     assert session.verify is False
-    assert "TLS verification is OFF" in caplog.text
+    [warning] = logged.lines
+    assert warning["level"] == "WARNING" and "TLS verification is OFF" in warning["message"]
     assert ping(url, session)["pings"]
     assert not [w for w in recwarn if "Unverified HTTPS" in str(w.message)]
 
