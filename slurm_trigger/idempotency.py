@@ -101,6 +101,9 @@ class Claim:
     owner: str | None = None
     job_id: int | None = None
     outbox: Mapping[str, Any] | None = None
+    # TAKEN_OVER: when the key was first claimed (epoch seconds), so no attempt's job can
+    # have been submitted before; None when the record does not say (search everything)
+    claimed_at: float | None = None
 
     @property
     def completed(self) -> bool:
@@ -187,8 +190,9 @@ def _attempt(write: Callable[[], T]) -> T | Exception:
 
 
 class DynamoDBIdempotencyStore(IdempotencyStore):
-    """Items ``{id, status, owner, in_progress_until, expires_at, job_id, outbox,
-    kept_job}``; ``expires_at`` is the table's TTL attribute, ``outbox`` a JSON string,
+    """Items ``{id, status, owner, in_progress_until, expires_at, claimed_at, job_id,
+    outbox, kept_job}``; ``expires_at`` is the table's TTL attribute, ``claimed_at`` when
+    the key was first claimed (a takeover keeps it), ``outbox`` a JSON string,
     ``kept_job`` zlib-compressed JSON.
 
     ``in_progress_seconds`` is the lease of a claim whose caller gives none.
@@ -216,12 +220,8 @@ class DynamoDBIdempotencyStore(IdempotencyStore):
         try:
             answer = self._ddb.put_item(
                 **self._claim_args(key, owner, until, now),
-                ConditionExpression=(
-                    "attribute_not_exists(id) OR expires_at < :now"
-                    " OR (#status = :in_progress AND in_progress_until < :now)"
-                ),
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={":now": _n(now), ":in_progress": {"S": IN_PROGRESS}},
+                ConditionExpression="attribute_not_exists(id) OR expires_at < :now",
+                ExpressionAttributeValues={":now": _n(now)},
                 ReturnValues="ALL_OLD",
             )
         except self._ddb.exceptions.ConditionalCheckFailedException as exc:
@@ -239,6 +239,7 @@ class DynamoDBIdempotencyStore(IdempotencyStore):
                 "owner": {"S": owner},
                 "in_progress_until": until,
                 "expires_at": {"N": str(int(now) + self._ttl)},
+                "claimed_at": _n(now),
             },
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }
@@ -248,9 +249,38 @@ class DynamoDBIdempotencyStore(IdempotencyStore):
         status = item.get("status", {}).get("S")
         if status == COMPLETED and "job_id" in item:
             return Claim(key, COMPLETED, job_id=int(item["job_id"]["N"]))
-        if status == SUBMITTED and float(item.get("in_progress_until", {}).get("N", 0)) < now:
+        lease_over = float(item.get("in_progress_until", {}).get("N", 0)) < now
+        if status == SUBMITTED and lease_over:
             return self._take_submitted(key, item, owner, until, now)
+        if status == IN_PROGRESS and lease_over:
+            return self._take_in_progress(key, item, owner, until, now)
         raise ClaimInProgressError(key) from None
+
+    def _take_in_progress(self, key: str, item: dict[str, Any], owner: str, until: dict[str, str], now: float) -> Claim:
+        """An IN_PROGRESS record whose lease ran out: take it over, keeping when the key
+        was first claimed (a put would replace it), which bounds the search for its job.
+        A record without it (written before) gets this claim's time: this takeover's
+        search is unbounded, so a job it does not find was never made."""
+        try:
+            self._ddb.update_item(
+                TableName=self._table,
+                Key={"id": {"S": key}},
+                UpdateExpression=(
+                    "SET #owner = :me, in_progress_until = :until, expires_at = :expires,"
+                    " claimed_at = if_not_exists(claimed_at, :now)"
+                ),
+                ConditionExpression="#status = :in_progress AND #owner = :old AND in_progress_until < :now",
+                ExpressionAttributeNames={"#status": "status", "#owner": "owner"},
+                ExpressionAttributeValues={
+                    ":me": {"S": owner}, ":until": until, ":in_progress": {"S": IN_PROGRESS},
+                    ":old": item.get("owner", {"S": ""}), ":now": _n(now),
+                    ":expires": {"N": str(int(now) + self._ttl)},
+                },
+            )
+        except self._ddb.exceptions.ConditionalCheckFailedException:
+            raise ClaimInProgressError(key) from None  # another attempt took it first
+        claimed = item.get("claimed_at", {}).get("N")
+        return Claim(key, TAKEN_OVER, owner, claimed_at=float(claimed) if claimed else None)
 
     def claim_many(self, keys: Sequence[str], lease_seconds: float | None = None) -> list[Claim | Exception]:
         """Fresh keys in one transaction per 100, each ``Put`` only over no record: a

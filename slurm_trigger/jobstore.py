@@ -7,7 +7,7 @@ kinds of items per cluster:
 * ``job#<cluster>#<id>``: the last state published for a job, with what the status
   command shows; finished jobs get an ``expires_at`` (TTL) and then vanish.
 * ``cursor#<cluster>``: the ``update_time`` for the next ``GET /jobs``, the time of
-  the last sweep, and how many shards hold the rest of the cursor.
+  the last sweep, the highest job id listed, and how many shards hold the rest of the cursor.
 * ``known#<cluster>#<n>``: shard ``n`` (job id modulo the shard count) of ``known``, a
   compressed map of job id → last state of every tracked job still listed by Slurm,
   and of ``vanished``, the checkpoint of the lookups of jobs a sweep no longer found.
@@ -111,6 +111,9 @@ class Cursor:
 
     update_time: int | None = None
     last_sweep: float | None = None
+    # the highest job id of the last complete listing: a poll of /jobs/state takes an id
+    # above it as new, and one below it that ``known`` lacks as a job it already saw
+    top_job_id: int | None = None
     known: dict[int, str] = field(default_factory=dict)
     vanished: dict[int, float | None] = field(default_factory=dict)
     version: int = 0
@@ -227,6 +230,7 @@ class DynamoDBJobStore(JobStore):
         return Cursor(
             update_time=int(item["update_time"]["N"]) if "update_time" in item else None,
             last_sweep=float(item["last_sweep"]["N"]) if "last_sweep" in item else None,
+            top_job_id=int(item["top_job_id"]["N"]) if "top_job_id" in item else None,
             known=known,
             vanished=vanished,
             version=int(item["version"]["N"]),
@@ -255,6 +259,8 @@ class DynamoDBJobStore(JobStore):
             item["update_time"] = _n(cursor.update_time)
         if cursor.last_sweep is not None:
             item["last_sweep"] = _n(cursor.last_sweep)
+        if cursor.top_job_id is not None:
+            item["top_job_id"] = _n(cursor.top_job_id)
         try:
             self._db.put_item(
                 TableName=self.table,

@@ -8,7 +8,9 @@ and every save is conditional on the state it replaces.
 Slurm answers ``GET /jobs?update_time=`` with every job as soon as any job changed, so
 the page is diffed in memory against the cursor's ``known`` map first: the store is
 read and written for the jobs whose state moved, not for every job of the cluster.
-The next ``update_time`` is Slurm's own clock from that answer. Every ``sweep_seconds``
+The next ``update_time`` is Slurm's own clock from that answer. Where slurmctld serves
+``/jobs/state`` (v0.0.41+), a steady poll asks it instead (ids and states, ~1% of the
+bytes) and fetches the details of only the jobs it shows new or moved. Every ``sweep_seconds``
 the poll lists all jobs without ``update_time``; each tracked unfinished job no longer
 listed joins the cursor's ``vanished`` queue, which every poll works through a bounded
 share of: by id in slurmctld, then in accounting (slurmdbd) where the cluster has it;
@@ -37,6 +39,7 @@ from slurm_trigger.observability import SERVICE, logger, tracer
 from slurm_trigger.provenance import MARKER, Source
 from slurm_trigger.settings import Settings
 from slurm_trigger.slurm import build_client
+from slurm_trigger.slurm.client import details_budget
 from slurm_trigger.slurm.dialects import server_time
 from slurm_trigger.slurm.errors import SlurmError, SlurmNotFoundError
 from slurm_trigger.slurm.models import Job, JobKey, JobsPage, job_key
@@ -47,13 +50,24 @@ COMPLETING = "COMPLETING"
 
 
 class SlurmJobs(Protocol):
-    """The part of ``SlurmClient`` the tracker uses. ``diag``, ``accounting`` and
-    ``get_accounting_job`` are read with ``getattr``: a client without them works,
-    with the cursor from ``last_update`` only and ``LOST`` instead of accounting."""
+    """The part of ``SlurmClient`` the tracker uses. ``diag``, ``accounting``,
+    ``get_accounting_job`` and ``serves_job_states`` are read with ``getattr``: a client
+    without them works, with the cursor from ``last_update`` only, ``LOST`` instead of
+    accounting, and every poll a listing of ``/jobs``."""
 
     def list_jobs(self, update_time: int | None = None) -> JobsPage: ...
 
     def get_job(self, job_id: int) -> Job: ...
+
+    @property
+    def serves_job_states(self) -> bool:
+        """``job_states`` can be asked (v0.0.41+); read with ``getattr`` too."""
+
+    def job_states(self, job_ids: Any = None) -> dict[int, str]:
+        """Job id → base state of every job (``GET /jobs/state``)."""
+
+    def get_jobs(self, job_ids: Any) -> JobsPage:
+        """The jobs of these ids slurmctld holds, one ``GET /job/{id}`` each."""
 
     def diag(self) -> dict[str, Any]: ...
 
@@ -73,6 +87,7 @@ class PollResult:
     skipped: bool = False
     sweep: bool = False
     changed: bool = False
+    listing: str = ""  # how Slurm was asked: "jobs" (GET /jobs) or "states" (/jobs/state, then details)
     jobs_seen: int = 0
     tracked_seen: int = 0
     transitions: list[dict[str, Any]] = field(default_factory=list)
@@ -136,6 +151,7 @@ class Tracker:
         lease_seconds: float = 300,
         max_changes: int = 2000,
         max_lookups: int = 200,
+        max_details: int | None = None,
         lost_after: float = 600,
         owner: str | None = None,
         clock: Any = time.time,
@@ -150,6 +166,7 @@ class Tracker:
         self.lease_seconds = lease_seconds
         self.max_changes = max_changes
         self.max_lookups = max_lookups
+        self.max_details = max_details
         self.lost_after = lost_after
         self.owner = owner or uuid.uuid4().hex
         self._clock = clock
@@ -185,13 +202,16 @@ class Tracker:
         cursor = self.store.load_cursor(self.cluster)
         now = self._clock()
         result.sweep = self._wants_sweep(cursor, now) if sweep is None else sweep
-        page, slurm_now = self._list(cursor, result)
+        page, slurm_now, top = self._list(cursor, result)
         moved, listed = self._scan(page, cursor, result)
+        top = top if top is not None or not page.changed else max(listed, default=None)
         del page  # the decoded answer goes before the events are built
         self._update_vanished(cursor, listed, result.sweep)
         moved = self._bounded(moved, result)
         error = self._publish_and_save(moved, cursor, iso(now), lookups_until, result)
         done = error is None and not result.deferred and not result.retries_pending
+        if done and top is not None:
+            cursor.top_job_id = top
         self._save_cursor(cursor, slurm_now if done else None,
                           now if result.sweep and error is None else None, result)
         if error is not None:
@@ -200,13 +220,26 @@ class Tracker:
     def _wants_sweep(self, cursor: Cursor, now: float) -> bool:
         return cursor.update_time is None or cursor.last_sweep is None or now - cursor.last_sweep >= self.sweep_seconds
 
-    def _list(self, cursor: Cursor, result: PollResult) -> tuple[JobsPage, int | None]:
-        """Slurm's listing (all jobs on a sweep, else those since the cursor), and Slurm's
-        clock for the next cursor (None: nothing changed, the cursor stays)."""
+    def _list(self, cursor: Cursor, result: PollResult) -> tuple[JobsPage, int | None, int | None]:
+        """Slurm's listing (all jobs on a sweep, else those since the cursor), Slurm's
+        clock for the next cursor (None: the cursor stays), and the highest job id Slurm
+        holds when the listing does not show every job (None: read it from the listing).
+
+        A steady poll of a cluster that serves ``/jobs/state`` asks it first and fetches
+        only the jobs it shows new or moved, unless they are more than ``max_details``
+        (default: the client's ``details_budget``, 1% of the jobs): ``update_time`` is
+        global, any change lists every job, ~5.5 KB each."""
+        if not result.sweep and cursor.top_job_id is not None and getattr(self.client, "serves_job_states", False):
+            states = self.client.job_states()
+            wanted = _moved_states(states, cursor)
+            if len(wanted) <= (self.max_details or details_budget(len(states))):
+                result.listing, result.changed = "states", bool(wanted)
+                page = self.client.get_jobs(wanted) if wanted else JobsPage(jobs=(), changed=False)
+                return page, None, max(max(states), cursor.top_job_id) if wanted else None
         asked = time.monotonic()
         page = self.client.list_jobs(None if result.sweep else cursor.update_time)
-        result.changed = page.changed
-        return page, (page.last_update or self._server_time(asked)) if page.changed else None
+        result.listing, result.changed = "jobs", page.changed
+        return page, (page.last_update or self._server_time(asked)) if page.changed else None, None
 
     def _update_vanished(self, cursor: Cursor, listed: set[int], sweep: bool) -> None:
         """On a sweep, queue each tracked unfinished job the listing lacks (a finished
@@ -245,8 +278,9 @@ class Tracker:
                 change = self._diff(job, src, stored.get(job.job_id), updated_at, fp)
                 if change:
                     changes.append(change)
-                else:  # known was stale (e.g. a crash after saving the job): refresh only
-                    cursor.known[job.job_id] = fp
+                elif COMPLETING not in job.state_flags:  # known was stale (e.g. a crash after saving the job): refresh only;
+                    cursor.known[job.job_id] = fp  # a requeue still completing keeps the old entry, or a state poll
+                    # would take its new run (the same base state, a new submit time) as known
             failed += self._publish(changes, cursor, result)
         todo = list(cursor.vanished)[: self.max_lookups or None]
         if todo:
@@ -471,6 +505,21 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def _moved_states(states: dict[int, str], cursor: Cursor) -> list[int]:
+    """The jobs of a ``/jobs/state`` answer that a full listing's scan would parse: a
+    known job in another base state, and a job ``known`` lacks above ``top_job_id`` (one
+    below it was listed before and is not tracked). What a state cannot show (a requeue
+    or a reused id back in the same state: a new submit time) waits for the next sweep."""
+    top = cursor.top_job_id or 0
+    known = cursor.known
+    moved = []
+    for job_id, state in states.items():
+        fp = known.get(job_id)
+        if (fp is None and job_id > top) or (fp is not None and _state_of(fp) != state):
+            moved.append(job_id)
+    return moved
 
 
 def _state_of(fp: str) -> str:

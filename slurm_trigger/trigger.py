@@ -568,7 +568,8 @@ class Trigger:
             # An earlier attempt ended without a word after its lease, which outlasts
             # any job its submit could make: if Slurm has none now, it never will.
             try:
-                found = pacer.call(lambda: client.find_jobs_by_comment(claim.key, name=job.name))
+                # no attempt submitted before the key was first claimed: only newer jobs are asked for
+                found = pacer.call(lambda: client.find_jobs_by_comment(claim.key, name=job.name, since=claim.claimed_at))
             except BaseException as exc:  # noqa: BLE001 - not asked: the next attempt asks
                 return _Attempt(write="expire", error=exc)
             # Slurm matches a substring: a hostile key or template comment may carry

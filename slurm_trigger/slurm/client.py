@@ -22,9 +22,11 @@ from slurm_trigger.slurm.dialects import (
     BEFORE_NEGOTIATION,
     DIALECTS,
     Dialect,
+    RawJob,
     error_codes,
     newest,
     number,
+    raw_job,
     served_versions,
     version_key,
 )
@@ -37,7 +39,7 @@ from slurm_trigger.slurm.errors import (
     SlurmUnavailableError,
     SlurmVersionError,
 )
-from slurm_trigger.slurm.models import Job, JobsPage, JobSubmission, SubmitResult
+from slurm_trigger.slurm.models import Job, JobsPage, JobSubmission, LazyJobs, SubmitResult
 from slurm_trigger.slurm.transport import verify_failed
 
 if TYPE_CHECKING:
@@ -52,6 +54,17 @@ MIN_JWT_LENGTH = 16
 # How far back ``find_jobs_by_comment`` searches accounting: a takeover happens when a
 # retry of the same object comes back (minutes to hours; an SQS redrive within days).
 ACCOUNTING_SEARCH_SECONDS = 7 * 24 * 3600
+# How far slurmctld's clock may be behind the caller's when ``since`` bounds a search
+# (both NTP-synced on EC2; generous, it only adds a few jobs to look at).
+CLOCK_SKEW_SECONDS = 60
+
+
+def details_budget(jobs: int) -> int:
+    """How many of ``jobs`` (what slurmctld holds) are worth fetching one by one
+    (``GET /job/{id}``, ~8.5 KB and one slurmctld RPC each) rather than listing all of
+    ``/jobs`` (~5.5 KB a job, one RPC that packs every job): 1%, at least 20, at most
+    1,000 (a few seconds of calls)."""
+    return max(20, min(1000, jobs // 100))
 
 
 class SlurmClient:
@@ -205,6 +218,44 @@ class SlurmClient:
         )
         return dialect.parse_jobs(status, body)
 
+    @property
+    def serves_job_states(self) -> bool:
+        """Whether ``job_states`` can be asked (v0.0.41+: Slurm 24.05 and later; v0.0.40's
+        answer names array tasks by their array's id, see ``dialects``)."""
+        return self.dialect.job_states
+
+    def job_states(self, job_ids: Iterable[int] | None = None) -> dict[int, str]:
+        """Job id → base state of every job slurmctld holds (of ``job_ids`` only, if
+        given; ids it does not know are absent), from ``GET /jobs/state``: ~1% of the
+        bytes of ``/jobs``. ``SlurmVersionError`` on v0.0.38–v0.0.40 (see ``serves_job_states``)."""
+        dialect = self.dialect
+        if not dialect.job_states:
+            raise SlurmVersionError(f"{dialect.version} has no usable /jobs/state (v0.0.41 and later do)", url=self.base_url)
+        if job_ids is not None:
+            job_ids = list(job_ids)
+            if not job_ids:
+                return {}  # no job_id at all would ask for every job
+        _, body = self._call(
+            "GET", dialect.path("jobs/state"), params=dialect.job_states_params(job_ids),
+            decoder=dialect.decode_job_states,
+        )
+        return dialect.parse_job_states(body)
+
+    def get_jobs(self, job_ids: Iterable[int]) -> JobsPage:
+        """The jobs of ``job_ids`` slurmctld still holds (the others are absent), by id,
+        as a listing gives them: one ``GET /job/{id}`` each (every version takes one id
+        in the path: 24.11 answers 400 and 26.05 404 for ``/job/1,2``)."""
+        dialect = self.dialect
+        raws: list[RawJob] = []
+        for job_id in sorted(set(int(i) for i in job_ids)):
+            try:
+                _, body = self._call("GET", dialect.path(f"job/{job_id}"), decoder=dialect.decode_jobs)
+            except SlurmNotFoundError:
+                continue
+            # an array's id answers with its tasks too: they are listed under their own ids
+            raws += [r for r in map(raw_job, (body or {}).get("jobs") or ()) if r.job_id == job_id]
+        return JobsPage(jobs=LazyJobs(raws, dialect.parse_job, dialect.job_key), last_update=None)
+
     def get_job(self, job_id: int) -> Job:
         """One job; ``SlurmNotFoundError`` if Slurm does not know it (any more)."""
         path = self.dialect.path(f"job/{int(job_id)}")
@@ -228,21 +279,62 @@ class SlurmClient:
             if set(error_codes(exc.errors)) != {ALREADY_DONE}:
                 raise
 
-    def find_jobs_by_comment(self, substring: str, *, name: str | None = None) -> list[Job]:
+    def find_jobs_by_comment(
+        self, substring: str, *, name: str | None = None, since: float | None = None
+    ) -> list[Job]:
         """Jobs whose comment contains ``substring`` (an idempotency key), by job id: how
         the trigger finds the job of a submit whose answer it never got. With accounting
         it also finds jobs that already left slurmctld (after MinJobAge), among this user's
         jobs of the last ``ACCOUNTING_SEARCH_SECONDS``; slurmctld's view of a job wins.
         ``name``, the job's name when the caller knows it, narrows the accounting query
         to jobs of that name (slurmdbd cannot filter by comment; a busy user's week of
-        jobs is too much to download on every takeover)."""
-        found = {j.job_id: j for j in self.list_jobs().jobs if j.comment and substring in j.comment}
+        jobs is too much to download on every takeover). ``since`` (epoch seconds), when
+        the caller knows the job cannot have been submitted before it, lets slurmctld be
+        asked for the newest jobs only (``_newest_jobs``, v0.0.41+) instead of all of ``/jobs``."""
+        newest = self._newest_jobs(since) if since is not None and self.dialect.job_states else None
+        listed = newest if newest is not None else self.list_jobs().jobs
+        found = {j.job_id: j for j in listed if j.comment and substring in j.comment}
         if self.accounting:
             since = int(time.time()) - ACCOUNTING_SEARCH_SECONDS
             for job in self.list_accounting_jobs(since, name=name):
                 if job.comment and substring in job.comment:
                     found.setdefault(job.job_id, job)
         return [found[i] for i in sorted(found)]
+
+    def _newest_jobs(self, since: float) -> list[Job] | None:
+        """Every job slurmctld holds that may have been submitted at or after ``since``,
+        or None when more than ``details_budget`` of them would have to be fetched to
+        know (the caller lists all of ``/jobs`` then).
+
+        Slurm numbers jobs in the order it creates them, and a job's ``submit_time`` is
+        never before its creation (a requeue only moves it later), so walking the ids of
+        ``/jobs/state`` downwards, the first job submitted before ``since`` (less the clock
+        skew) ends the walk: every lower id was created before it. An array task split off
+        later gets a new id but keeps the array's submit time, so it never ends the walk.
+        When ids wrapped around (``MaxJobId``), the lowest ids are newer jobs than the
+        highest: ``_wrapped`` checks, and the full listing is used then."""
+        before = since - CLOCK_SKEW_SECONDS
+        ids = sorted(self.job_states(), reverse=True)
+        newest: list[Job] = []
+        for job_id in ids[: details_budget(len(ids))]:
+            for job in self.get_jobs([job_id]).jobs:  # none when it left meanwhile
+                if _created_before(job, before):
+                    return None if self._wrapped(ids, job) else newest
+                newest.append(job)
+        return newest if len(ids) <= details_budget(len(ids)) else None
+
+    def _wrapped(self, ids: list[int], boundary: Job) -> bool:
+        """Whether the lowest ids (``ids`` is sorted downwards) may be newer jobs than
+        ``boundary``, which the walk from the highest id reached: the first of the three
+        lowest that shows its creation time (not requeued, not a split array task) says.
+        A wrap-around (MaxJobId) puts new jobs below old ones; unsure counts as wrapped."""
+        for job_id in reversed(ids[-3:]):
+            if job_id == boundary.job_id:
+                return False
+            for job in self.get_jobs([job_id]).jobs:
+                if _shows_creation(job):
+                    return boundary.submit_time is None or job.submit_time > boundary.submit_time
+        return True
 
     # --- accounting (slurmdbd)
     def get_accounting_job(self, job_id: int) -> Job | None:
@@ -381,6 +473,17 @@ def read_body(resp: requests.Response) -> bytearray:
 
 
 _READ_CHUNK = 1 << 20
+
+
+def _shows_creation(job: Job) -> bool:
+    """The job's submit time is when Slurm made it (and numbered it): no requeue moved
+    it, and it is not an array task split off (under a new id) after the array's submit."""
+    return job.submit_time is not None and job.restarts == 0 and job.array_job_id in (None, job.job_id)
+
+
+def _created_before(job: Job, moment: float) -> bool:
+    """The job was certainly made before ``moment`` (epoch seconds)."""
+    return _shows_creation(job) and job.submit_time is not None and job.submit_time.timestamp() < moment
 
 
 def decode(content: bytes | bytearray, decoder: Callable[[bytes], Any] | None = None) -> Any:

@@ -82,6 +82,18 @@ class OnlyTheseJobs:
         ours = self.ids - self.purged  # an array's tasks split off under new ids: theirs by their array
         return replace(page, jobs=tuple(j for j in page.jobs if j.job_id in ours or j.array_job_id in ours))
 
+    def job_states(self, job_ids: Any = None) -> dict[int, str]:
+        """/jobs/state from this test's first job on (an array's tasks get later ids);
+        ``get_jobs`` keeps only this test's."""
+        first = min(self.ids - self.purged, default=None)
+        states = self.client.job_states(job_ids)
+        return {} if first is None else {i: s for i, s in states.items() if i >= first and i not in self.purged}
+
+    def get_jobs(self, job_ids: Any) -> Any:
+        page = self.client.get_jobs(job_ids)
+        ours = self.ids - self.purged
+        return replace(page, jobs=tuple(j for j in page.jobs if j.job_id in ours or j.array_job_id in ours))
+
     def get_job(self, job_id: int) -> Any:
         if job_id in self.purged:
             raise SlurmNotFoundError(f"Slurm does not know job {job_id}", status=404)
@@ -198,9 +210,10 @@ def test_completed_failed_and_cancelled_jobs_each_transition_once(world: World) 
     failed = world.submit("sleep 1; exit 3", "exit3")
     cancelled = world.submit("sleep 120", "cancel")
     jobs = [done, failed, cancelled]
+    listings: list[str] = []
 
     def poll() -> None:
-        tracker.poll()
+        listings.append(tracker.poll().listing)
         stored = world.store.get_jobs(CLUSTER, [cancelled])
         if cancelled in stored and stored[cancelled].state in ("PENDING", "RUNNING"):
             world.client.cancel_job(cancelled)
@@ -219,6 +232,8 @@ def test_completed_failed_and_cancelled_jobs_each_transition_once(world: World) 
     assert last["source"]["pipeline"] == "tracker-test" and last["source"]["s3Uri"].startswith("s3://in-bucket/tracker/ok-")
     assert last["jobName"] == "tracker-ok" and last["user"] == world.target.user
     assert last["submittedAt"].endswith("Z") and last["endedAt"].endswith("Z")
+    # the first poll lists /jobs; later ones ask /jobs/state and fetch what moved (v0.0.40+)
+    assert listings[0] == "jobs" and set(listings[1:]) == ({"states"} if world.client.serves_job_states else {"jobs"})
 
 
 def test_overlapping_polls_and_refused_entries_double_and_lose_nothing(world: World) -> None:

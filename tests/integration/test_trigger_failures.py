@@ -48,8 +48,9 @@ class FakeSlurm:
         fail(job_id)  # raises; appends first when the job "was made"
         raise AssertionError("fail() must raise")
 
-    def find_jobs_by_comment(self, substring: str, *, name: str | None = None) -> list[Job]:
+    def find_jobs_by_comment(self, substring: str, *, name: str | None = None, since: float | None = None) -> list[Job]:
         self.finds += 1
+        self.since = since
         return [j for j in self.jobs if substring in (j.comment or "")]
 
     def made_then(self, exc: Exception) -> Callable[[int], None]:
@@ -124,6 +125,7 @@ REF = ObjectRef("b", "in/x", version_id="v1")
 def test_answer_lost_after_the_job_was_made_adopts_it(setup, clock):
     trigger, slurm, _, published = setup
     slurm.fail = slurm.made_then(SlurmUnavailableError("read timeout", maybe_submitted=True))
+    first = clock()
     with pytest.raises(SlurmUnavailableError):
         trigger.handle(REF)
     with pytest.raises(ClaimInProgressError):
@@ -131,6 +133,7 @@ def test_answer_lost_after_the_job_was_made_adopts_it(setup, clock):
     clock.offset += SETTLE + 1
     [outcome] = trigger.handle(REF)  # the retry: taken over, Slurm asked, job adopted
     assert (outcome.status, outcome.job_id) == ("adopted", 100) and len(slurm.jobs) == 1
+    assert first <= slurm.since < first + 5  # asked for jobs since the first claim only
     [event] = published()
     assert event["detail"]["adopted"] is True and event["detail"]["jobId"] == 100
 

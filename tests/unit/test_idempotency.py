@@ -114,6 +114,24 @@ def test_expired_claim_is_taken_over(store, clock):
     assert claim.taken_over and not claim.completed
 
 
+def test_a_takeover_knows_when_the_key_was_first_claimed(store, clock, ddb):
+    """What bounds its search for the job: every takeover keeps the first claim's time."""
+    first = clock.now
+    store.claim("k1")
+    for _ in range(3):
+        clock.now += 61
+        claim = store.claim("k1")
+        assert claim.taken_over and claim.claimed_at == first
+    assert store.claim("k2").claimed_at is None  # a fresh claim has nothing to search for
+    ddb.update_item(TableName="idem", Key={"id": {"S": "k3"}}, UpdateExpression="SET #s = :s, #o = :o, in_progress_until = :u, expires_at = :e",
+                    ExpressionAttributeNames={"#s": "status", "#o": "owner"},
+                    ExpressionAttributeValues={":s": {"S": "IN_PROGRESS"}, ":o": {"S": "x"}, ":u": {"N": "0"}, ":e": {"N": str(int(clock.now) + 999)}})
+    legacy = store.claim("k3")  # written before claimed_at existed: an unbounded search,
+    assert legacy.taken_over and legacy.claimed_at is None
+    clock.now += 61
+    assert store.claim("k3").claimed_at == clock.now - 61  # after which this claim's time bounds it
+
+
 def test_lease_is_the_callers(store, clock):
     store.claim("k1", lease_seconds=200)
     clock.now += 199

@@ -44,9 +44,9 @@ def test_each_key_gets_what_its_single_claim_says(store, clock, calls):  # noqa:
     claims = store.claim_many(["new1", "done", "busy", "silent", "unpublished", "new2"], 60)
     assert states(claims) == [FRESH, COMPLETED, "ClaimInProgressError", TAKEN_OVER, SUBMITTED, FRESH]
     assert claims[1].job_id == 7 and claims[4].job_id == 8 and claims[4].outbox == {"detail_type": "x", "detail": {}}
-    # the cancelled transaction, then alone: busy, silent and unpublished (+ its takeover),
-    # then the two fresh keys again in a transaction of their own
-    assert calls == ["TransactWriteItems", "PutItem", "PutItem", "PutItem", "UpdateItem", "TransactWriteItems"]
+    # the cancelled transaction, then alone: busy, silent (+ its takeover) and unpublished
+    # (+ its takeover), then the two fresh keys again in a transaction of their own
+    assert calls == ["TransactWriteItems", "PutItem", "PutItem", "UpdateItem", "PutItem", "UpdateItem", "TransactWriteItems"]
     assert isinstance(claims[2], ClaimInProgressError)
 
 

@@ -39,7 +39,7 @@ def test_lease_keeps_a_second_owner_out_until_released_or_expired(store: DynamoD
 def test_cursor_round_trip_and_compare_and_set(store: DynamoDBJobStore) -> None:
     empty = store.load_cursor("c")
     assert empty == Cursor()
-    cursor = Cursor(update_time=1795578781, last_sweep=1795578700.5, known={7: "RUNNING|2026-11-25T03:52:50Z"})
+    cursor = Cursor(update_time=1795578781, last_sweep=1795578700.5, top_job_id=6386, known={7: "RUNNING|2026-11-25T03:52:50Z"})
     assert store.save_cursor("c", cursor)
     assert cursor.version == 1
     loaded = store.load_cursor("c")

@@ -197,7 +197,7 @@ class Slurm:
     def get_job(self, job_id: int) -> Job:
         return self.jobs[job_id]
 
-    def find_jobs_by_comment(self, key: str, name: str | None = None) -> list[Job]:
+    def find_jobs_by_comment(self, key: str, name: str | None = None, since: float | None = None) -> list[Job]:
         return [j for j in self.jobs.values() if key in (j.comment or "")]
 
 

@@ -154,7 +154,7 @@ class _Slurm:
             raise SlurmRejectedError("invalid partition specified", status=400, errors=[{"description": "Invalid partition name specified"}])
         return SubmitResult(job_id=77)
 
-    def find_jobs_by_comment(self, substring: str) -> list:
+    def find_jobs_by_comment(self, substring: str, **_: object) -> list:
         return []
 
 
