@@ -31,8 +31,10 @@ import json
 import time
 import zlib
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
+
+import msgspec
 
 from slurm_trigger.provenance import Source
 from slurm_trigger.slurm.models import FINAL_STATES
@@ -46,9 +48,10 @@ JOBS_PER_SHARD = 4096  # ~26 KB compressed at ~6.6 bytes a job: cheap to rewrite
 MAX_SHARD_BYTES = 380 * 1024  # uncompressed; DynamoDB items stop at 400 KB
 
 
-@dataclass(frozen=True)
-class TrackedJob:
-    """The last published state of one job, with what the status table shows."""
+class TrackedJob(msgspec.Struct, frozen=True, gc=False):
+    """The last published state of one job, with what the status table shows. A frozen
+    ``msgspec.Struct`` (``msgspec.structs.replace`` copies one with changes): a first
+    poll builds one per job, ~10x faster than a frozen dataclass."""
 
     cluster: str
     job_id: int
@@ -95,7 +98,7 @@ class TrackedJob:
         return self.source.s3_uri if self.source else None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return msgspec.structs.asdict(self)
 
 
 @dataclass
@@ -380,7 +383,7 @@ _INT_FIELDS = {"job_id", "exit_code", "restarts", "array_job_id", "array_task_id
 
 def _to_item(job: TrackedJob) -> dict[str, Any]:
     item: dict[str, Any] = {"pk": _s(_job_pk(job.cluster, job.job_id))}
-    for name, value in asdict(job).items():
+    for name, value in msgspec.structs.asdict(job).items():
         if value is None or value == "":
             continue
         item[name] = _n(value) if name in _INT_FIELDS else _s(str(value))
@@ -389,7 +392,7 @@ def _to_item(job: TrackedJob) -> dict[str, Any]:
 
 def _from_item(item: Mapping[str, Any]) -> TrackedJob:
     values: dict[str, Any] = {}
-    for f in fields(TrackedJob):
+    for f in msgspec.structs.fields(TrackedJob):
         if f.name in item:
             raw = next(iter(item[f.name].values()))
             values[f.name] = int(raw) if f.name in _INT_FIELDS else raw

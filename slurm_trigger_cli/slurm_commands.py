@@ -12,6 +12,8 @@ import sys
 from datetime import datetime
 from typing import Any
 
+import msgspec
+
 from slurm_trigger_cli import emit, settings_from_args
 from slurm_trigger.settings import Settings
 from slurm_trigger.slurm import SlurmClient, build_client
@@ -48,17 +50,14 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
 
 
 def job_to_dict(job: Job) -> dict[str, Any]:
-    """A job as JSON: ISO 8601 UTC times, lists for tuples, without the raw answer."""
+    """A job as JSON: ISO 8601 UTC times, lists for tuples."""
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(job):
-        if f.name == "raw":
-            continue
-        value = getattr(job, f.name)
+    for name, value in msgspec.structs.asdict(job).items():
         if isinstance(value, datetime):
             value = value.isoformat()
         elif isinstance(value, tuple):
             value = list(value)
-        out[f.name] = value
+        out[name] = value
     out["is_final"] = job.is_final
     return out
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Callable, Iterator, Mapping, Sequence, overload
 
+import msgspec
+
 # Base states after which a job never changes again.
 FINAL_STATES = frozenset(
     {
@@ -25,8 +27,7 @@ FINAL_STATES = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class Job:
+class Job(msgspec.Struct, frozen=True, gc=False):
     """One Slurm job as every API version describes it, normalized.
 
     ``exit_code`` is the process exit status (``exit 3`` reads 3 in every version,
@@ -35,6 +36,10 @@ class Job:
     does not say. Times are timezone-aware UTC or ``None`` when unset. ``restarts``
     counts Slurm's requeues of the job (``restart_cnt``): a requeue keeps the job id
     and sets a new submit time.
+
+    A frozen ``msgspec.Struct`` rather than a dataclass: a poll makes one per job that
+    changed (100,000 on a first poll), and a Struct is built ~10x faster
+    (``msgspec.structs.replace`` copies one with changes).
     """
 
     job_id: int
@@ -130,14 +135,16 @@ class SubmitResult:
     warnings: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class JobKey:
+class JobKey(msgspec.Struct, frozen=True, gc=False):
     """What identifies a job's state cheaply: its id, base state and submit time
-    (epoch seconds, None when unset), read without parsing the rest of the job."""
+    (epoch seconds, None when unset), read without parsing the rest of the job; and
+    its comment as ``Job.comment`` reads it, so a caller can tell a job that carries
+    slurm-trigger's provenance from another without parsing either."""
 
     job_id: int
     state: str
     submitted: int | None
+    comment: str | None = None
 
 
 class LazyJobs(Sequence[Job]):
@@ -210,4 +217,4 @@ class JobsPage:
 def job_key(job: Job) -> JobKey:
     """The ``JobKey`` of a parsed job."""
     submitted = int(job.submit_time.timestamp()) if job.submit_time else None
-    return JobKey(job.job_id, job.state, submitted)
+    return JobKey(job.job_id, job.state, submitted, job.comment)

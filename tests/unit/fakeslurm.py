@@ -33,6 +33,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: Any
+    peer: tuple[str, int] | None = None  # the client's address: one per connection
 
 
 class FakeSlurm:
@@ -58,7 +59,7 @@ class FakeSlurm:
                     body = json.loads(raw) if raw else None
                 except ValueError:
                     body = raw.decode()
-                seen = Seen(self.command, self.path, dict(self.headers), body)
+                seen = Seen(self.command, self.path, dict(self.headers), body, self.client_address[:2])
                 fake.seen.append(seen)
                 reply = fake.reply_for(seen)
                 if reply.delay:

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -121,6 +122,46 @@ def test_cancelled_jobs(fake: FakeSlurm, version: str) -> None:
     for name in ("job-cancelled.json", "job-cancelled-pending.json"):
         job = client.get_job(job_path(version, name))
         assert job.state == "CANCELLED" and job.is_final
+
+
+def test_a_big_listing_is_read_in_one_buffer_and_the_connection_kept(fake: FakeSlurm) -> None:
+    """The body is streamed into one buffer (read_body), never joined from chunks; read
+    to the end, the connection is reused by the next call."""
+    body = json.loads((RECORDED / "v0.0.42" / "jobs.json").read_text())
+    job = body["jobs"][0]
+    body["jobs"] = [dict(job, job_id=1000 + i) for i in range(600)]  # ~3.4 MB: several reads
+    fake.add("GET", "/slurm/v0.0.42/jobs", Reply.json(200, body))
+    client = client_for(fake, api_version="v0.0.42")
+    first, second = client.list_jobs(), client.list_jobs()
+    assert [j.job_id for j in first.jobs] == [j.job_id for j in second.jobs] == list(range(1000, 1600))
+    assert fake.seen[-1].peer == fake.seen[-2].peer  # one connection for both
+
+
+def test_a_body_cut_short_is_unavailable_and_names_no_token() -> None:
+    """A read that fails half way (the server closes before Content-Length) fails the
+    call like a failed request: unavailable, without the token, nothing chained."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def answer_half() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 999\r\n\r\n{\"jobs\": [")
+
+    thread = threading.Thread(target=answer_half, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    client = SlurmClient(url, StaticToken(GOOD), user="alice", session=build_session(Settings(retries=0)),
+                         api_version="v0.0.42")
+    try:
+        with pytest.raises(SlurmUnavailableError) as exc:
+            client.list_jobs()
+    finally:
+        thread.join(5)
+        server.close()
+    assert GOOD not in str(exc.value) and exc.value.__context__ is None and exc.value.__cause__ is None
 
 
 @pytest.mark.parametrize("version", VERSIONS)

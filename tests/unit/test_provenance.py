@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import pytest
 
@@ -76,7 +76,20 @@ def test_random_keys_built_from_hostile_pieces() -> None:
     "comment",
     [None, "", "someone else's job", MARKER, f"{MARKER}not json", f"{MARKER}[1,2]", f'{MARKER}{{"bucket":"b"}}',
      f'{MARKER}{{"bucket":"b","key":1,"pipeline":"p"}}', f'{MARKER}{{"bucket":"b","key":"k","pipeline":"p","extra":"x"}}',
-     f'{MARKER}{{"bucket":"b","key":"k","pipeline":"p"}} trailing'],
+     f'{MARKER}{{"bucket":"b","key":"k","pipeline":"p"}} trailing',
+     # what msgspec would take from a dataclass but the payload never holds: nulls,
+     # numbers of another kind, nested values, a field of another name
+     f'{MARKER}{{"bucket":"b","key":"k","pipeline":"p","version_id":null}}',
+     f'{MARKER}{{"bucket":"b","key":"k","pipeline":null}}',
+     f'{MARKER}{{"bucket":"b","key":"k","pipeline":"p","attempt":true}}',
+     f'{MARKER}{{"bucket":"b","key":"k","pipeline":"p","attempt":1.0}}',
+     f'{MARKER}{{"bucket":"b","key":"k","pipeline":"p","attempt":"1"}}',
+     f'{MARKER}{{"bucket":"b","key":"k","pipeline":"p","step":{{"x":1}}}}',
+     f'{MARKER}{{"bucket":["b"],"key":"k","pipeline":"p"}}',
+     f'{MARKER}{{"Bucket":"b","key":"k","pipeline":"p"}}',
+     f'{MARKER}{{"bucket":"b","key":"k","pipeline":"p"}}{{"bucket":"b","key":"k","pipeline":"p"}}',
+     f'{MARKER}{{"bucket":"b","key":"k","pipeline":"p\\ud800"}}',
+     f'{MARKER}"{{}}"'],
 )
 def test_comments_without_a_whole_payload_are_not_ours(comment: str | None) -> None:
     assert provenance.decode(comment) is None
@@ -86,3 +99,13 @@ def test_keys_without_the_marker_encode_as_before() -> None:
     """Trackers not yet upgraded read new comments as they read old ones."""
     source = Source("b", 'runs/a "b" {c}.csv', "align", "v1", None, "st-1")
     assert provenance.encode(source, "align x") == old_encode(source, "align x")
+
+
+def test_the_payload_shape_has_every_field_of_a_source_and_no_other() -> None:
+    assert provenance._Payload.__struct_fields__ == tuple(f.name for f in fields(Source))
+
+
+def test_a_payload_decodes_to_the_source_with_its_attempt() -> None:
+    source = Source("b", "k", "p", "v", '"e"', "key-1", "align", 2, 3, "key-0")
+    assert provenance.decode(provenance.encode(source, "x")) == source
+    assert provenance.decode(f'{MARKER}{{"pipeline":"p","key":"k","bucket":"b"}}') == Source("b", "k", "p")

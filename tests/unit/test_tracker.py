@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import msgspec
 import pytest
 
 from slurm_trigger import provenance
@@ -17,7 +18,7 @@ from slurm_trigger.eventbus import EventBus, EventBusError
 from slurm_trigger.jobstore import LOST, DynamoDBJobStore, create_table
 from slurm_trigger.provenance import Source
 from slurm_trigger.slurm.errors import SlurmNotFoundError, SlurmUnavailableError
-from slurm_trigger.slurm.models import Job, JobsPage
+from slurm_trigger.slurm.models import Job, JobsPage, LazyJobs, job_key
 from slurm_trigger.tracker import LOST_REASON, REQUEUED, Tracker, event_id
 
 CLUSTER = "c1"
@@ -344,6 +345,44 @@ def test_a_reused_job_id_is_a_new_job(env) -> None:
     assert len({d["eventId"] for d in events.details()}) == 2
 
 
+def test_foreign_jobs_are_never_parsed_and_a_job_that_gains_our_comment_is_tracked(env) -> None:
+    """Without TRACK_ALL_JOBS a job is ours by the marker in its comment, read from the
+    listing's key: other users' jobs are parsed on no poll and take no room in the
+    cursor; ``scontrol update comment=`` that stamps a job makes it tracked next poll."""
+    slurm, events, store, tracker, clock = env
+    parsed: list[int] = []
+
+    def parse(job: Job) -> Job:
+        parsed.append(job.job_id)
+        return job
+
+    slurm.list_jobs = lambda update_time=None: JobsPage(  # type: ignore[method-assign]
+        LazyJobs(list(slurm.jobs.values()), parse, job_key), last_update=slurm.now())
+    slurm.set(1, "RUNNING")
+    for job_id in (2, 3, 4):
+        slurm.set(job_id, "RUNNING", ours=False)
+    slurm.jobs[4] = msgspec.structs.replace(slurm.jobs[4], comment="see slurm-trigger: the docs")  # the marker, no payload
+    first = tracker().poll()
+    assert parsed == [1] and events.transitions() == [(1, None, "RUNNING")]
+    assert (first.jobs_seen, first.tracked_seen) == (4, 1)
+    assert set(store.load_cursor(CLUSTER).known) == {1}
+
+    clock[0] += 60
+    slurm.set(2, "COMPLETED", ours=False)  # something changed: Slurm lists every job again
+    parsed.clear()
+    tracker().poll()
+    assert parsed == [] and len(events.entries) == 1
+
+    clock[0] += 60
+    stamped = Source(bucket="in", key="later.csv", pipeline="align")
+    slurm.jobs[3] = msgspec.structs.replace(slurm.jobs[3], comment=provenance.encode(stamped))
+    slurm.changed_at = slurm.now()
+    tracker().poll()
+    assert parsed == [3] and events.transitions()[1:] == [(3, None, "RUNNING")]
+    assert events.details()[-1]["source"]["key"] == "later.csv"
+    assert set(store.load_cursor(CLUSTER).known) == {1, 3}
+
+
 def test_track_all_jobs(env) -> None:
     slurm, events, store, tracker, _ = env
     slurm.set(3, "RUNNING", ours=False)
@@ -487,7 +526,7 @@ def test_a_queued_job_listed_again_leaves_the_queue(env) -> None:
     hidden = slurm.jobs.pop(1), slurm.jobs.pop(2)
     slurm.changed_at = slurm.now()
     assert tracker(max_lookups=1).poll(sweep=True).to_look_up == 1
-    slurm.jobs[2] = replace(hidden[1], state="COMPLETED")  # back in the listing
+    slurm.jobs[2] = msgspec.structs.replace(hidden[1], state="COMPLETED")  # back in the listing
     slurm.changed_at = slurm.now()
     clock[0] += 60
     result = tracker(max_lookups=1).poll()
@@ -595,7 +634,7 @@ def test_failing_accounting_holds_the_lookups_then_gives_lost(acct) -> None:
 def test_accounting_of_an_earlier_job_with_the_same_id_is_not_ours(acct) -> None:
     slurm, events, store, tracker, clock = acct
     purged(slurm, tracker, 1)
-    slurm.db[1] = replace(_ended(1, "COMPLETED", 0), submit_time=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    slurm.db[1] = msgspec.structs.replace(_ended(1, "COMPLETED", 0), submit_time=datetime(2026, 1, 1, tzinfo=timezone.utc))
     tracker(lost_after=0).poll(sweep=True)
     assert events.transitions()[-1] == (1, "RUNNING", LOST)
 

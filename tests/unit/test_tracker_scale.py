@@ -4,10 +4,10 @@ in moto's DynamoDB. Job items live in a dict here (120,000 conditional puts to m
 take minutes; they were never the problem: one item a job)."""
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Iterable
 
 import boto3
+import msgspec
 
 from slurm_trigger.eventbus import EventBus
 from slurm_trigger.jobstore import DynamoDBJobStore, TrackedJob, create_table
@@ -57,7 +57,7 @@ def test_120000_tracked_jobs_poll_and_save_their_cursor(aws) -> None:
 
     clock[0] += 60
     for i in range(0, 300, 3):  # 100 jobs move
-        slurm.jobs[1_000_000 + i] = replace(slurm.jobs[1_000_000 + i], state="RUNNING", start_time=T0)
+        slurm.jobs[1_000_000 + i] = msgspec.structs.replace(slurm.jobs[1_000_000 + i], state="RUNNING", start_time=T0)
     slurm.changed_at = slurm.now()
     store.cursor_puts.clear()
     second = tracker().poll()
