@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
-
-import msgspec
 
 MARKER = "slurm-trigger:"
 MAX_COMMENT = 1024  # slurmctld refuses longer comments ("Pathname ... too long")
@@ -117,38 +115,32 @@ def decode(comment: str | None) -> Source | None:
 
 
 _ESCAPED_MARKER = MARKER[:-1] + "\\u003a"
-
-
-class _Payload(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """What a payload may hold: ``Source``'s fields, strings (the attempt's numbers
-    integers), none of them null, nothing else. Typed ``str`` with a default of None,
-    so an absent field reads None and an explicit ``null`` is refused, as ``encode``
-    never writes one."""
-
-    bucket: str
-    key: str
-    pipeline: str
-    version_id: str = None  # type: ignore[assignment]
-    etag: str = None  # type: ignore[assignment]
-    idempotency_key: str = None  # type: ignore[assignment]
-    step: str = None  # type: ignore[assignment]
-    attempt: int = None  # type: ignore[assignment]
-    max_attempts: int = None  # type: ignore[assignment]
-    original_key: str = None  # type: ignore[assignment]
-
-
-_CHECK = msgspec.json.Decoder(_Payload)
-_BUILD = msgspec.json.Decoder(Source)
+_FIELDS = frozenset(f.name for f in fields(Source))
+_NUMBERS = frozenset({"attempt", "max_attempts"})
 
 
 def _source(payload: str) -> Source | None:
-    """A ``Source`` from exactly one JSON object of ``_Payload``'s shape, else None.
+    """A ``Source`` from exactly one JSON object of string fields (the attempt's
+    numbers are integers; no lone surrogate, which no event could carry), else None.
 
-    msgspec in C, twice: ``_Payload`` checks the shape (a dataclass decode would take
-    unknown fields and nulls), then the frozen dataclass is built by msgspec, which is
-    faster than its ``__init__`` (a first poll over 100,000 jobs decodes 100,000)."""
+    The standard library's ``json``, not msgspec: the head node's hook runs this module
+    on the system python3 (headnode/lib/slurm_trigger_provenance.py links it)."""
     try:
-        _CHECK.decode(payload)
-    except msgspec.DecodeError:  # not JSON, or not of that shape (ValidationError)
+        data = json.loads(payload)
+    except ValueError:
         return None
-    return _BUILD.decode(payload)
+    if not isinstance(data, dict) or not _FIELDS.issuperset(data) or not all(
+        type(v) is int if k in _NUMBERS else isinstance(v, str) and (v.isascii() or _utf8(v)) for k, v in data.items()
+    ):
+        return None
+    if not all(name in data for name in ("bucket", "key", "pipeline")):
+        return None
+    return Source(**data)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -1,9 +1,12 @@
 """Provenance in the Slurm comment: any key, any template comment, decodes to its own job."""
 from __future__ import annotations
 
+import ast
 import json
 import random
+import sys
 from dataclasses import asdict, fields
+from pathlib import Path
 
 import pytest
 
@@ -101,8 +104,15 @@ def test_keys_without_the_marker_encode_as_before() -> None:
     assert provenance.encode(source, "align x") == old_encode(source, "align x")
 
 
-def test_the_payload_shape_has_every_field_of_a_source_and_no_other() -> None:
-    assert provenance._Payload.__struct_fields__ == tuple(f.name for f in fields(Source))
+@pytest.mark.parametrize("link", sorted((Path(__file__).parents[2] / "headnode" / "lib").glob("slurm_trigger_*.py")))
+def test_what_the_head_node_hook_imports_needs_only_the_standard_library(link: Path) -> None:
+    """The hook runs on the system python3 (no msgspec): the library modules the kit links
+    (provenance, jobevents) and the kit's own module import only the standard library when
+    loaded (the pusher imports boto3 inside its functions, under the kit's venv)."""
+    body = ast.parse(link.read_text()).body
+    imported = {a.name.split(".")[0] for n in body if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in body if isinstance(n, ast.ImportFrom) and n.module}
+    assert imported <= set(sys.stdlib_module_names) | {"__future__", "slurm_trigger_jobevents", "slurm_trigger_provenance"}
 
 
 def test_a_payload_decodes_to_the_source_with_its_attempt() -> None:
