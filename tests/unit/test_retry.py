@@ -210,18 +210,23 @@ class Events:
         return {"FailedEntryCount": 0, "Entries": [{"EventId": "x"} for _ in Entries]}
 
 
+def retrying_pipeline(tmp_path: Path) -> Any:
+    """A pipeline whose jobs exit 3 and are tried twice."""
+    return parse_pipeline(yaml.safe_load("""
+name: p
+match: {prefix: "in/"}
+retry: {attempts: 2, exit_codes: [3]}
+job: {script: "#!/bin/bash\\nexit 3\\n", comment: mine}
+"""), tmp_path / "p.yaml")
+
+
 def test_trigger_and_tracker_make_one_job_per_attempt(aws, tmp_path: Path) -> None:
     from slurm_trigger.s3events import ObjectRef
 
     db = boto3.client("dynamodb", region_name="us-east-1")
     create_claims(db, "claims")
     create_jobs(db, "jobs")
-    pipeline = parse_pipeline(yaml.safe_load("""
-name: p
-match: {prefix: "in/"}
-retry: {attempts: 2, exit_codes: [3]}
-job: {script: "#!/bin/bash\\nexit 3\\n", comment: mine}
-"""), tmp_path / "p.yaml")
+    pipeline = retrying_pipeline(tmp_path)
     slurm, events = Slurm(), Events()
     store = DynamoDBIdempotencyStore(db, "claims")
     trigger = Trigger(pipelines=[pipeline], client=slurm, store=store, bus=EventBus(events, "default", "s"), cluster="c1")
@@ -260,12 +265,7 @@ def test_an_sqs_batch_stamps_and_keeps_a_retrying_pipelines_first_attempt(aws, t
 
     db = boto3.client("dynamodb", region_name="us-east-1")
     create_claims(db, "claims")
-    pipeline = parse_pipeline(yaml.safe_load("""
-name: p
-match: {prefix: "in/"}
-retry: {attempts: 2, exit_codes: [3]}
-job: {script: "#!/bin/bash\\nexit 3\\n", comment: mine}
-"""), tmp_path / "p.yaml")
+    pipeline = retrying_pipeline(tmp_path)
     slurm, store = Slurm(), DynamoDBIdempotencyStore(db, "claims")
     trigger = Trigger(pipelines=[pipeline], client=slurm, store=store, bus=EventBus(Events(), "default", "s"), cluster="c1")
     refs = [ObjectRef("b", f"in/{n}", size=1, etag="e", version_id="v1") for n in "xy"]

@@ -794,10 +794,12 @@ def test_build_tracker_takes_its_clients_as_build_trigger_does(aws) -> None:
     """Keyword-only boto3 clients; the Slurm client is built from the same settings (its
     token secret read through the Secrets Manager client handed in), so the cluster it
     asks is the one the events and keys name."""
+    import secrets as secrets_module
+
     from slurm_trigger.settings import Settings
     from slurm_trigger.tracker import build_tracker
 
-    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdW4iOiJ1In0.c2lnbmF0dXJlLW9mLWEtdGVzdA"
+    token = ".".join(secrets_module.token_urlsafe(16) for _ in range(3))  # JWT-shaped, made here, never committed
     secrets = boto3.client("secretsmanager")
     secrets.create_secret(Name="slurm_token_c9", SecretString=token)
     settings = Settings(cluster_name="c9", slurm_url="http://127.0.0.1:9", slurm_user="u", jobs_table="t")
