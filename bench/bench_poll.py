@@ -130,7 +130,7 @@ class ReplayedSlurm:
     """Answers ``list_jobs`` with a recorded body: its bytes decoded and parsed by the
     version's dialect on every call, as the real client does. Where this revision's
     client decodes a listing as it streams in (``read_answer`` with the dialect's
-    ``decode_job``), the body is always read that way, from a ``requests`` response over
+    ``decode_job_list``), the body is always read that way, from a ``requests`` response over
     the bytes (the chunks it reads are counted, not the bytes it reads them from).
     Otherwise ``read``: the bytes are read first, inside the call, the way this
     revision's client reads a body (``read_body``, else ``Response.content``), then
@@ -144,8 +144,8 @@ class ReplayedSlurm:
 
     def list_jobs(self, update_time: int | None = None) -> JobsPage:
         read_answer = getattr(client, "read_answer", None)
-        if read_answer is not None and hasattr(self.dialect, "decode_job"):
-            body, _ = read_answer(self._response(), self.token, self.dialect.decode_jobs, self.dialect.decode_job)
+        if read_answer is not None and hasattr(self.dialect, "decode_job_list"):
+            body, _ = read_answer(self._response(), self.token, self.dialect.decode_jobs, self.dialect.decode_job_list)
             return self.dialect.parse_jobs(200, body)
         content = client.redact(self._read() if self.read else self.content, self.token)
         body = decode(content, self.dialect.decode_jobs)

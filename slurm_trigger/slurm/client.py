@@ -217,7 +217,7 @@ class SlurmClient:
         dialect = self.dialect
         status, body = self._call(
             "GET", dialect.path("jobs"), params=dialect.jobs_params(update_time),
-            decoder=dialect.decode_jobs, job_decoder=dialect.decode_job,
+            decoder=dialect.decode_jobs, job_decoder=dialect.decode_job_list,
         )
         return dialect.parse_jobs(status, body)
 
@@ -379,7 +379,7 @@ class SlurmClient:
         params: Mapping[str, str] | None = None,
         json: Any = None,
         decoder: Callable[[bytes], Any] | None = None,
-        job_decoder: Callable[[memoryview], RawJob] | None = None,
+        job_decoder: Callable[[memoryview], list[RawJob]] | None = None,
     ) -> tuple[int, Any]:
         """One request (two if the token had to be fetched again): (status, JSON body).
         ``decoder`` decodes the body to the fields the caller reads (falling back to
@@ -429,7 +429,7 @@ class SlurmClient:
         params: Mapping[str, str] | None,
         json: Any,
         decoder: Callable[[bytes], Any] | None = None,
-        job_decoder: Callable[[memoryview], RawJob] | None = None,
+        job_decoder: Callable[[memoryview], list[RawJob]] | None = None,
     ) -> tuple[int, Any, str]:
         """(status, JSON body or None, text of a non-JSON body)."""
         url = self.base_url + path
@@ -464,7 +464,7 @@ def read_answer(
     resp: requests.Response,
     token: Token,
     decoder: Callable[[bytes], Any] | None = None,
-    job_decoder: Callable[[memoryview], RawJob] | None = None,
+    job_decoder: Callable[[memoryview], list[RawJob]] | None = None,
 ) -> tuple[Any, bytes | bytearray]:
     """(JSON body or None, the bytes it was decoded from) of a ``stream=True`` response,
     the token redacted (a proxy or debug page may echo the headers). With ``job_decoder``

@@ -280,7 +280,7 @@ class JobsAnswer(_Fields):
 
 
 _JOBS_DECODER = msgspec.json.Decoder(JobsAnswer)
-_JOB_DECODER = msgspec.json.Decoder(RawJob)
+_JOB_LIST_DECODER = msgspec.json.Decoder(list[RawJob])
 
 
 class JobStateEntry(msgspec.Struct, gc=False):
@@ -422,10 +422,10 @@ class Dialect:
         raises ``msgspec.DecodeError`` when it is not JSON of that shape."""
         return _JOBS_DECODER.decode(content)
 
-    def decode_job(self, content: bytes | memoryview) -> RawJob:
-        """One job of a ``GET /jobs`` answer (the client splits a listing into its jobs as
-        it streams in, ``jobsplit``); raises ``msgspec.DecodeError`` when it is not one."""
-        return _JOB_DECODER.decode(content)
+    def decode_job_list(self, content: bytes | memoryview) -> list[RawJob]:
+        """A JSON array of jobs as ``GET /jobs`` lists them (the client decodes a listing
+        as it streams in, ``jobsplit``); raises ``msgspec.DecodeError`` when it is not."""
+        return _JOB_LIST_DECODER.decode(content)
 
     def parse_jobs(self, status: int, body: Mapping[str, Any] | JobsAnswer | None) -> JobsPage:
         """22.05 answers 304 without a body when nothing changed since update_time."""
