@@ -128,13 +128,13 @@ class CountingEvents:
 
 class ReplayedSlurm:
     """Answers ``list_jobs`` with a recorded body: its bytes decoded and parsed by the
-    version's dialect on every call, as the real client does. Where this revision's
-    client decodes a listing as it streams in (``read_answer`` with the dialect's
-    ``decode_job_list``), the body is always read that way, from a ``requests`` response over
-    the bytes (the chunks it reads are counted, not the bytes it reads them from).
-    Otherwise ``read``: the bytes are read first, inside the call, the way this
-    revision's client reads a body (``read_body``, else ``Response.content``), then
-    dropped. Either way the token is redacted as the client does (a JWT-long one)."""
+    version's dialect on every call, as the real client does, the token redacted as the
+    client does (a JWT-long one). ``read``: the bytes are read first, inside the call,
+    from a ``requests`` response the way this revision's client reads a body, then
+    dropped: whole (``read_body``, else ``Response.content``), or split into jobs as they
+    stream in where the client does that (``read_answer`` with the dialect's
+    ``decode_job_list``). Without ``read`` the bytes are there already: decoded whole, or
+    handed to ``read_answer`` as slices of them (no copy), as the response's chunks."""
 
     def __init__(self, version: str, content: bytes, read: bool = False) -> None:
         self.dialect = DIALECTS[version]
@@ -155,6 +155,10 @@ class ReplayedSlurm:
     def _response(self) -> requests.Response:
         resp = requests.Response()
         resp.status_code, resp.raw = 200, io.BytesIO(self.content)  # BytesIO shares the bytes
+        if not self.read:
+            view, size = memoryview(self.content), 1 << 20
+            resp.iter_content = lambda chunk_size=1, decode_unicode=False: (  # type: ignore[method-assign]
+                view[i:i + size] for i in range(0, len(view), size))
         return resp
 
     def _read(self) -> bytes | bytearray:
