@@ -233,6 +233,10 @@ class Tracker:
             wanted = _moved_states(states, cursor)
             if len(wanted) <= (self.max_details or details_budget(len(states))):
                 result.listing, result.changed = "states", bool(wanted)
+                # Slurm's answer is every job's state; the scan sees the fetched ones
+                result.jobs_seen = len(states)
+                result.tracked_seen = sum(1 for job_id in states if job_id in cursor.known) - sum(
+                    1 for job_id in wanted if job_id in cursor.known)
                 page = self.client.get_jobs(wanted) if wanted else JobsPage(jobs=(), changed=False)
                 return page, None, max(max(states), cursor.top_job_id) if wanted else None
         asked = time.monotonic()
@@ -356,7 +360,8 @@ class Tracker:
         moved is only counted (``deferred``), not parsed nor its provenance decoded;
         it stays unsaved and the cursor does not advance, so the next poll lists it
         again and takes the next share. A first poll over 100,000 jobs parses 2,000."""
-        result.jobs_seen = len(page.jobs)
+        if result.listing == "jobs":
+            result.jobs_seen = len(page.jobs)
         moved: list[_Moved] = []
         listed: set[int] = set()
         known, track_all = cursor.known, self.track_all
