@@ -207,7 +207,6 @@ class Tracker:
         top = top if top is not None or not page.changed else max(listed, default=None)
         del page  # the decoded answer goes before the events are built
         self._update_vanished(cursor, listed, result.sweep)
-        moved = self._bounded(moved, result)
         error = self._publish_and_save(moved, cursor, iso(now), lookups_until, result)
         done = error is None and not result.deferred and not result.retries_pending
         if done and top is not None:
@@ -234,6 +233,10 @@ class Tracker:
             wanted = _moved_states(states, cursor)
             if len(wanted) <= (self.max_details or details_budget(len(states))):
                 result.listing, result.changed = "states", bool(wanted)
+                # Slurm's answer is every job's state; the scan sees the fetched ones
+                result.jobs_seen = len(states)
+                result.tracked_seen = sum(1 for job_id in states if job_id in cursor.known) - sum(
+                    1 for job_id in wanted if job_id in cursor.known)
                 page = self.client.get_jobs(wanted) if wanted else JobsPage(jobs=(), changed=False)
                 return page, None, max(max(states), cursor.top_job_id) if wanted else None
         asked = time.monotonic()
@@ -253,14 +256,6 @@ class Tracker:
                     cursor.vanished.setdefault(job_id, None)
         for job_id in [i for i in cursor.vanished if i in listed or i not in cursor.known]:
             del cursor.vanished[job_id]
-
-    def _bounded(self, moved: list[_Moved], result: PollResult) -> list[_Moved]:
-        """Bounded work per invocation: the rest stay unsaved and the cursor does not
-        advance, so the next poll lists them again and takes the next share."""
-        if self.max_changes and len(moved) > self.max_changes:
-            result.deferred = len(moved) - self.max_changes
-            return moved[: self.max_changes]
-        return moved
 
     def _publish_and_save(
         self, moved: list[_Moved], cursor: Cursor, updated_at: str | None, lookups_until: float, result: PollResult
@@ -359,11 +354,18 @@ class Tracker:
         marker, which the key holds: the others (another user's jobs, 90% of a shared
         cluster) are never parsed, on no poll, and need no entry in ``known``; a job
         whose comment gains the marker (``scontrol update comment=``) is ours from the
-        next poll on."""
-        result.jobs_seen = len(page.jobs)
+        next poll on.
+
+        Work per invocation is bounded (``max_changes``): past the bound a job that
+        moved is only counted (``deferred``), not parsed nor its provenance decoded;
+        it stays unsaved and the cursor does not advance, so the next poll lists it
+        again and takes the next share. A first poll over 100,000 jobs parses 2,000."""
+        if result.listing == "jobs":
+            result.jobs_seen = len(page.jobs)
         moved: list[_Moved] = []
         listed: set[int] = set()
         known, track_all = cursor.known, self.track_all
+        room = self.max_changes or -1  # -1: no bound
         for key, parse in page.keyed():
             job_id = key.job_id
             listed.add(job_id)
@@ -372,10 +374,16 @@ class Tracker:
                 result.tracked_seen += 1
                 continue
             comment = key.comment
-            src = provenance.decode(comment) if comment and MARKER in comment else None
+            ours = bool(comment and MARKER in comment)
+            if not room and (ours or track_all):  # over the bound: a marked comment counts
+                result.tracked_seen += 1
+                result.deferred += 1
+                continue
+            src = provenance.decode(comment) if ours else None
             if src is not None or track_all:
                 result.tracked_seen += 1
                 moved.append((parse(), src, fp))
+                room -= 1
         return moved, listed
 
     def _diff(

@@ -127,14 +127,17 @@ def two(aws):
 
 def poll_both(cluster: Cluster, trackers: dict[str, Any]) -> tuple[list[Any], dict[str, list[str]]]:
     """Poll with each tracker; the events each published (must be equal) and what each asked."""
-    published, asked = {}, {}
+    published, asked, seen = {}, {}, {}
     for name, (tracker, events) in trackers.items():
         cluster.asked()
         result = tracker.poll()
         asked[name] = cluster.asked()
         published[name] = events.published()
+        seen[name] = (result.jobs_seen, result.tracked_seen) if result.changed else None
         assert result.listing == ("jobs" if name == "jobs" or result.sweep else "states"), name
     assert published["states"] == published["jobs"]
+    if seen["states"] and seen["jobs"]:  # JobsSeenPerPoll: Slurm's jobs, however they were asked
+        assert seen["states"] == seen["jobs"]
     return published["states"], asked
 
 

@@ -5,7 +5,7 @@ import ast
 import json
 import random
 import sys
-from dataclasses import asdict, fields
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 import pytest
@@ -119,3 +119,13 @@ def test_a_payload_decodes_to_the_source_with_its_attempt() -> None:
     source = Source("b", "k", "p", "v", '"e"', "key-1", "align", 2, 3, "key-0")
     assert provenance.decode(provenance.encode(source, "x")) == source
     assert provenance.decode(f'{MARKER}{{"pipeline":"p","key":"k","bucket":"b"}}') == Source("b", "k", "p")
+
+
+def test_a_decoded_source_is_what_its_constructor_makes() -> None:
+    """``_source`` fills the frozen dataclass without its __init__ (100,000 a first poll):
+    every optional field must default to None, and the result must equal, hash and
+    print as the constructor's, in the same field order."""
+    assert all(f.default is None for f in fields(Source) if f.default is not MISSING)
+    made = Source(bucket="b", key="k", pipeline="p", version_id="v", attempt=2, max_attempts=3, original_key="o")
+    decoded = provenance.decode(provenance.encode(made))
+    assert (decoded, hash(decoded), repr(decoded), list(vars(decoded))) == (made, hash(made), repr(made), list(vars(made)))

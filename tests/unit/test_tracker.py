@@ -451,6 +451,20 @@ def test_a_big_first_poll_is_spread_over_polls(env) -> None:
     assert tracker(max_changes=10).poll().transitions == []
 
 
+def test_jobs_past_the_bound_are_counted_not_parsed(env, monkeypatch) -> None:
+    """A first poll over a big cluster pays for the jobs it publishes, not for the rest:
+    their provenance is not decoded, nor are they parsed (a first poll at 100,000 jobs
+    with the default bound parses 2,000)."""
+    slurm, events, store, tracker, clock = env
+    for i in range(25):
+        slurm.set(i, "RUNNING")
+    decoded = []
+    real = provenance.decode
+    monkeypatch.setattr(provenance, "decode", lambda comment: decoded.append(comment) or real(comment))
+    first = tracker(max_changes=10).poll()
+    assert (len(first.transitions), first.deferred, first.tracked_seen, len(decoded)) == (10, 15, 25, 10)
+
+
 # --------------------------------------------------------------------------- vanished jobs: bounded, checkpointed
 
 
