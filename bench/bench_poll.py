@@ -52,6 +52,7 @@ from slurm_trigger import provenance  # noqa: E402
 from slurm_trigger.eventbus import EventBus  # noqa: E402
 from slurm_trigger.jobstore import Cursor, JobStore, TrackedJob  # noqa: E402
 from slurm_trigger.provenance import Source  # noqa: E402
+from slurm_trigger.slurm.auth import Token  # noqa: E402
 from slurm_trigger.slurm import client  # noqa: E402
 from slurm_trigger.slurm.client import decode  # noqa: E402
 from slurm_trigger.slurm.dialects import DIALECTS  # noqa: E402
@@ -131,24 +132,41 @@ class CountingEvents:
 
 class ReplayedSlurm:
     """Answers ``list_jobs`` with a recorded body: its bytes decoded and parsed by the
-    version's dialect on every call, as the real client does. ``read``: the bytes are
-    read first, inside the call, from a ``requests`` response the way this revision's
-    client reads a body (``read_body``, else ``Response.content``), then dropped."""
+    version's dialect on every call, as the real client does, the token redacted as the
+    client does (a JWT-long one). ``read``: the bytes are read first, inside the call,
+    from a ``requests`` response the way this revision's client reads a body, then
+    dropped: whole (``read_body``, else ``Response.content``), or split into jobs as they
+    stream in where the client does that (``read_answer`` with the dialect's
+    ``decode_job_list``). Without ``read`` the bytes are there already: decoded whole, or
+    handed to ``read_answer`` as slices of them (no copy), as the response's chunks."""
 
     def __init__(self, version: str, content: bytes, read: bool = False) -> None:
         self.dialect = DIALECTS[version]
         self.content = content
         self.read = read
+        self.token = Token("eyJ" + "x" * 40 + "." + "y" * 80 + "." + "z" * 43, "the benchmark")
 
     def list_jobs(self, update_time: int | None = None) -> JobsPage:
-        content = self._read() if self.read else self.content
+        read_answer = getattr(client, "read_answer", None)
+        if read_answer is not None and hasattr(self.dialect, "decode_job_list"):
+            body, _ = read_answer(self._response(), self.token, self.dialect.decode_jobs, self.dialect.decode_job_list)
+            return self.dialect.parse_jobs(200, body)
+        content = client.redact(self._read() if self.read else self.content, self.token)
         body = decode(content, self.dialect.decode_jobs)
         del content
         return self.dialect.parse_jobs(200, body)
 
-    def _read(self) -> bytes | bytearray:
+    def _response(self) -> requests.Response:
         resp = requests.Response()
         resp.status_code, resp.raw = 200, io.BytesIO(self.content)  # BytesIO shares the bytes
+        if not self.read:
+            view, size = memoryview(self.content), 1 << 20
+            resp.iter_content = lambda chunk_size=1, decode_unicode=False: (  # type: ignore[method-assign]
+                view[i:i + size] for i in range(0, len(view), size))
+        return resp
+
+    def _read(self) -> bytes | bytearray:
+        resp = self._response()
         read_body = getattr(client, "read_body", None)
         return read_body(resp) if read_body else resp.content
 

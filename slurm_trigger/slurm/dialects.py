@@ -280,6 +280,7 @@ class JobsAnswer(_Fields):
 
 
 _JOBS_DECODER = msgspec.json.Decoder(JobsAnswer)
+_JOB_LIST_DECODER = msgspec.json.Decoder(list[RawJob])
 
 
 class JobStateEntry(msgspec.Struct, gc=False):
@@ -420,6 +421,11 @@ class Dialect:
         """A ``GET /jobs`` answer decoded to the fields this dialect reads (see ``RawJob``);
         raises ``msgspec.DecodeError`` when it is not JSON of that shape."""
         return _JOBS_DECODER.decode(content)
+
+    def decode_job_list(self, content: bytes | memoryview) -> list[RawJob]:
+        """A JSON array of jobs as ``GET /jobs`` lists them (the client decodes a listing
+        as it streams in, ``jobsplit``); raises ``msgspec.DecodeError`` when it is not."""
+        return _JOB_LIST_DECODER.decode(content)
 
     def parse_jobs(self, status: int, body: Mapping[str, Any] | JobsAnswer | None) -> JobsPage:
         """22.05 answers 304 without a body when nothing changed since update_time."""

@@ -124,16 +124,18 @@ def test_cancelled_jobs(fake: FakeSlurm, version: str) -> None:
         assert job.state == "CANCELLED" and job.is_final
 
 
-def test_a_big_listing_is_read_in_one_buffer_and_the_connection_kept(fake: FakeSlurm) -> None:
-    """The body is streamed into one buffer (read_body), never joined from chunks; read
-    to the end, the connection is reused by the next call."""
+@pytest.mark.parametrize("indent", [None, 2])
+def test_a_big_listing_is_decoded_as_it_streams_and_the_connection_kept(fake: FakeSlurm, indent: int | None) -> None:
+    """The listing is split into its jobs as it is read (jobsplit), compact or pretty as
+    slurmrestd sends it; read to the end, the connection is reused by the next call."""
     body = json.loads((RECORDED / "v0.0.42" / "jobs.json").read_text())
     job = body["jobs"][0]
     body["jobs"] = [dict(job, job_id=1000 + i) for i in range(600)]  # ~3.4 MB: several reads
-    fake.add("GET", "/slurm/v0.0.42/jobs", Reply.json(200, body))
+    fake.add("GET", "/slurm/v0.0.42/jobs", Reply(200, json.dumps(body, indent=indent).encode()))
     client = client_for(fake, api_version="v0.0.42")
     first, second = client.list_jobs(), client.list_jobs()
     assert [j.job_id for j in first.jobs] == [j.job_id for j in second.jobs] == list(range(1000, 1600))
+    assert first.last_update == body["last_update"]["number"]
     assert fake.seen[-1].peer == fake.seen[-2].peer  # one connection for both
 
 
