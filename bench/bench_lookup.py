@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
 import json
 import sys
 import time
@@ -116,10 +117,11 @@ class Replay(BaseAdapter):
     def send(self, request: requests.PreparedRequest, **kw: Any) -> requests.Response:
         resp = requests.Response()
         resp.status_code, resp.request, resp.url = 200, request, request.url
-        resp._content = self.recorded.answer(request.path_url.split("?")[0])
+        content = self.recorded.answer(request.path_url.split("?")[0])
+        resp.raw = io.BytesIO(content)  # read as the client reads a stream=True answer
         resp.headers["Content-Type"] = "application/json"
         self.requests += 1
-        self.bytes += len(resp._content)
+        self.bytes += len(content)
         return resp
 
     def close(self) -> None:
