@@ -115,10 +115,10 @@ def decode(comment: str | None) -> Source | None:
 
 
 _ESCAPED_MARKER = MARKER[:-1] + "\\u003a"
-_FIELDS = frozenset(f.name for f in fields(Source))
+_ORDER = tuple(f.name for f in fields(Source))
+_FIELDS = frozenset(_ORDER)
 _NUMBERS = frozenset({"attempt", "max_attempts"})
 _REQUIRED = frozenset(f.name for f in fields(Source) if f.default is dataclasses.MISSING)
-_ORDER = tuple(f.name for f in fields(Source))
 
 
 def _source(payload: str) -> Source | None:

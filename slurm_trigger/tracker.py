@@ -233,15 +233,15 @@ class Tracker:
             wanted = _moved_states(states, cursor)
             if len(wanted) <= (self.max_details or details_budget(len(states))):
                 result.listing, result.changed = "states", bool(wanted)
-                # Slurm's answer is every job's state; the scan sees the fetched ones
+                # Slurm's answer is every job's state; the scan counts the fetched ones
                 result.jobs_seen = len(states)
-                result.tracked_seen = sum(1 for job_id in states if job_id in cursor.known) - sum(
-                    1 for job_id in wanted if job_id in cursor.known)
+                fetched = set(wanted)
+                result.tracked_seen = sum(1 for job_id in states if job_id in cursor.known and job_id not in fetched)
                 page = self.client.get_jobs(wanted) if wanted else JobsPage(jobs=(), changed=False)
                 return page, None, max(max(states), cursor.top_job_id) if wanted else None
         asked = time.monotonic()
         page = self.client.list_jobs(None if result.sweep else cursor.update_time)
-        result.listing, result.changed = "jobs", page.changed
+        result.listing, result.changed, result.jobs_seen = "jobs", page.changed, len(page.jobs)
         return page, (page.last_update or self._server_time(asked)) if page.changed else None, None
 
     def _update_vanished(self, cursor: Cursor, listed: set[int], sweep: bool) -> None:
@@ -360,8 +360,6 @@ class Tracker:
         moved is only counted (``deferred``), not parsed nor its provenance decoded;
         it stays unsaved and the cursor does not advance, so the next poll lists it
         again and takes the next share. A first poll over 100,000 jobs parses 2,000."""
-        if result.listing == "jobs":
-            result.jobs_seen = len(page.jobs)
         moved: list[_Moved] = []
         listed: set[int] = set()
         known, track_all = cursor.known, self.track_all
