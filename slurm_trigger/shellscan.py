@@ -55,6 +55,24 @@ CODE_VARIABLES = frozenset({
     "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PERL5OPT",
     "PERL5LIB", "PERLLIB", "RUBYOPT", "RUBYLIB", "NODE_OPTIONS", "NODE_PATH", "GIT_SSH_COMMAND", "PAGER", "EDITOR",
 })
+# Variables bash evaluates as arithmetic when assigned (besides those declared -i).
+INTEGER_VARIABLES = frozenset({"RANDOM", "SRANDOM", "OPTIND", "HISTCMD"})
+_INTEGER_DECLARATION = re.compile(
+    r"(?<![^\s;&|(){}])(?:declare|typeset|local|export|readonly)((?:[ \t]+[-+][A-Za-z]+)+)"
+    r"((?:[ \t]+[A-Za-z_][A-Za-z0-9_]*(?:=[^\s;&|]*)?)+)")
+# Programs that can run a command from an option (sed -e 'e cmd', perl -e, tar
+# --use-compress-program, sort --compress-program, rsync -e, scp -oProxyCommand, git
+# --upload-pack, make --eval, env -S, man -P, vim -c...): a value at the start of one of
+# their arguments is refused when it renders if it starts with "-" (see Placement.option).
+OPTION_CODE = frozenset({
+    "sed", "gsed", "perl", "ruby", "awk", "gawk", "mawk", "nawk", "tar", "gtar", "bsdtar", "sort", "gsort", "rsync",
+    "scp", "sftp", "git", "make", "gmake", "zip", "man", "less", "more", "vi", "vim", "nvim", "view", "emacs", "wget",
+    "env", "xargs", "find", "julia", "php", "lua", "luajit", "Rscript", "R", "octave", "gnuplot",
+    "printf",  # its format only: printf -v 'a[$(cmd)]' runs cmd
+})
+# Where a value may stand first in a word: after quotes and shell defaults (${X:-...}) only.
+_WORD_OPENING = re.compile(r"""(?:["']|\$\{[A-Za-z_][A-Za-z0-9_]*:?[-=+])*\Z""")
+_SBATCH_LINE = re.compile(r"#SBATCH\b")
 POSIX_SHELLS = frozenset({"sh", "bash", "dash", "ksh", "ksh93", "mksh", "zsh", "ash", "yash"})
 _SHELLS = POSIX_SHELLS | {"fish", "csh", "tcsh"}
 _PYTHON = re.compile(r"(python|pypy)[0-9.]*")
@@ -81,6 +99,7 @@ class Placement:
     quote: bool  # render as "${ENV}" (a word of its own) or ${ENV} (already inside quotes)
     refused: str = ""  # why no reference can stand here ("" = it can)
     numeric_ok: bool = False  # refused only because the text is code: a number is safe there
+    option: str = ""  # it starts an argument of this program, which reads a value "-..." as an option
 
 
 @dataclass
@@ -92,6 +111,7 @@ class Scan:
 
 @dataclass
 class _Word:
+    start: int
     raw: str
     lit: str | None  # its value after quote removal, when no expansion builds it
     first: int  # placements inside (nested ones too): [first, last)
@@ -109,6 +129,7 @@ class _Command:
     last: int = 0
     words: list[_Word] = field(default_factory=list)
     stdin: list[_Word] = field(default_factory=list)  # `< file` and `<<< word`
+    writes: list[str] = field(default_factory=list)  # the files its output goes to (`> f`, `>> f`, `tee f`)
     reads_code: str = ""  # this command runs its standard input as code (which program)
     feeds_code: str = ""  # ... or a later stage of its pipeline does
 
@@ -150,6 +171,12 @@ class _Scanner:
             else:
                 self.escaped[m.start()] = text.index("}", m.end()) + 1
         self.starts = sorted(self.templates.keys() | self.escaped.keys())
+        # variables declared integer anywhere (a function may declare what runs earlier)
+        self.integers = set(INTEGER_VARIABLES)
+        for m in _INTEGER_DECLARATION.finditer(text):
+            if "i" in m.group(1):
+                self.integers.update(re.findall(r"[A-Za-z_][A-Za-z0-9_]*(?==|\s|\Z)", m.group(2) + " "))
+        self.written: dict[str, list[tuple[int, int]]] = {}  # file -> placements whose values were written to it
 
     # ------------------------------------------------------------------ helpers
     def line(self, pos: int) -> int:
@@ -209,6 +236,9 @@ class _Scanner:
 
         def end_pipeline() -> None:
             end_command()
+            for k, c in enumerate(pipeline):  # `... | tee f` writes what the earlier stages print
+                if c.words and c.words[0].lit == "tee" and k:
+                    self.wrote([_file(w) for w in c.words[1:] if not w.dash], pipeline[0].first, c.first)
             feeds = ""
             for c in reversed(pipeline):
                 feeds = c.reads_code or feeds
@@ -298,6 +328,9 @@ class _Scanner:
     def code_variable(self, name: str, word: _Word) -> None:
         if name in CODE_VARIABLES:
             self.refuse(word.first, word.last, f"as the value of {name}, which is code or where code is found")
+        elif name in self.integers:
+            self.refuse(word.first, word.last, f"as the value of {name}, an integer variable that bash evaluates "
+                        "as arithmetic", numeric_ok=True)
 
     def blanks(self, pos: int) -> int:
         while pos < self.n and (self.s[pos] in " \t" or self.s.startswith("\\\n", pos)):
@@ -307,7 +340,11 @@ class _Scanner:
     def comment(self, pos: int) -> int:
         end = self.s.find("\n", pos, self.n)
         end = self.n if end < 0 else end
-        self.literal_templates(pos, end, "a comment")
+        if _SBATCH_LINE.match(self.s, pos) and (pos == 0 or self.s[pos - 1] == "\n"):
+            self.literal_templates(pos, end, "an #SBATCH line", "which Slurm reads without a shell, so nothing there is "
+                                   "expanded: set the pipeline's job fields (name, standard_output...) instead")
+        else:
+            self.literal_templates(pos, end, "a comment")
         return end
 
     def redirect(self, pos: int, cmd: _Command) -> int:
@@ -326,6 +363,8 @@ class _Scanner:
         pos, word = self.word(pos)
         if op in ("<<<", "<"):
             cmd.stdin.append(word)
+        elif op in (">", ">>", ">|", "&>", "&>>"):
+            cmd.writes.append(_file(word))
         return pos
 
     def heredocs(self, pos: int) -> int:
@@ -353,6 +392,7 @@ class _Scanner:
             if doc.command.feeds_code or doc.command.reads_code:
                 self.refuse(first, len(self.places),
                             f"in a here-document that {doc.command.reads_code or doc.command.feeds_code} runs as code")
+            self.wrote(doc.command.writes, first, len(self.places))
         return pos
 
     def heredoc_body(self, pos: int) -> None:
@@ -407,7 +447,7 @@ class _Scanner:
                 pos += 1
         raw = s[start:pos]
         plain = plain and "$" not in raw and "`" not in raw  # also inside its quotes
-        return pos, _Word(raw, _unquote(raw) if plain else None, first, len(self.places))
+        return pos, _Word(start, raw, _unquote(raw) if plain else None, first, len(self.places))
 
     def backslash(self, pos: int, escapable: str | None, context: str) -> int:
         """``\\x``: a template right after the backslash would be printed, not expanded."""
@@ -688,9 +728,22 @@ class _Scanner:
         return pos
 
     # ------------------------------------------------------------------ what commands do
+    def wrote(self, files: Iterable[str], first: int, last: int) -> None:
+        if first < last:
+            for name in files:
+                self.written.setdefault(name, []).append((first, last))
+
     def analyze(self, cmd: _Command) -> None:
         words = cmd.words
+        self.wrote(cmd.writes, cmd.first, cmd.last)
+        if words and _file(words[0]) in self.written:  # ./job.sh, after writing a value into it
+            self.refuse_words([words[0]], f"as the command {_file(words[0])}")
+        if len(words) > 3 and words[0].lit in ("for", "select") and words[1].lit in self.integers and words[2].lit == "in":
+            self.refuse_words(words[3:], f"as a value of {words[1].lit}, an integer variable that bash evaluates as arithmetic")
         for j, word in enumerate(words):
+            if word.lit is not None and posixpath.basename(word.lit) in OPTION_CODE and (
+                    j == 0 or words[j - 1].lit in _WRAPPERS):
+                self.options(posixpath.basename(word.lit), words[j + 1 :])
             if word.lit is None:
                 if j == 0 and any(w.lit and _C_OPTION.fullmatch(w.lit) for w in words[1:]):
                     _shell(self, "a command named by a variable", words[1:], cmd)  # "$SHELL" -c ...
@@ -711,6 +764,17 @@ class _Scanner:
     def refuse_words(self, words: Iterable[_Word], why: str, numeric_ok: bool = True) -> None:
         for w in words:
             self.refuse(w.first, w.last, why, numeric_ok)
+            for first, last in self.written.get(_file(w), ()):  # a file the script wrote a value into
+                self.refuse(first, last, f"written into {_file(w)}, which is then run ({why})", numeric_ok)
+
+    def options(self, program: str, args: list[_Word]) -> None:
+        """Mark the values that start an argument of ``program`` before ``--``."""
+        for w in args[:1] if program == "printf" else args:
+            if w.lit == "--":
+                return
+            for p in self.places[w.first : w.last]:
+                if _WORD_OPENING.match(self.s, w.start, p.start) and not p.option:
+                    p.option = program
 
 
 _CONTEXTS = {  # expansion context -> (words for messages, quote the reference?)
@@ -721,6 +785,12 @@ _CONTEXTS = {  # expansion context -> (words for messages, quote the reference?)
     "param-heredoc": ("the shell's ${...:-...} in a here-document", False),
     "arith": ("arithmetic", False),
 }
+
+
+def _file(word: _Word) -> str:
+    """How the script names a file, to tell the same file written and then run."""
+    name = word.lit if word.lit is not None else word.raw
+    return name[2:] if name.startswith("./") else name
 
 
 def _unquote(raw: str) -> str | None:
@@ -810,6 +880,8 @@ def _interpreter(sc: _Scanner, name: str, args: list[_Word], cmd: _Command, code
             given = given or kind == "code"
         elif kind == "operand" and not operand:
             operand = True
+            if args[k].lit == "-" and script_operand:  # "python3 - <<EOF": the program is standard input
+                break
             if script_operand and not given:
                 sc.refuse_words([args[k]], f"as the program or script that {name} runs")
                 given = True
@@ -882,7 +954,7 @@ def _declaration(sc: _Scanner, name: str, args: list[_Word], cmd: _Command) -> N
             integer = integer or "i" in word.lit
         elif not _NAME_PREFIX.match(word.raw):
             sc.refuse_words([word], f"as a variable name of {name}", numeric_ok=False)
-        elif (assigned := _ASSIGN_START.match(word.raw)) and assigned.group() in CODE_VARIABLES:
+        elif (assigned := _ASSIGN_START.match(word.raw)) and assigned.group() in CODE_VARIABLES | sc.integers:
             sc.code_variable(assigned.group(), word)
         elif integer:
             sc.refuse_words([word], f"as a value of {name} -i (arithmetic)")
@@ -892,6 +964,14 @@ def _ssh(sc: _Scanner, name: str, args: list[_Word], cmd: _Command) -> None:
     sc.refuse_words(args, f"in the arguments of {name}, which a shell on the other machine reads as code", False)
     operands = [k for k, kind in _options(args, "", "BbcDEeFIiJLlmOoPpQRSWw") if kind == "operand"]
     if not operands or operands[0] + 1 >= len(args):  # no remote command: the remote shell reads stdin
+        cmd.reads_code = cmd.reads_code or name
+
+
+def _matlab(sc: _Scanner, name: str, args: list[_Word], cmd: _Command) -> None:
+    """``matlab -batch CODE`` / ``-r CODE``; without them it reads code from stdin."""
+    code = [args[k + 1] for k, w in enumerate(args[:-1]) if w.lit in ("-batch", "-r")]
+    sc.refuse_words(code, f"in the code that {name} runs")
+    if not code:
         cmd.reads_code = cmd.reads_code or name
 
 
@@ -924,7 +1004,8 @@ _SBATCH_VALUE_LONG = tuple(f"--{o}" for o in (
 
 _DECLARATIONS = frozenset({"declare", "typeset", "local", "export", "readonly"})
 _ANYWHERE = _SHELLS | {"perl", "ruby", "node", "nodejs", "awk", "gawk", "mawk", "nawk", "sed", "gsed", "ssh", "sbatch",
-                       "su", "runuser", "flock", "xargs"}
+                       "su", "runuser", "flock", "xargs", "Rscript", "R", "julia", "php", "lua", "luajit", "tclsh",
+                       "wish", "octave", "matlab", "ncl", "gnuplot"}
 
 # Shell builtins, judged only where they are the command (or follow builtin/command/exec).
 _BUILTINS: dict[str, Callable[[_Scanner, str, list[_Word], _Command], None]] = {
@@ -974,6 +1055,19 @@ _PROGRAMS: dict[str, Callable[[_Scanner, str, list[_Word], _Command], None]] = {
                                               stdin=False, permute=True),
     "script": lambda sc, n, a, c: _interpreter(sc, n, a, c, "c", "TIOBtmE", code_long=("--command",),
                                                script_operand=False, stdin=False, permute=True),
+    # the languages of genomics and weather groups: code in -e (and the like), the script, or stdin
+    "Rscript": lambda sc, n, a, c: _interpreter(sc, n, a, c, "e", "", value_long=("--default-packages",)),
+    "R": lambda sc, n, a, c: _interpreter(sc, n, a, c, "e", "fd", code_long=("--file",), script_operand=False),
+    "julia": lambda sc, n, a, c: _interpreter(sc, n, a, c, "eEL", "CJpt", code_long=("--eval", "--print", "--load"),
+                                              value_long=("--project", "--threads", "--sysimage")),
+    "php": lambda sc, n, a, c: _interpreter(sc, n, a, c, "rBRFEf", "cdz"),
+    **{lua: (lambda sc, n, a, c: _interpreter(sc, n, a, c, "el", "")) for lua in ("lua", "luajit")},
+    **{tcl: (lambda sc, n, a, c: _interpreter(sc, n, a, c, "", "")) for tcl in ("tclsh", "wish")},
+    "octave": lambda sc, n, a, c: _interpreter(sc, n, a, c, "", "", code_long=("--eval",), permute=True),
+    "matlab": _matlab,
+    "ncl": _all_arguments("in the arguments of {name}, which it reads as NCL code", stdin=True),
+    "gnuplot": lambda sc, n, a, c: _interpreter(sc, n, a, c, "e", "", code_long=("--eval",), permute=True),
+    "crontab": _all_arguments("in the arguments of {name}, which installs them as commands to run", stdin=True),
     "sbatch": _sbatch,
     "ssh": _ssh,
     "watch": _all_arguments("in the arguments of {name}, which runs them through sh -c"),

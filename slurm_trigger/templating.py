@@ -158,6 +158,20 @@ class Script:
 
     text: str
     variables: tuple[str, ...]
+    options: tuple[tuple[str, str], ...] = ()  # (variable, program): a value "-..." there is an option
+
+
+def _check_options(script: Script, values: Mapping[str, str]) -> None:
+    """A value that starts with "-" where a program that can run a command reads its
+    options (``sed 's/a/b/' ${basename}`` with the basename ``-e1e cmd``) would be that
+    program's option, not its operand: the object is refused, never run."""
+    for var, program in script.options:
+        value = values.get(var, "")
+        if value.startswith("-"):
+            raise UnsafeValueError(
+                f"{var} starts with '-' ({value[:40]!r}) and stands at the start of an argument of {program}, which "
+                f"would read it as an option (an option of {program} can run a command): refused; write -- before "
+                f"it, or ./${{{var}}} for a file, in the script")
 
 
 _HINT = (
@@ -197,7 +211,8 @@ def compile_script(text: str) -> Script:
         out += [text[last:start], new]
         last = end
     out.append(text[last:])
-    return Script("".join(out), tuple(dict.fromkeys(p.name for p in found.placements)))
+    options = tuple(dict.fromkeys((p.name, p.option) for p in found.placements if p.option and p.name not in NUMERIC))
+    return Script("".join(out), tuple(dict.fromkeys(p.name for p in found.placements)), options)
 
 
 # Template fields other than the script and how a value is inserted into each.
@@ -275,6 +290,7 @@ def render(template: JobSubmission, values: Mapping[str, str]) -> JobSubmission:
     if template.script:
         script = compile_script(template.script)
         _require(script.variables, values)
+        _check_options(script, values)
         environment.update({env_name(var): values[var] for var in script.variables})
         changes["script"] = script.text
     return dataclasses.replace(template, environment=environment, **changes)

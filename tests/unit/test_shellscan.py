@@ -15,7 +15,14 @@ import pytest
 from slurm_trigger import shellscan
 from slurm_trigger.s3events import ObjectRef
 from slurm_trigger.slurm.models import JobSubmission
-from slurm_trigger.templating import TemplateError, check_template, compile_script, object_variables, render
+from slurm_trigger.templating import (
+    TemplateError,
+    UnsafeValueError,
+    check_template,
+    compile_script,
+    object_variables,
+    render,
+)
 
 # CANARY is replaced by an absolute path in the test's own directory.
 HOSTILE_KEYS = [
@@ -163,6 +170,28 @@ REFUSED = {
     "PATH prefix": "PATH=${key}:$PATH tool",
     "alias": 'alias p="ls ${key}"',
     "xargs sh -c without code": 'echo "${key}" | xargs sh -c',
+    # found by the pipeline-authoring audit: each loaded, and each ran the key
+    "python - heredoc": "python3 - <<EOF\nprint('${key}')\nEOF",
+    "perl - heredoc": "perl - <<EOF\nprint '${key}';\nEOF",
+    "declare -i, then assigned": "declare -i n\nn=${key}",
+    "local -i, then a for loop": "f() {\n  local -i n\n  for n in ${key}; do :; done\n}\nf",
+    "integer variable RANDOM": "RANDOM=${key}",
+    "#SBATCH line": "#!/bin/bash\n#SBATCH --output=/shared/${key}.out\necho hi",
+    "heredoc written, then run by bash": "cat > run.sh <<EOF\necho ${key}\nEOF\nbash run.sh",
+    "heredoc written, then sbatch": "cat > sub.sh <<EOF\n#!/bin/bash\nprocess ${key}\nEOF\nsbatch -p debug sub.sh",
+    "echo appended, then sourced": 'echo "K=${key}" >> vars.sh\nsource ./vars.sh',
+    "printf written, then executed": 'printf "%s\\n" "echo ${key}" > "$TMP/job.sh"\nchmod +x "$TMP/job.sh"\n"$TMP/job.sh"',
+    "Rscript -e": 'Rscript -e "print(\'${key}\')"',
+    "R heredoc": "R --vanilla <<EOF\nx <- '${key}'\nEOF",
+    "julia -e": 'julia -e "println(\\"${key}\\")"',
+    "php -r": 'php -r "echo \'${key}\';"',
+    "lua -e": 'lua -e "print([[${key}]])"',
+    "tclsh stdin": 'echo "puts ${key}" | tclsh',
+    "octave --eval": 'octave --eval "disp(\'${key}\')"',
+    "matlab -batch": 'matlab -batch "disp(\'${key}\')"',
+    "ncl arguments": 'ncl "f=\\"${key}\\"" plot.ncl',
+    "gnuplot -e": 'gnuplot -e "f=\'${key}\'" plot.gp',
+    "crontab stdin": 'echo "0 * * * * ls ${key}" | crontab -',
 }
 
 
@@ -252,6 +281,65 @@ def test_refused_keys_would_really_have_run(tmp_path, canary):
         subprocess.run(["bash", "-c", script], capture_output=True, cwd=tmp_path, timeout=30)
         assert canary.exists(), body
         canary.unlink()
+
+
+def test_new_refusals_would_really_have_run(tmp_path, canary):
+    """The audit's refusals guard real holes: each script as it rendered before (the
+    reference pasted where the value was) runs a key's command in bash."""
+    cases = {
+        "declare -i n\nn=\"${SLURM_TRIGGER_KEY}\"": f"a[$(touch {canary})]",
+        "f() {\n local -i n\n for n in \"${SLURM_TRIGGER_KEY}\"; do :; done\n}\nf": f"a[$(touch {canary})]",
+        "RANDOM=\"${SLURM_TRIGGER_KEY}\"": f"a[$(touch {canary})]",
+        "python3 - <<EOF\nprint('${SLURM_TRIGGER_KEY}')\nEOF": f"');import os;os.system('touch {canary}');('",
+        "cat > run.sh <<EOF\necho ${SLURM_TRIGGER_KEY}\nEOF\nbash run.sh": f"$(touch {canary})",
+        'echo "K=${SLURM_TRIGGER_KEY}" >> vars.sh\nsource ./vars.sh': f"x;touch {canary}",
+    }
+    for script, key in cases.items():
+        env = {"PATH": os.environ["PATH"], "SLURM_TRIGGER_KEY": key}
+        subprocess.run(["bash", "-c", script], env=env, capture_output=True, cwd=tmp_path, timeout=30)
+        assert canary.exists(), script
+        canary.unlink()
+
+
+# A value that starts with "-" where a program that can run a command reads options.
+OPTION_PLACEMENTS = {
+    "sed input file (GNU sed permutes)": ("sed -n 's/a/b/p' f.txt ${basename}", "-e1e touch CANARY"),
+    "perl -pe input file": ("perl -pe 's/a/b/' ${basename} f.txt", "-e;system q(touch CANARY)"),
+    "tar member": ("tar cf o.tar ${basename} f.txt", "--use-compress-program=touch CANARY"),
+    "tar member, quoted": ('tar cf o.tar "${basename}" f.txt', "--use-compress-program=touch CANARY"),
+    "env (-S splits a command line)": ("env ${basename} true", "-Stouch CANARY"),
+    "printf format": ("printf ${basename} 1", "-va[$(touch CANARY)]"),
+}
+
+
+@pytest.mark.parametrize("placement", list(OPTION_PLACEMENTS))
+def test_a_value_read_as_an_option_is_refused_when_it_renders(placement, tmp_path, canary):
+    """``sed ... ${basename}`` loads (a file operand is data), but a basename that starts
+    with "-" is an option to sed, and GNU sed's ``-e1e cmd`` runs cmd: that object is
+    refused (a permanent failure, reported) instead of becoming a job; any other object
+    renders, and ``-- ${var}`` or ``./${var}`` loads and runs whatever the key."""
+    body, basename = OPTION_PLACEMENTS[placement]
+    basename = basename.replace("CANARY", canary.name)  # a basename holds no "/": run in its folder
+    (tmp_path / "f.txt").write_text("abc\n")
+    template = JobSubmission(script=f"#!/bin/bash\n{body}\n")
+    check_template(template, metadata=False)
+    hostile = object_variables(ObjectRef("bkt", f"in/{basename}", size=3), "p", "st-x")
+    with pytest.raises(UnsafeValueError, match="starts with '-'.*option"):
+        render(template, hostile)
+    render(template, object_variables(ObjectRef("bkt", "in/f.txt", size=3), "p", "st-x"))
+    # the refusal is not fussiness: the job as it rendered before runs the key's command
+    before = compile_script(body).text
+    env = {"PATH": os.environ["PATH"], "SLURM_TRIGGER_BASENAME": basename}
+    subprocess.run(["bash", "-c", before], env=env, capture_output=True, cwd=tmp_path, timeout=30)
+    assert canary.exists(), before
+    canary.unlink()
+    safe = [body.replace("${basename}", "./${basename}")]
+    safe += [body.replace(" ${basename}", " -- ${basename}")] if " ${basename}" in body else []
+    for safe in safe:
+        job = render(JobSubmission(script=safe), hostile)
+        subprocess.run(["bash", "-c", job.script], env={"PATH": os.environ["PATH"], **job.environment},
+                       capture_output=True, cwd=tmp_path, timeout=30)
+        assert not canary.exists(), safe
 
 
 def test_scanner_contexts():
