@@ -150,7 +150,10 @@ def _template(data: Any, folder: Path, site: Mapping[str, str] | None = None) ->
     if script_file is not None:
         if "script" in job:
             raise ValueError("give either 'script' or 'script_file', not both")
-        job["script"] = (folder / script_file).read_text(encoding="utf-8")
+        try:
+            job["script"] = (folder / script_file).read_text(encoding="utf-8")
+        except OSError as exc:  # a ValueError, so a step's name is put before it
+            raise ValueError(f"script_file {script_file}: {exc.strerror or exc} ({folder / script_file})") from None
     return JobSubmission.from_dict(job), "'script'" if script_file is None else f"script_file {script_file}"
 
 

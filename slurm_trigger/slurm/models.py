@@ -67,6 +67,13 @@ class Job(msgspec.Struct, frozen=True, gc=False):
         return self.state in FINAL_STATES
 
 
+# The JobSubmission fields a job file or template gives as text, and as counts (with their unit).
+_TEXT_FIELDS = ("name", "partition", "working_directory", "standard_output", "standard_error", "comment", "array",
+                "dependency")
+_COUNT_FIELDS = {"time_limit": " of minutes (2h is 120)", "cpus_per_task": "", "tasks": "", "nodes": "",
+                 "memory_per_node": " of MiB (4G is 4096)", "begin_time": " (epoch seconds)"}
+
+
 @dataclass
 class JobSubmission:
     """What to run, independent of the API version that will carry it.
@@ -110,7 +117,21 @@ class JobSubmission:
         env = data.get("environment") or {}
         if not isinstance(env, Mapping):
             raise ValueError("'environment' must be an object of NAME: value")
+        for k, v in env.items():  # YAML's `REF:` is null and `DEBUG: yes` true: never "None"/"True" in the job
+            if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+                raise ValueError(f"'environment.{k}' must be a string or a number, not {v!r} (quote it)")
+        if not isinstance(data.get("extra") or {}, Mapping):
+            raise ValueError("'extra' must be an object of raw Slurm job fields")
         values = dict(data)
+        for name in _TEXT_FIELDS:
+            if values.get(name) is not None and not isinstance(values[name], str):
+                raise ValueError(f"'{name}' must be a string, not {values[name]!r} (quote it)")
+        for name, unit in _COUNT_FIELDS.items():
+            value = values.get(name)
+            if isinstance(value, str) and value.isdigit():  # a site value, "@{minutes:-30}", is text
+                value = values[name] = int(value)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"'{name}' must be a whole number{unit}, not {value!r}")
         values["environment"] = {str(k): str(v) for k, v in env.items()}
         values["extra"] = dict(data.get("extra") or {})
         return cls(**values)

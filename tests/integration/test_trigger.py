@@ -276,6 +276,56 @@ def test_control_characters_are_a_reported_permanent_failure(world, key):
     assert event["detail"]["source"]["key"] == key and "control character" in event["detail"]["reason"]
 
 
+OPTION_PIPELINES = ("""
+name: opt-unguarded
+match: {prefix: "opt/"}
+job:
+  script: |
+    #!/bin/bash
+    cd "$OUT_DIR" && sed -n p ${basename} > "sed-$SLURM_JOB_ID"
+  partition: debug
+  working_directory: WORKDIR
+  standard_output: /dev/null
+  environment: {PATH: /usr/local/bin:/usr/bin:/bin, OUT_DIR: OUTDIR}
+  time_limit: 2
+""", """
+name: opt-guarded
+match: {prefix: "opt/"}
+job:
+  script: |
+    #!/bin/bash
+    set -e
+    cd "$OUT_DIR"
+    printf 'abc\\n' > ./${basename}
+    sed -n p -- ${basename} > "sed-$SLURM_JOB_ID"
+    perl -pe 's/b/B/' ./${basename} > "perl-$SLURM_JOB_ID"
+  partition: debug
+  working_directory: WORKDIR
+  standard_output: /dev/null
+  environment: {PATH: /usr/local/bin:/usr/bin:/bin, OUT_DIR: OUTDIR}
+  time_limit: 2
+""")
+
+
+def test_a_key_read_as_an_option_is_a_reported_failure_never_a_command(aws, slurm_target, tmp_path):
+    """``sed -n p ${basename}`` with the basename ``-e1e touch pwned`` would run touch
+    (GNU sed's ``e`` command): that pipeline refuses the object, reported, no job; the
+    pipeline that writes ``-- ${basename}`` and ``./${basename}`` gets its job, which
+    reads the file byte for byte. Counted in Slurm by each pipeline's key."""
+    world = make_world(slurm_target, tmp_path, *OPTION_PIPELINES)
+    ref = obj("opt/-e1e touch pwned")
+    outcomes = {o.pipeline: o for o in world.trigger.handle_event(notification(ref))}
+    refused, made = outcomes["opt-unguarded"], outcomes["opt-guarded"]
+    assert refused.status == "failed" and "starts with '-'" in refused.reason and "sed" in refused.reason
+    assert world.jobs_with(refused.idempotency_key) == []
+    [failed] = [e for e in world.events() if e["detail-type"] == "Slurm Job Submission Failed"]
+    assert failed["detail"]["source"]["key"] == ref.key and failed["detail"]["source"]["pipeline"] == "opt-unguarded"
+    assert made.status == "submitted" and len(world.jobs_with(made.idempotency_key)) == 1
+    assert world.wait_final(made.job_id).state == "COMPLETED"
+    assert (world.read(f"sed-{made.job_id}"), world.read(f"perl-{made.job_id}")) == ("abc\n", "aBc\n")
+    assert world.read("-e1e touch pwned") == "abc\n" and not world.exists("pwned")
+
+
 def test_rejected_body_is_reported_and_released(world):
     [trivial] = [p for p in world.trigger.pipelines if p.name == "trivial"]
     world.trigger.pipelines = [replace(trivial, template=replace(trivial.template, partition="no-such-partition"))]

@@ -110,12 +110,34 @@ def test_unknown_variable_names_file_pipeline_and_variable(tmp_path):
         ("name: p\nmatch: {prefix: x}\nmetadata: yes please\njob: {script: x}\n", "'metadata' must be"),
         ("- a\n- b\n", "one YAML object"),
         ("name: p\nmatch: {prefix: [x\n", "while parsing"),
+        # wrong types a pipeline author writes: refused when the file loads, not by Slurm per object
+        ("name: p\nmatch: {prefix: x}\njob: {script: x, comment: 12}\n", "'comment' must be a string"),
+        ("name: p\nmatch: {prefix: x}\njob: {script: x, time_limit: ten}\n", "'time_limit' must be a whole number of minutes"),
+        ("name: p\nmatch: {prefix: x}\njob: {script: x, time_limit: 2h}\n", "'time_limit' must be a whole number of minutes"),
+        ("name: p\nmatch: {prefix: x}\njob: {script: x, memory_per_node: 4G}\n", "'memory_per_node' must be a whole number of MiB"),
+        ("name: p\nmatch: {prefix: x}\njob: {script: x, nodes: -1}\n", "'nodes' must be a whole number"),
+        ("name: p\nmatch: {prefix: x}\njob: {script: x, tasks: true}\n", "'tasks' must be a whole number"),
+        ("name: p\nmatch: {prefix: x}\njob: {script: x, environment: {REF: }}\n", "'environment.REF' must be"),
+        ("name: p\nmatch: {prefix: x}\njob: {script: x, environment: {DEBUG: yes}}\n", "'environment.DEBUG' must be"),
+        ("name: p\nmatch: {prefix: x}\njob: {script: x, extra: [a]}\n", "'extra' must be an object"),
+        ("name: p\nmatch: {prefix: x}\nsteps: [{name: a, job: {script_file: gone.sh}}]\n", "step 'a': script_file gone.sh"),
     ],
 )
 def test_invalid_files(tmp_path, text, needle):
     (tmp_path / "p.yaml").write_text(text)
     _, errors = pipelines.load_all(tmp_path)
     assert len(errors) == 1 and needle in str(errors[0]) and "p.yaml" in str(errors[0])
+
+
+def test_numbers_may_be_given_as_digits(tmp_path):
+    """A site value is text (``time_limit: "@{minutes:-30}"``): digits are a number."""
+    write(tmp_path, "p.yaml", """
+        name: p
+        match: {prefix: x}
+        job: {script: x, time_limit: "@{minutes:-30}", tasks: "4", environment: {N: 4, F: 0.5}}
+    """)
+    template = pipelines.load(tmp_path)[0].template
+    assert (template.time_limit, template.tasks, template.environment) == (30, 4, {"N": "4", "F": "0.5"})
 
 
 def test_duplicate_names_and_every_error_reported(tmp_path):
