@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import posixpath
 import re
 import string
@@ -56,6 +57,7 @@ _DIGITS = re.compile(r"[0-9]*")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 MAX_JOB_NAME = 128
+MAX_PATH_VALUE = 100  # characters of one value in a path, room left in its file name for the template's own
 
 
 class TemplateError(ValueError):
@@ -148,7 +150,10 @@ def _name_safe(value: str) -> str:
 def _path_safe(value: str) -> str:
     # One path component at most: no separators, no "..", no hidden names, no % patterns.
     safe = _UNSAFE_NAME.sub("_", value)
-    return "_" + safe[1:] if safe.startswith(".") else safe
+    safe = "_" + safe[1:] if safe.startswith(".") else safe
+    if len(safe) > MAX_PATH_VALUE:  # a file name is 255 bytes at most, a key up to 1,024: Slurm fails the job
+        safe = safe[: MAX_PATH_VALUE - 9] + "-" + hashlib.sha256(value.encode()).hexdigest()[:8]
+    return safe
 
 
 @dataclasses.dataclass(frozen=True)

@@ -326,6 +326,35 @@ def test_a_key_read_as_an_option_is_a_reported_failure_never_a_command(aws, slur
     assert world.read("-e1e touch pwned") == "abc\n" and not world.exists("pwned")
 
 
+LONG_PIPELINE = """
+name: long-names
+match: {prefix: "long/"}
+job:
+  name: long-${stem}
+  script: |
+    #!/bin/bash
+    printf '%s' ${key}
+  partition: debug
+  working_directory: WORKDIR
+  standard_output: OUTDIR/long-${stem}-%j.out
+  environment: {PATH: /usr/local/bin:/usr/bin:/bin}
+  time_limit: 2
+"""
+
+
+def test_a_1024_byte_key_in_the_output_path_still_runs_its_job(aws, slurm_target, tmp_path):
+    """``standard_output: .../long-${stem}-%j.out`` with a 1,000-character stem: the job
+    runs and writes its output (it FAILED at once when the file name passed 255 bytes)."""
+    world = make_world(slurm_target, tmp_path, LONG_PIPELINE)
+    ref = obj("long/" + "k" * 1010 + ".tif")
+    assert len(ref.key.encode()) == 1019
+    [outcome] = world.trigger.handle_event(notification(ref))
+    assert outcome.status == "submitted" and len(world.jobs_with(outcome.idempotency_key)) == 1
+    assert world.wait_final(outcome.job_id).state == "COMPLETED"
+    [out] = [p for p in world.target.host_path(world.outdir).iterdir() if p.name.startswith("long-")]
+    assert out.name.endswith(f"-{outcome.job_id}.out") and out.read_text() == ref.key
+
+
 def test_rejected_body_is_reported_and_released(world):
     [trivial] = [p for p in world.trigger.pipelines if p.name == "trivial"]
     world.trigger.pipelines = [replace(trivial, template=replace(trivial.template, partition="no-such-partition"))]

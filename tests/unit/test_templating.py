@@ -86,6 +86,24 @@ def test_names_and_paths_are_sanitized(key):
     assert job.environment["SLURM_TRIGGER_KEY"] == key  # the environment is verbatim
 
 
+def test_a_long_key_in_a_path_still_makes_a_file_name():
+    """S3 keys run to 1,024 bytes, file names to 255: ``align-${stem}-%j.out`` with a
+    1,000-character stem made a job that FAILED at once (Slurm could not open its
+    output). A long value is shortened in paths, ending in a hash of the whole value
+    so that two long keys never share a file."""
+    template = JobSubmission(script="x", standard_output="/tmp/jobs/align-${stem}-%j.out",
+                             working_directory="/tmp/jobs/${stem}")
+    a = render(template, object_variables(ObjectRef("b", "in/" + "k" * 1000 + "a.fastq.gz"), "p", "st-1"))
+    b = render(template, object_variables(ObjectRef("b", "in/" + "k" * 1000 + "b.fastq.gz"), "p", "st-1"))
+    for job in (a, b):
+        assert all(len(part.encode()) <= 255 for part in job.standard_output.split("/"))
+        assert job.standard_output.startswith("/tmp/jobs/align-kkkk") and job.standard_output.endswith("-%j.out")
+        assert len(job.working_directory.rsplit("/", 1)[1]) <= 255
+    assert a.standard_output != b.standard_output
+    short = render(template, object_variables(ObjectRef("b", "in/s_R1.fastq.gz"), "p", "st-1"))
+    assert short.standard_output == "/tmp/jobs/align-s_R1-%j.out"
+
+
 @pytest.mark.parametrize("key", ["a\nb", "a%0Ab".replace("%0A", "\n"), "a\rb", "a\x00b", "a\x7fb", "a\tb", "a\x1bb"])
 def test_control_characters_are_refused(key):
     with pytest.raises(UnsafeValueError, match="key contains control character"):
