@@ -56,6 +56,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _DIGITS = re.compile(r"[0-9]*")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# $NAME or ${...} (not a template variable, not the $${name} escape): shell syntax, in a field no shell reads
+_SHELL_REFERENCE = re.compile(r"(?<!\$)\$(?:\{(?![a-z][a-z0-9_]*\})[^}]*\}|[A-Za-z_][A-Za-z0-9_]*)")
 MAX_JOB_NAME = 128
 MAX_PATH_VALUE = 100  # characters of one value in a path, room left in its file name for the template's own
 
@@ -257,7 +259,15 @@ def check_template(
             if var in variables or (metadata and var.startswith(METADATA_PREFIX)):
                 continue
             hint = " (set 'metadata: true' to use object metadata)" if var.startswith(METADATA_PREFIX) else ""
+            if var in VARIABLES and var not in variables:
+                hint = (" (a set has no single object: each member's key is in the job's environment, "
+                        "SLURM_TRIGGER_MEMBERS, SLURM_TRIGGER_MEMBER_<i>)")
             raise TemplateError(f"unknown template variable ${{{var}}} in {field!r}{hint}")
+        shell = _SHELL_REFERENCE.search(text) if field != "script" else None
+        if shell:
+            raise TemplateError(
+                f"{shell.group()} in {field!r} stays as text: no shell reads this field, so the job would get these "
+                "characters (template variables are lower case, ${key}; in paths Slurm expands %j, %u, %x...)")
     if sub.script:
         try:
             compile_script(sub.script)

@@ -76,7 +76,7 @@ def test_bad_collect_sections_are_refused_at_load(tmp_path, section, message):
 
 
 def test_a_set_template_cannot_use_object_variables(tmp_path):
-    with pytest.raises(PipelineError, match=r"\$\{key\}"):
+    with pytest.raises(PipelineError, match=r"\$\{key\}.*a set has no single object.*SLURM_TRIGGER_MEMBERS"):
         load(tmp_path, "name: x\nmatch: {prefix: a/}\ncollect: {count: 2}\njob: {script: 'echo ${key}'}\n")
     p = load(tmp_path, "name: x\nmatch: {prefix: a/}\ncollect: {count: 2}\njob: {script: 'echo ${set} ${member_count}'}\n")
     assert p.collect.kind == "count"

@@ -86,6 +86,25 @@ def test_names_and_paths_are_sanitized(key):
     assert job.environment["SLURM_TRIGGER_KEY"] == key  # the environment is verbatim
 
 
+@pytest.mark.parametrize("field, value", [
+    ("environment", {"PATH": "$PATH:/opt/bwa/bin"}),  # Slurm sets it as it is: the job finds no command
+    ("environment", {"REF": "${HOME}/ref.fa"}),
+    ("standard_output", "/shared/$USER/align-%j.out"),
+    ("name", "align-${Stem}"),  # a template variable's name in the wrong case
+    ("comment", "from ${KEY}"),
+])
+def test_shell_variables_where_no_shell_reads_are_refused(field, value):
+    """Only the script is read by a shell: ``$PATH`` in ``environment`` or ``$USER`` in a
+    path stays as those characters, and the job silently runs with them."""
+    with pytest.raises(TemplateError, match=r"stays as text: no shell reads"):
+        check_template(JobSubmission(script="x", **{field: value}), metadata=False)
+
+
+def test_dollars_that_are_not_variables_load():
+    check_template(JobSubmission(script="echo $HOME", comment="costs $5, $${key} literally", name="a-${stem}",
+                                 environment={"PRICE": "$3", "LIT": "$${key}"}), metadata=False)
+
+
 def test_a_long_key_in_a_path_still_makes_a_file_name():
     """S3 keys run to 1,024 bytes, file names to 255: ``align-${stem}-%j.out`` with a
     1,000-character stem made a job that FAILED at once (Slurm could not open its
