@@ -975,7 +975,25 @@ def _matlab(sc: _Scanner, name: str, args: list[_Word], cmd: _Command) -> None:
         cmd.reads_code = cmd.reads_code or name
 
 
+def _export(sc: _Scanner, name: str, args: list[_Word]) -> None:
+    """``--export=ALL,INPUT=${key}``: Slurm splits the list at commas, so a value with a
+    comma sets more variables of that job (``x,BASH_ENV=/fsx/in/evil.sh``)."""
+    for k, w in enumerate(args):
+        if w.raw.startswith(("--export=", "'--export=", '"--export=')):
+            sc.refuse_words([w], f"in {name} --export, which splits its list at commas (a value with one sets other "
+                            "variables of that job, BASH_ENV...): --export=ALL, the default, passes SLURM_TRIGGER_*",
+                            numeric_ok=True)
+        elif w.lit == "--export" and k + 1 < len(args):
+            _export(sc, name, [_Word(args[k + 1].start, "--export=" + args[k + 1].raw, None, args[k + 1].first,
+                                     args[k + 1].last)])
+
+
+def _srun(sc: _Scanner, name: str, args: list[_Word], cmd: _Command) -> None:
+    _export(sc, name, args)
+
+
 def _sbatch(sc: _Scanner, name: str, args: list[_Word], cmd: _Command) -> None:
+    _export(sc, name, args)
     _interpreter(sc, name, args, cmd, "", "AaBbcDdeFGiJLMmNnopqSstwx", code_long=("--wrap",),
                  value_long=_SBATCH_VALUE_LONG)
 
@@ -1069,6 +1087,7 @@ _PROGRAMS: dict[str, Callable[[_Scanner, str, list[_Word], _Command], None]] = {
     "gnuplot": lambda sc, n, a, c: _interpreter(sc, n, a, c, "e", "", code_long=("--eval",), permute=True),
     "crontab": _all_arguments("in the arguments of {name}, which installs them as commands to run", stdin=True),
     "sbatch": _sbatch,
+    "srun": _srun,
     "ssh": _ssh,
     "watch": _all_arguments("in the arguments of {name}, which runs them through sh -c"),
     "parallel": _all_arguments("in the arguments of {name}, which runs them through a shell", stdin=True),

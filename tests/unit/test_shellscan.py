@@ -192,6 +192,9 @@ REFUSED = {
     "ncl arguments": 'ncl "f=\\"${key}\\"" plot.ncl',
     "gnuplot -e": 'gnuplot -e "f=\'${key}\'" plot.gp',
     "crontab stdin": 'echo "0 * * * * ls ${key}" | crontab -',
+    # sbatch/srun split --export at commas: a key "x,BASH_ENV=/fsx/in/evil.sh" sets BASH_ENV
+    "sbatch --export": "sbatch --export=ALL,INPUT=${key} -p debug job.sh",
+    "srun --export": "srun --export ALL,INPUT=${key} ./tool",
 }
 
 
@@ -392,7 +395,7 @@ def test_rendered_script_is_the_same_for_every_object():
     "echo \"${key}\" | python3 -c 'import sys; print(sys.stdin.read())'",
     "echo ${key} | sed 's/a/b/'",
     "exec > >(tee \"${basename}.log\")",
-    "sbatch --export=ALL,INPUT=${key} -p debug job.sh",
+    "sbatch --export=ALL -p debug job.sh ${key}",
     "perl script.pl ${key}",
     "node app.js ${key}",
     "eval \"$(conda shell.bash hook)\"; conda activate x; tool ${key}",
