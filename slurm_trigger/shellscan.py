@@ -1022,8 +1022,8 @@ _SBATCH_VALUE_LONG = tuple(f"--{o}" for o in (
 
 _DECLARATIONS = frozenset({"declare", "typeset", "local", "export", "readonly"})
 _ANYWHERE = _SHELLS | {"perl", "ruby", "node", "nodejs", "awk", "gawk", "mawk", "nawk", "sed", "gsed", "ssh", "sbatch",
-                       "su", "runuser", "flock", "xargs", "Rscript", "R", "julia", "php", "lua", "luajit", "tclsh",
-                       "wish", "octave", "matlab", "ncl", "gnuplot"}
+                       "su", "runuser", "flock", "xargs", "Rscript", "julia", "php", "lua", "luajit", "tclsh",
+                       "octave", "matlab", "gnuplot"}  # not R, ncl, wish: words as well as programs
 
 # Shell builtins, judged only where they are the command (or follow builtin/command/exec).
 _BUILTINS: dict[str, Callable[[_Scanner, str, list[_Word], _Command], None]] = {

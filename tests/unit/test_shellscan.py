@@ -400,6 +400,10 @@ def test_rendered_script_is_the_same_for_every_object():
     "node app.js ${key}",
     "eval \"$(conda shell.bash hook)\"; conda activate x; tool ${key}",
     "mpirun -np 4 ./solver \"${key}\"",
+    "echo I wish R and ncl were here: ${key} <<< \"${stem}\"",  # programs' names as words
+    "module load R julia && Rscript analysis.R ${key}",
+    "cat > samples.txt <<EOF\n${key}\nEOF\nnextflow run main.nf --samples samples.txt",
+    "printf '%s\\n' \"${key}\" > keys.txt\npython3 process.py keys.txt",
 ])
 def test_ordinary_job_scripts_load(body):
     check_template(JobSubmission(script=f"#!/bin/bash\n{body}\n"), metadata=False)
