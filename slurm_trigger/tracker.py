@@ -47,6 +47,8 @@ from slurm_trigger.slurm.models import Job, JobKey, JobsPage, job_key
 LOST_REASON = "job no longer known to Slurm"
 REQUEUED = "REQUEUED"  # in stateFlags of the event of a requeue (Slurm itself shows no such flag)
 COMPLETING = "COMPLETING"
+# States a job enters again after ``scontrol suspend``/``resume``: their eventId names the suspend time
+_SUSPENDABLE = frozenset({"RUNNING", "SUSPENDED"})
 
 
 class SlurmJobs(Protocol):
@@ -354,7 +356,8 @@ class Tracker:
         marker, which the key holds: the others (another user's jobs, 90% of a shared
         cluster) are never parsed, on no poll, and need no entry in ``known``; a job
         whose comment gains the marker (``scontrol update comment=``) is ours from the
-        next poll on.
+        next poll on. A job without it that ``known`` holds was followed while
+        ``track_all`` was on: it leaves ``known`` when it moves (no more events).
 
         Work per invocation is bounded (``max_changes``): past the bound a job that
         moved is only counted (``deferred``), not parsed nor its provenance decoded;
@@ -382,6 +385,8 @@ class Tracker:
                 result.tracked_seen += 1
                 moved.append((parse(), src, fp))
                 room -= 1
+            elif job_id in known:  # followed under TRACK_ALL_JOBS, which is off now: let it go
+                del known[job_id]
         return moved, listed
 
     def _diff(
@@ -410,7 +415,8 @@ class Tracker:
             return None
         new = tracked_from_job(self.cluster, job, src, previous_state=previous, updated_at=updated_at, submitted_at=submitted_at)
         flags = job.state_flags + (REQUEUED,) if requeued and REQUEUED not in job.state_flags else job.state_flags
-        return _Change(new, old, self._event(new, flags, job.signal, src), fingerprint or _fingerprint(job_key(job)))
+        suspended_at = iso(job.suspend_time) if job.suspend_time is not None and job.state in _SUSPENDABLE else None
+        return _Change(new, old, self._event(new, flags, job.signal, src, suspended_at), fingerprint or _fingerprint(job_key(job)))
 
     def _look_up(
         self, todo: list[int], stored: dict[int, TrackedJob], cursor: Cursor, updated_at: str | None, until: float, result: PollResult
@@ -449,7 +455,9 @@ class Tracker:
                     self._forget(job_id, cursor, _fingerprint(job_key(job)))
                 return change
             missing_since = cursor.vanished[job_id] = now
-        if old is None:  # only in known: nothing to say about it
+        if old is None or (old.source is None and not self.track_all):
+            # only in known, or another user's job followed while TRACK_ALL_JOBS was on:
+            # nothing to say about it (no LOST for a job we no longer track)
             self._forget(job_id, cursor)
             return None
         if getattr(self.client, "accounting", False):
@@ -481,14 +489,17 @@ class Tracker:
         else:
             cursor.known[job_id] = fingerprint
 
-    def _event(self, job: TrackedJob, flags: tuple[str, ...], signal: int | None, source: Source | None) -> Event:
+    def _event(
+        self, job: TrackedJob, flags: tuple[str, ...], signal: int | None, source: Source | None, suspended_at: str | None = None
+    ) -> Event:
         """``source`` is ``job.source``, which the caller has at hand (building it again
-        costs more than the rest of the event)."""
+        costs more than the rest of the event); ``suspended_at`` the job's last suspend or
+        resume, which gives a resumed ``RUNNING`` an id of its own."""
         return Event(
             DETAIL_TYPE,
             state_change_detail(job, flags, signal, source),
             job_resources(job.cluster, job.job_id, source.object_arn if source else None),
-            event_id(job.cluster, job.job_id, job.state, job.submitted_at),
+            event_id(job.cluster, job.job_id, job.state, job.submitted_at, suspended_at),
         )
 
 
