@@ -204,11 +204,12 @@ class Tracker:
         cursor = self.store.load_cursor(self.cluster)
         now = self._clock()
         result.sweep = self._wants_sweep(cursor, now) if sweep is None else sweep
-        page, slurm_now, top = self._list(cursor, result)
+        page, slurm_now, top, present = self._list(cursor, result)
         moved, listed = self._scan(page, cursor, result)
         top = top if top is not None or not page.changed else max(listed, default=None)
         del page  # the decoded answer goes before the events are built
-        self._update_vanished(cursor, listed, result.sweep)
+        # /jobs/state names every job slurmctld holds: what it lacks is gone, as a sweep would find
+        self._update_vanished(cursor, listed if present is None else present, result.sweep or present is not None)
         error = self._publish_and_save(moved, cursor, iso(now), lookups_until, result)
         done = error is None and not result.deferred and not result.retries_pending
         if done and top is not None:
@@ -221,10 +222,11 @@ class Tracker:
     def _wants_sweep(self, cursor: Cursor, now: float) -> bool:
         return cursor.update_time is None or cursor.last_sweep is None or now - cursor.last_sweep >= self.sweep_seconds
 
-    def _list(self, cursor: Cursor, result: PollResult) -> tuple[JobsPage, int | None, int | None]:
+    def _list(self, cursor: Cursor, result: PollResult) -> tuple[JobsPage, int | None, int | None, set[int] | None]:
         """Slurm's listing (all jobs on a sweep, else those since the cursor), Slurm's
-        clock for the next cursor (None: the cursor stays), and the highest job id Slurm
-        holds when the listing does not show every job (None: read it from the listing).
+        clock for the next cursor (None: the cursor stays), the highest job id Slurm
+        holds when the listing does not show every job (None: read it from the listing),
+        and the id of every job slurmctld holds when ``/jobs/state`` said (None: unknown).
 
         A steady poll of a cluster that serves ``/jobs/state`` asks it first and fetches
         only the jobs it shows new or moved, unless they are more than ``max_details``
@@ -240,17 +242,18 @@ class Tracker:
                 fetched = set(wanted)
                 result.tracked_seen = sum(1 for job_id in states if job_id in cursor.known and job_id not in fetched)
                 page = self.client.get_jobs(wanted) if wanted else JobsPage(jobs=(), changed=False)
-                return page, None, max(max(states), cursor.top_job_id) if wanted else None
+                return page, None, max(max(states), cursor.top_job_id) if wanted else None, set(states)
         asked = time.monotonic()
         page = self.client.list_jobs(None if result.sweep else cursor.update_time)
         result.listing, result.changed, result.jobs_seen = "jobs", page.changed, len(page.jobs)
-        return page, (page.last_update or self._server_time(asked)) if page.changed else None, None
+        return page, (page.last_update or self._server_time(asked)) if page.changed else None, None, None
 
-    def _update_vanished(self, cursor: Cursor, listed: set[int], sweep: bool) -> None:
-        """On a sweep, queue each tracked unfinished job the listing lacks (a finished
-        one left after MinJobAge, as expected); drop from the queue what is listed again
-        (diffed as usual) or no longer tracked."""
-        if sweep:
+    def _update_vanished(self, cursor: Cursor, listed: set[int], complete: bool) -> None:
+        """When ``listed`` is every job slurmctld holds (a sweep, or ``/jobs/state``),
+        queue each tracked unfinished job it lacks (a finished one left after MinJobAge,
+        as expected); drop from the queue what is listed again (diffed as usual) or no
+        longer tracked."""
+        if complete:
             for job_id in [i for i in cursor.known if i not in listed]:
                 if _state_of(cursor.known[job_id]) in TRACKER_FINAL_STATES:
                     del cursor.known[job_id]
