@@ -108,6 +108,10 @@ class PollResult:
         return Counter(t["state"] for t in self.transitions)
 
 
+# Seconds before the last sweep that a sweep asks accounting from (jobs no poll saw):
+# slurmdbd learns of an end about a second after slurmctld, and clocks differ a little.
+UNSEEN_MARGIN = 300
+
 # Jobs diffed, published and saved together: bounds a poll's memory, whatever the
 # number of jobs that changed (a first poll over 100,000 jobs is 200 chunks).
 CHUNK = 500
@@ -211,11 +215,19 @@ class Tracker:
         # /jobs/state names every job slurmctld holds: what it lacks is gone, as a sweep would find
         self._update_vanished(cursor, listed if present is None else present, result.sweep or present is not None)
         error = self._publish_and_save(moved, cursor, iso(now), lookups_until, result)
+        swept = result.sweep and error is None
+        if swept and cursor.last_sweep is not None:  # the first sweep publishes no history
+            try:
+                error = self._publish_unseen(listed, cursor, cursor.last_sweep - UNSEEN_MARGIN, iso(now), result)
+            except SlurmError as exc:  # slurmdbd down: the next poll sweeps again, from the same time
+                logger.warning("could not ask accounting for jobs no poll saw; the next poll sweeps again",
+                               extra={"cluster": self.cluster, "error": str(exc)})
+                swept = False
+            swept = swept and error is None
         done = error is None and not result.deferred and not result.retries_pending
         if done and top is not None:
             cursor.top_job_id = top
-        self._save_cursor(cursor, slurm_now if done else None,
-                          now if result.sweep and error is None else None, result)
+        self._save_cursor(cursor, slurm_now if done else None, now if swept else None, result)
         if error is not None:
             raise error
 
@@ -286,6 +298,38 @@ class Tracker:
         if todo:
             stored = self.store.get_jobs(self.cluster, todo)
             failed += self._publish(self._look_up(todo, stored, cursor, updated_at, lookups_until, result), cursor, result)
+        return EventBusError(failed, result.published) if failed else None
+
+    def _publish_unseen(
+        self, listed: set[int], cursor: Cursor, since: float, updated_at: str | None, result: PollResult
+    ) -> EventBusError | None:
+        """Jobs no poll saw: submitted, ended and dropped by slurmctld (MinJobAge) between
+        two polls (polls failing or paused). Where the cluster has slurmdbd, a sweep asks
+        accounting for this user's jobs that ran or ended since the last sweep (less a
+        margin) and publishes the end of each of ours that slurmctld no longer lists and
+        the table does not know in that state (``previousState`` null)."""
+        if not getattr(self.client, "accounting", False) or not hasattr(self.client, "list_accounting_jobs"):
+            return None
+        found = [
+            (job, src) for job in self.client.list_accounting_jobs(int(since))
+            if job.is_final and job.job_id not in listed and job.job_id not in cursor.known
+            and job.job_id not in cursor.vanished
+            and ((src := provenance.decode(job.comment)) is not None or self.track_all)
+        ]
+        failed: list[FailedEntry] = []
+        for start in range(0, len(found), CHUNK):
+            chunk = found[start : start + CHUNK]
+            stored = self.store.get_jobs(self.cluster, [job.job_id for job, _ in chunk])
+            changes = []
+            for job, src in chunk:
+                old = stored.get(job.job_id)
+                if old is not None and _earlier(job, old):
+                    continue  # an earlier job that had the id: ours is the stored one
+                change = self._diff(job, src, old, updated_at)
+                if change is not None:
+                    change.fingerprint = None  # gone from slurmctld: never in known
+                    changes.append(change)
+            failed += self._publish(changes, cursor, result)
         return EventBusError(failed, result.published) if failed else None
 
     def _publish(self, changes: list[_Change], cursor: Cursor, result: PollResult) -> list[FailedEntry]:
