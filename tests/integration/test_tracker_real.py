@@ -459,12 +459,16 @@ def test_a_suspended_and_resumed_job_gives_each_change_its_own_id(world: World) 
     resume is not a repeat of the start."""
     tracker = world.tracker()
     job_id = world.submit("sleep 60", "suspend")
-    wait_stored(world, tracker, job_id, lambda j: j.state == "RUNNING")
-    slurm_command(world.target, "scontrol", "suspend", str(job_id))
-    wait_stored(world, tracker, job_id, lambda j: j.state == "SUSPENDED")
-    slurm_command(world.target, "scontrol", "resume", str(job_id))
-    wait_stored(world, tracker, job_id, lambda j: j.state == "RUNNING")
-    world.client.cancel_job(job_id)
+    try:  # a suspended job keeps its CPUs: never leave one behind on the shared cluster
+        wait_stored(world, tracker, job_id, lambda j: j.state == "RUNNING")
+        slurm_command(world.target, "scontrol", "suspend", str(job_id))
+        wait_stored(world, tracker, job_id, lambda j: j.state == "SUSPENDED")
+        slurm_command(world.target, "scontrol", "resume", str(job_id))
+        wait_stored(world, tracker, job_id, lambda j: j.state == "RUNNING")
+    finally:
+        if world.client.get_job(job_id).state == "SUSPENDED":
+            slurm_command(world.target, "scontrol", "resume", str(job_id))
+        world.client.cancel_job(job_id)
     world.wait_tracked_final([job_id], tracker.poll)
     details = by_job(world.received(), [job_id])[job_id]
     chain = [(d["previousState"], d["state"]) for d in details]
