@@ -525,3 +525,25 @@ def test_a_job_no_poll_saw_gets_its_end_from_accounting(world: World) -> None:
         assert not by_job(world.received(), [job_id])[job_id]  # once
     else:
         assert details == []
+
+
+def test_a_job_gone_before_its_end_was_seen_is_looked_up_by_the_next_steady_poll(world: World) -> None:
+    """Seen RUNNING, then ended and dropped by slurmctld (hidden, as MinJobAge would)
+    before a poll saw the end. Where slurmctld serves /jobs/state (v0.0.41+) the next
+    steady poll, not the sweep ten minutes later, publishes the end (accounting's) or LOST."""
+    tracker = world.tracker()
+    job_id = world.submit("sleep 2; exit 3", "gone-steady")
+    wait_stored(world, tracker, job_id, lambda j: j.state == "RUNNING")
+    wait_in_slurm(world, job_id, lambda j: j.is_final)
+    world.scoped.purged.add(job_id)
+    deadline = time.monotonic() + (POLL_LIMIT if world.client.serves_job_states else 3 * POLL_EVERY)
+    while True:
+        result = tracker.poll(sweep=False)
+        job = world.store.get_jobs(CLUSTER, [job_id])[job_id]
+        if job.final or time.monotonic() > deadline:
+            break
+        time.sleep(POLL_EVERY)
+    if world.client.serves_job_states:
+        assert result.listing == "states" and job.state == ("FAILED" if world.client.accounting else "LOST"), job
+    else:  # a steady poll lists only what changed: the sweep finds it
+        assert job.state == "RUNNING"
