@@ -25,8 +25,8 @@ JOB_COLUMNS = ("job_id", "name", "state", "reason", "exit_code", "user", "partit
 
 
 def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
-    def add(name: str, help_text: str, handler: Any) -> argparse.ArgumentParser:
-        p = subparsers.add_parser(name, parents=[parent], help=help_text, description=help_text)
+    def add(name: str, help_text: str, handler: Any, aliases: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+        p = subparsers.add_parser(name, parents=[parent], help=help_text, description=help_text, aliases=aliases)
         p.set_defaults(handler=handler)
         return p
 
@@ -42,8 +42,9 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     p = add("list-jobs", "List the jobs slurmctld holds (ended jobs leave after MinJobAge).", cmd_list)
     p.add_argument("--update-time", type=int, metavar="EPOCH",
                    help="only if something changed since this epoch")
+    # get-job: the name the AWS blog's slurmapi.py gives it
     p = add("describe-job", "Show one job (from accounting when slurmctld no longer knows it).",
-            cmd_describe)
+            cmd_describe, aliases=("get-job",))
     p.add_argument("-j", "--job-id", required=True, type=int, metavar="ID", help="Slurm job id")
     p = add("cancel-job", "Cancel a job (a job that already ended is left as it is).", cmd_cancel)
     p.add_argument("-j", "--job-id", required=True, type=int, metavar="ID", help="Slurm job id")
