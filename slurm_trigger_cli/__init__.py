@@ -182,7 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return _stdout_gone()
     except KeyboardInterrupt:
-        return _fail(args, "interrupted", 130)
+        submitting = args.command == "submit-job" and not args.print_body
+        return _fail(args, "interrupted" + (": the job may have been submitted; `slurm-trigger list-jobs` "
+                                            "shows it if it was" if submitting else ""), 130)
     except SlurmError as exc:
         return _fail(args, f"{type(exc).__name__}: {exc}", 1)
     except (ValueError, OSError) as exc:

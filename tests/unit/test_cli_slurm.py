@@ -258,3 +258,16 @@ def test_a_dead_port_and_https_to_plain_http(server: tuple[FakeSlurm, str], caps
     code = main(["ping", "--url", fake.url.replace("http://", "https://"), "--token", GOOD, "-u", "alice"])
     line = one_line(capsys.readouterr().err)
     assert code == 1 and "does not speak TLS" in line and "http://" in line and "Max retries" not in line, line
+
+
+def test_ctrl_c_during_a_submit_says_the_job_may_exist(server: tuple[FakeSlurm, str], capsys: pytest.CaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupted while POST /job/submit waits: Slurm may have made the job. Unknown, said so."""
+    from slurm_trigger.slurm.client import SlurmClient
+
+    fake, _ = server
+    monkeypatch.setattr(SlurmClient, "submit", lambda self, sub: (_ for _ in ()).throw(KeyboardInterrupt()))
+    code, out, err = run(fake, capsys, "submit-job", "-j", str(EXAMPLE))
+    assert code == 130 and out == ""
+    assert one_line(err) == ("slurm-trigger: interrupted: the job may have been submitted; "
+                             "`slurm-trigger list-jobs` shows it if it was")
