@@ -190,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         return _fail(args, str(exc), 2)
     except Exception as exc:  # botocore's, and anything unforeseen: still one line
-        return _fail(args, *(_aws_problem(exc, args) or (f"unexpected {type(exc).__name__}: {exc}", 1)))
+        slurm_only = args.handler.__module__.endswith(".slurm_commands") or args.command == "render"
+        return _fail(args, *(aws_problem(exc, slurm_only) or (f"unexpected {type(exc).__name__}: {exc}", 1)))
 
 
 def _fail(args: argparse.Namespace, message: str, code: int) -> int:
@@ -217,12 +218,12 @@ def _stdout_gone() -> int:
     return 128 + int(signal.SIGPIPE)
 
 
-def _aws_problem(exc: Exception, args: argparse.Namespace) -> tuple[str, int] | None:
-    """What to tell the user when an AWS call failed; None when ``exc`` is not botocore's.
-    The Slurm commands (and render) call AWS only to find the head node and its token."""
+def aws_problem(exc: Exception, slurm_only: bool) -> tuple[str, int] | None:
+    """What to tell the user when an AWS call failed, and the exit code; None when ``exc``
+    is not botocore's. ``slurm_only``: the command calls AWS only to find the head node
+    and its token (the Slurm commands, render), which --url and --token replace."""
     from botocore import exceptions as aws
 
-    slurm_only = args.handler.__module__.endswith(".slurm_commands") or args.command == "render"
     no_aws = "or give --url and --token (SLURM_URL, SLURM_TOKEN) to need no AWS call" if slurm_only else "for this command"
     if isinstance(exc, aws.NoRegionError):
         return f"no AWS region: set AWS_DEFAULT_REGION (or a profile's region) {no_aws}", 2

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from slurm_trigger_cli import emit, settings_from_args
+from slurm_trigger_cli import aws_problem, emit, settings_from_args
 from slurm_trigger.settings import Settings
 from slurm_trigger.slurm import SlurmClient, build_client
 from slurm_trigger.slurm.dialects import DIALECTS
@@ -111,7 +111,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
         rows = [
             {"target": t["target"], "version": v, "served": v in t["served"], "known": v in DIALECTS,
              "used": v == t["negotiated"]}
-            for t in data for v in sorted(set(t["served"]) | set(DIALECTS))
+            for t in data if "error" not in t for v in sorted(set(t["served"]) | set(DIALECTS))
         ]
         rows += [{"target": t["target"], "version": "-", "error": t["error"]} for t in data if "error" in t]
         emit(rows, "table", ("target", "version", "served", "known", "used", "error"))
@@ -131,6 +131,11 @@ def _versions(name: str, settings: Settings) -> dict[str, Any]:
         out["accounting"] = client.accounting  # slurmdbd's /slurmdb/ served for that version
     except (SlurmError, ValueError, OSError) as exc:
         out["error"] = str(exc)
+    except Exception as exc:  # botocore's (no region, no credentials, AccessDenied): this target's error
+        problem = aws_problem(exc, slurm_only=True)
+        if problem is None:
+            raise
+        out["error"] = problem[0]
     return out
 
 

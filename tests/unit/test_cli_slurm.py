@@ -271,3 +271,24 @@ def test_ctrl_c_during_a_submit_says_the_job_may_exist(server: tuple[FakeSlurm, 
     assert code == 130 and out == ""
     assert one_line(err) == ("slurm-trigger: interrupted: the job may have been submitted; "
                              "`slurm-trigger list-jobs` shows it if it was")
+
+
+def test_versions_reports_each_target_even_when_one_needs_aws(server: tuple[FakeSlurm, str], capsys: pytest.CaptureFixture,
+                                                            monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Two clusters: the default one found through EC2 (no AWS region here), one with its
+    URL and token. Each gets its row; the unreachable one only its error, never "served: False"."""
+    fake, version = server
+    for name in ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("SLURM_TARGETS", json.dumps({"lab": {"SLURM_URL": fake.url, "SLURM_TOKEN": GOOD, "SLURM_USER": "alice"}}))
+    code = main(["versions"])
+    out, err = capsys.readouterr()
+    default, lab = json.loads(out)
+    assert code == 1 and err == "" and GOOD not in out
+    assert default["target"] == "local" and "AWS_DEFAULT_REGION" in default["error"] and default["served"] == []
+    assert lab["target"] == "lab" and lab["negotiated"] == version and "error" not in lab
+    code = main(["versions", "--format", "table"])
+    rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert code == 1 and [r for r in rows if r[0] == "local"] == [["local", "-"]]
+    assert ["lab", version] in rows
