@@ -22,12 +22,18 @@ POLLED = "tracker"
 PUSHED = "headnode"
 
 
-def event_id(cluster: str, job_id: int, state: str, submitted_at: str | None) -> str:
+def event_id(cluster: str, job_id: int, state: str, submitted_at: str | None, suspended_at: str | None = None) -> str:
     """The same job entering the same state always gets the same id. The submit time
     (ISO 8601 UTC to the second, as the events carry it) is part of it so a reused
-    job id, or a requeued job (Slurm gives it a new submit time), never collides."""
-    key = "\x1f".join([cluster, str(job_id), state, submitted_at or ""])
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
+    job id, or a requeued job (Slurm gives it a new submit time), never collides.
+    ``suspended_at``: the job's last suspend or resume (Slurm's ``suspend_time``), for
+    ``RUNNING`` and ``SUSPENDED`` once a job was suspended: a resumed job enters
+    ``RUNNING`` again, and that change needs an id of its own. Before any suspend it
+    is None and the id is the one the head node's hook gives the job's start."""
+    parts = [cluster, str(job_id), state, submitted_at or ""]
+    if suspended_at:
+        parts.append(suspended_at)
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
 def job_resources(cluster: str, job_id: int, object_arn: str | None) -> tuple[str, ...]:

@@ -47,6 +47,8 @@ from slurm_trigger.slurm.models import Job, JobKey, JobsPage, job_key
 LOST_REASON = "job no longer known to Slurm"
 REQUEUED = "REQUEUED"  # in stateFlags of the event of a requeue (Slurm itself shows no such flag)
 COMPLETING = "COMPLETING"
+# States a job enters again after ``scontrol suspend``/``resume``: their eventId names the suspend time
+_SUSPENDABLE = frozenset({"RUNNING", "SUSPENDED"})
 
 
 class SlurmJobs(Protocol):
@@ -105,6 +107,10 @@ class PollResult:
     def by_state(self) -> Counter[str]:
         return Counter(t["state"] for t in self.transitions)
 
+
+# Seconds before the last sweep that a sweep asks accounting from (jobs no poll saw):
+# slurmdbd learns of an end about a second after slurmctld, and clocks differ a little.
+UNSEEN_MARGIN = 300
 
 # Jobs diffed, published and saved together: bounds a poll's memory, whatever the
 # number of jobs that changed (a first poll over 100,000 jobs is 200 chunks).
@@ -202,27 +208,37 @@ class Tracker:
         cursor = self.store.load_cursor(self.cluster)
         now = self._clock()
         result.sweep = self._wants_sweep(cursor, now) if sweep is None else sweep
-        page, slurm_now, top = self._list(cursor, result)
+        page, slurm_now, top, present = self._list(cursor, result)
         moved, listed = self._scan(page, cursor, result)
         top = top if top is not None or not page.changed else max(listed, default=None)
         del page  # the decoded answer goes before the events are built
-        self._update_vanished(cursor, listed, result.sweep)
+        # /jobs/state names every job slurmctld holds: what it lacks is gone, as a sweep would find
+        self._update_vanished(cursor, listed if present is None else present, result.sweep or present is not None)
         error = self._publish_and_save(moved, cursor, iso(now), lookups_until, result)
+        swept = result.sweep and error is None
+        if swept and cursor.last_sweep is not None:  # the first sweep publishes no history
+            try:
+                error = self._publish_unseen(listed, cursor, cursor.last_sweep - UNSEEN_MARGIN, iso(now), result)
+            except SlurmError as exc:  # slurmdbd down: the next poll sweeps again, from the same time
+                logger.warning("could not ask accounting for jobs no poll saw; the next poll sweeps again",
+                               extra={"cluster": self.cluster, "error": str(exc)})
+                swept = False
+            swept = swept and error is None
         done = error is None and not result.deferred and not result.retries_pending
         if done and top is not None:
             cursor.top_job_id = top
-        self._save_cursor(cursor, slurm_now if done else None,
-                          now if result.sweep and error is None else None, result)
+        self._save_cursor(cursor, slurm_now if done else None, now if swept else None, result)
         if error is not None:
             raise error
 
     def _wants_sweep(self, cursor: Cursor, now: float) -> bool:
         return cursor.update_time is None or cursor.last_sweep is None or now - cursor.last_sweep >= self.sweep_seconds
 
-    def _list(self, cursor: Cursor, result: PollResult) -> tuple[JobsPage, int | None, int | None]:
+    def _list(self, cursor: Cursor, result: PollResult) -> tuple[JobsPage, int | None, int | None, set[int] | None]:
         """Slurm's listing (all jobs on a sweep, else those since the cursor), Slurm's
-        clock for the next cursor (None: the cursor stays), and the highest job id Slurm
-        holds when the listing does not show every job (None: read it from the listing).
+        clock for the next cursor (None: the cursor stays), the highest job id Slurm
+        holds when the listing does not show every job (None: read it from the listing),
+        and the id of every job slurmctld holds when ``/jobs/state`` said (None: unknown).
 
         A steady poll of a cluster that serves ``/jobs/state`` asks it first and fetches
         only the jobs it shows new or moved, unless they are more than ``max_details``
@@ -238,17 +254,18 @@ class Tracker:
                 fetched = set(wanted)
                 result.tracked_seen = sum(1 for job_id in states if job_id in cursor.known and job_id not in fetched)
                 page = self.client.get_jobs(wanted) if wanted else JobsPage(jobs=(), changed=False)
-                return page, None, max(max(states), cursor.top_job_id) if wanted else None
+                return page, None, max(max(states), cursor.top_job_id) if wanted else None, set(states)
         asked = time.monotonic()
         page = self.client.list_jobs(None if result.sweep else cursor.update_time)
         result.listing, result.changed, result.jobs_seen = "jobs", page.changed, len(page.jobs)
-        return page, (page.last_update or self._server_time(asked)) if page.changed else None, None
+        return page, (page.last_update or self._server_time(asked)) if page.changed else None, None, None
 
-    def _update_vanished(self, cursor: Cursor, listed: set[int], sweep: bool) -> None:
-        """On a sweep, queue each tracked unfinished job the listing lacks (a finished
-        one left after MinJobAge, as expected); drop from the queue what is listed again
-        (diffed as usual) or no longer tracked."""
-        if sweep:
+    def _update_vanished(self, cursor: Cursor, listed: set[int], complete: bool) -> None:
+        """When ``listed`` is every job slurmctld holds (a sweep, or ``/jobs/state``),
+        queue each tracked unfinished job it lacks (a finished one left after MinJobAge,
+        as expected); drop from the queue what is listed again (diffed as usual) or no
+        longer tracked."""
+        if complete:
             for job_id in [i for i in cursor.known if i not in listed]:
                 if _state_of(cursor.known[job_id]) in TRACKER_FINAL_STATES:
                     del cursor.known[job_id]
@@ -281,6 +298,38 @@ class Tracker:
         if todo:
             stored = self.store.get_jobs(self.cluster, todo)
             failed += self._publish(self._look_up(todo, stored, cursor, updated_at, lookups_until, result), cursor, result)
+        return EventBusError(failed, result.published) if failed else None
+
+    def _publish_unseen(
+        self, listed: set[int], cursor: Cursor, since: float, updated_at: str | None, result: PollResult
+    ) -> EventBusError | None:
+        """Jobs no poll saw: submitted, ended and dropped by slurmctld (MinJobAge) between
+        two polls (polls failing or paused). Where the cluster has slurmdbd, a sweep asks
+        accounting for this user's jobs that ran or ended since the last sweep (less a
+        margin) and publishes the end of each of ours that slurmctld no longer lists and
+        the table does not know in that state (``previousState`` null)."""
+        if not getattr(self.client, "accounting", False) or not hasattr(self.client, "list_accounting_jobs"):
+            return None
+        found = [
+            (job, src) for job in self.client.list_accounting_jobs(int(since))
+            if job.is_final and job.job_id not in listed and job.job_id not in cursor.known
+            and job.job_id not in cursor.vanished
+            and ((src := provenance.decode(job.comment)) is not None or self.track_all)
+        ]
+        failed: list[FailedEntry] = []
+        for start in range(0, len(found), CHUNK):
+            chunk = found[start : start + CHUNK]
+            stored = self.store.get_jobs(self.cluster, [job.job_id for job, _ in chunk])
+            changes = []
+            for job, src in chunk:
+                old = stored.get(job.job_id)
+                if old is not None and _earlier(job, old):
+                    continue  # an earlier job that had the id: ours is the stored one
+                change = self._diff(job, src, old, updated_at)
+                if change is not None:
+                    change.fingerprint = None  # gone from slurmctld: never in known
+                    changes.append(change)
+            failed += self._publish(changes, cursor, result)
         return EventBusError(failed, result.published) if failed else None
 
     def _publish(self, changes: list[_Change], cursor: Cursor, result: PollResult) -> list[FailedEntry]:
@@ -354,7 +403,8 @@ class Tracker:
         marker, which the key holds: the others (another user's jobs, 90% of a shared
         cluster) are never parsed, on no poll, and need no entry in ``known``; a job
         whose comment gains the marker (``scontrol update comment=``) is ours from the
-        next poll on.
+        next poll on. A job without it that ``known`` holds was followed while
+        ``track_all`` was on: it leaves ``known`` when it moves (no more events).
 
         Work per invocation is bounded (``max_changes``): past the bound a job that
         moved is only counted (``deferred``), not parsed nor its provenance decoded;
@@ -382,6 +432,8 @@ class Tracker:
                 result.tracked_seen += 1
                 moved.append((parse(), src, fp))
                 room -= 1
+            elif job_id in known:  # followed under TRACK_ALL_JOBS, which is off now: let it go
+                del known[job_id]
         return moved, listed
 
     def _diff(
@@ -410,7 +462,8 @@ class Tracker:
             return None
         new = tracked_from_job(self.cluster, job, src, previous_state=previous, updated_at=updated_at, submitted_at=submitted_at)
         flags = job.state_flags + (REQUEUED,) if requeued and REQUEUED not in job.state_flags else job.state_flags
-        return _Change(new, old, self._event(new, flags, job.signal, src), fingerprint or _fingerprint(job_key(job)))
+        suspended_at = iso(job.suspend_time) if job.suspend_time is not None and job.state in _SUSPENDABLE else None
+        return _Change(new, old, self._event(new, flags, job.signal, src, suspended_at), fingerprint or _fingerprint(job_key(job)))
 
     def _look_up(
         self, todo: list[int], stored: dict[int, TrackedJob], cursor: Cursor, updated_at: str | None, until: float, result: PollResult
@@ -449,7 +502,9 @@ class Tracker:
                     self._forget(job_id, cursor, _fingerprint(job_key(job)))
                 return change
             missing_since = cursor.vanished[job_id] = now
-        if old is None:  # only in known: nothing to say about it
+        if old is None or (old.source is None and not self.track_all):
+            # only in known, or another user's job followed while TRACK_ALL_JOBS was on:
+            # nothing to say about it (no LOST for a job we no longer track)
             self._forget(job_id, cursor)
             return None
         if getattr(self.client, "accounting", False):
@@ -481,14 +536,17 @@ class Tracker:
         else:
             cursor.known[job_id] = fingerprint
 
-    def _event(self, job: TrackedJob, flags: tuple[str, ...], signal: int | None, source: Source | None) -> Event:
+    def _event(
+        self, job: TrackedJob, flags: tuple[str, ...], signal: int | None, source: Source | None, suspended_at: str | None = None
+    ) -> Event:
         """``source`` is ``job.source``, which the caller has at hand (building it again
-        costs more than the rest of the event)."""
+        costs more than the rest of the event); ``suspended_at`` the job's last suspend or
+        resume, which gives a resumed ``RUNNING`` an id of its own."""
         return Event(
             DETAIL_TYPE,
             state_change_detail(job, flags, signal, source),
             job_resources(job.cluster, job.job_id, source.object_arn if source else None),
-            event_id(job.cluster, job.job_id, job.state, job.submitted_at),
+            event_id(job.cluster, job.job_id, job.state, job.submitted_at, suspended_at),
         )
 
 

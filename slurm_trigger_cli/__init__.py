@@ -13,7 +13,9 @@ import dataclasses
 import importlib
 import json
 import os
+import signal
 import sys
+import traceback
 from typing import Any, Callable, Iterator, Sequence
 
 from slurm_trigger.settings import Settings
@@ -167,15 +169,69 @@ def human_logs() -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Whatever goes wrong ends as one line on stderr and an exit code
+    (1: Slurm or AWS failed, 2: bad input or settings, 130: Ctrl-C), never a traceback
+    (``POWERTOOLS_LOG_LEVEL=DEBUG`` adds it) and never the token."""
     args = build_parser().parse_args(command_first(sys.argv[1:] if argv is None else argv))
     handler: Callable[[argparse.Namespace], int | None] = args.handler
     try:
         with human_logs():
-            return handler(args) or 0
+            code = handler(args) or 0
+            sys.stdout.flush()  # here, where a reader that went away can still be caught
+            return code
+    except BrokenPipeError:
+        return _stdout_gone()
+    except KeyboardInterrupt:
+        submitting = args.command == "submit-job" and not args.print_body
+        return _fail(args, "interrupted" + (": the job may have been submitted; `slurm-trigger list-jobs` "
+                                            "shows it if it was" if submitting else ""), 130)
     except SlurmError as exc:
-        json.dump({"error": exc.to_dict()}, sys.stderr, indent=2, default=str)
-        print(f"\nslurm-trigger: {exc}", file=sys.stderr)
-        return 1
+        return _fail(args, f"{type(exc).__name__}: {exc}", 1)
     except (ValueError, OSError) as exc:
-        print(f"slurm-trigger: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, str(exc), 2)
+    except Exception as exc:  # botocore's, and anything unforeseen: still one line
+        slurm_only = args.handler.__module__.endswith(".slurm_commands") or args.command == "render"
+        return _fail(args, *(aws_problem(exc, slurm_only) or (f"unexpected {type(exc).__name__}: {exc}", 1)))
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    """``slurm-trigger: message`` on one line (after the traceback at DEBUG), any token
+    the user gave redacted: an exception's text is not ours to trust."""
+    if (os.environ.get("POWERTOOLS_LOG_LEVEL") or "").upper() == "DEBUG":
+        message = traceback.format_exc() + message
+    else:
+        message = " ".join(message.split())
+    for token in (getattr(args, "token", None), os.environ.get("SLURM_TOKEN")):
+        if token and len(token) >= 8:
+            message = message.replace(token, "[REDACTED]")
+    with contextlib.suppress(OSError):
+        print(f"slurm-trigger: {message}", file=sys.stderr)
+    return code
+
+
+def _stdout_gone() -> int:
+    """The reader of stdout left (``| head``, ``| jq`` that failed): stop quietly, as
+    ``cat`` does, with SIGPIPE's exit status. Python's flush at exit would fail again
+    and print "Exception ignored": point stdout at /dev/null first."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + int(signal.SIGPIPE)
+
+
+def aws_problem(exc: Exception, slurm_only: bool) -> tuple[str, int] | None:
+    """What to tell the user when an AWS call failed, and the exit code; None when ``exc``
+    is not botocore's. ``slurm_only``: the command calls AWS only to find the head node
+    and its token (the Slurm commands, render), which --url and --token replace."""
+    from botocore import exceptions as aws
+
+    no_aws = "or give --url and --token (SLURM_URL, SLURM_TOKEN) to need no AWS call" if slurm_only else "for this command"
+    if isinstance(exc, aws.NoRegionError):
+        return f"no AWS region: set AWS_DEFAULT_REGION (or a profile's region) {no_aws}", 2
+    if isinstance(exc, (aws.NoCredentialsError, aws.PartialCredentialsError)):
+        return f"no AWS credentials ({exc}): configure them (aws configure, AWS_PROFILE) {no_aws}", 2
+    if isinstance(exc, aws.ClientError):
+        error = exc.response.get("Error", {})
+        return f"AWS {exc.operation_name} failed: {error.get('Code')}: {error.get('Message')}", 1
+    if isinstance(exc, aws.BotoCoreError):
+        return f"AWS call failed: {exc}", 1
+    return None

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from slurm_trigger_cli import emit, settings_from_args
+from slurm_trigger_cli import aws_problem, emit, settings_from_args
 from slurm_trigger.settings import Settings
 from slurm_trigger.slurm import SlurmClient, build_client
 from slurm_trigger.slurm.dialects import DIALECTS
@@ -25,8 +25,8 @@ JOB_COLUMNS = ("job_id", "name", "state", "reason", "exit_code", "user", "partit
 
 
 def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
-    def add(name: str, help_text: str, handler: Any) -> argparse.ArgumentParser:
-        p = subparsers.add_parser(name, parents=[parent], help=help_text, description=help_text)
+    def add(name: str, help_text: str, handler: Any, aliases: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+        p = subparsers.add_parser(name, parents=[parent], help=help_text, description=help_text, aliases=aliases)
         p.set_defaults(handler=handler)
         return p
 
@@ -42,8 +42,9 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     p = add("list-jobs", "List the jobs slurmctld holds (ended jobs leave after MinJobAge).", cmd_list)
     p.add_argument("--update-time", type=int, metavar="EPOCH",
                    help="only if something changed since this epoch")
+    # get-job: the name the AWS blog's slurmapi.py gives it
     p = add("describe-job", "Show one job (from accounting when slurmctld no longer knows it).",
-            cmd_describe)
+            cmd_describe, aliases=("get-job",))
     p.add_argument("-j", "--job-id", required=True, type=int, metavar="ID", help="Slurm job id")
     p = add("cancel-job", "Cancel a job (a job that already ended is left as it is).", cmd_cancel)
     p.add_argument("-j", "--job-id", required=True, type=int, metavar="ID", help="Slurm job id")
@@ -110,7 +111,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
         rows = [
             {"target": t["target"], "version": v, "served": v in t["served"], "known": v in DIALECTS,
              "used": v == t["negotiated"]}
-            for t in data for v in sorted(set(t["served"]) | set(DIALECTS))
+            for t in data if "error" not in t for v in sorted(set(t["served"]) | set(DIALECTS))
         ]
         rows += [{"target": t["target"], "version": "-", "error": t["error"]} for t in data if "error" in t]
         emit(rows, "table", ("target", "version", "served", "known", "used", "error"))
@@ -130,6 +131,11 @@ def _versions(name: str, settings: Settings) -> dict[str, Any]:
         out["accounting"] = client.accounting  # slurmdbd's /slurmdb/ served for that version
     except (SlurmError, ValueError, OSError) as exc:
         out["error"] = str(exc)
+    except Exception as exc:  # botocore's (no region, no credentials, AccessDenied): this target's error
+        problem = aws_problem(exc, slurm_only=True)
+        if problem is None:
+            raise
+        out["error"] = problem[0]
     return out
 
 

@@ -6,6 +6,7 @@ the transport's session, and turns every answer that is not a success into a typ
 """
 from __future__ import annotations
 
+import re
 import ssl
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, TypeVar
@@ -35,6 +36,7 @@ from slurm_trigger.slurm.errors import (
     SlurmAuthError,
     SlurmError,
     SlurmNotFoundError,
+    SlurmNotServedError,
     SlurmRejectedError,
     SlurmTLSError,
     SlurmUnavailableError,
@@ -401,6 +403,11 @@ class SlurmClient:
             kind = SlurmUnavailableError  # unknown, not refused: retried, and the retry asks Slurm
         errors = list((body or {}).get("errors") or ()) or ([{"error": text}] if text else [])
         message = _message(kind, method, path, status, self._user(), text)
+        if kind is SlurmNotFoundError and "find requested URL" in f"{text} {errors}":
+            kind = SlurmNotServedError  # not a job Slurm forgot: the path itself is unknown
+            message = f"{self.base_url} does not serve {method} {path}" + (
+                f": REST version {self._pinned} is pinned (--api-version, SLURM_API_VERSION); "
+                "`slurm-trigger versions` shows what it serves" if self._pinned else "")
         raise kind(
             message + ("; the job may exist: Slurm must be asked before submitting again" if maybe else ""),
             status=status,
@@ -583,15 +590,35 @@ def _unavailable(
                    f"SLURM_CA_SECRET or SLURM_CA_BUNDLE ({method} {url}: {_reason(exc)})", token),
             url=url,
         )
+    cause = _cause(exc)
     if maybe:
         hint = "the request may have been sent but no answer came: the job may exist"
+    elif isinstance(exc, requests.exceptions.SSLError) and any(r in cause for r in _NOT_TLS):
+        hint = "the server does not speak TLS: is slurmrestd plain http:// (loopback, PCS)?"
     elif isinstance(exc, requests.exceptions.SSLError):
         hint = "TLS verification failed; set ca_bundle, ca_secret or ca_parameter"
     else:
         hint = "could not reach slurmrestd"
     return SlurmUnavailableError(
-        redact(f"{hint} ({method} {url}: {what}: {exc})", token), url=url, maybe_submitted=maybe
+        redact(f"{hint} ({method} {url}: {cause})", token), url=url, maybe_submitted=maybe
     )
+
+
+# What OpenSSL says when the other side answers a ClientHello in plain HTTP.
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "record layer failure", "packet length too long")
+
+
+def _cause(exc: requests.RequestException) -> str:
+    """The innermost urllib3 error's own words ("Failed to establish a new connection:
+    [Errno 111] Connection refused", "Read timed out. (read timeout=30)"), without the
+    pool and retry wrappers around them; the exception type when there is none."""
+    text, err = f"{type(exc).__name__}: {exc}", exc
+    for _ in range(8):  # requests' error > MaxRetryError > NewConnectionError > OSError
+        err = getattr(err, "reason", None) or (err.args[0] if getattr(err, "args", None) else None)
+        if not isinstance(err, BaseException) or not type(err).__module__.startswith("urllib3"):
+            break
+        text = str(err)
+    return re.sub(r"^HTTPS?Connection(Pool)?\([^)]*\): ", "", text)
 
 
 _Text = TypeVar("_Text", str, bytes, bytearray)

@@ -246,6 +246,7 @@ class RawJob(msgspec.Struct, gc=False):
     array_task_id: int | Number | None = None
     dependency: str | None = None
     restart_cnt: int | Number | None = None
+    suspend_time: int | Number | None = None  # the last suspend or resume (0: never)
 
 
 def raw_job(raw: RawJob | Mapping[str, Any]) -> RawJob:
@@ -475,6 +476,7 @@ class Dialect:
             task,
             _text(raw.dependency),
             number(raw.restart_cnt) or 0,  # restarts
+            timestamp(raw.suspend_time),  # suspend_time
         )
 
     def _state(self, value: Any) -> tuple[str, tuple[str, ...]]:

@@ -108,3 +108,9 @@ class SlurmNotFoundError(SlurmError):
 
 class SlurmVersionError(SlurmError):
     """No Slurm REST version is served by the head node and known to this client."""
+
+
+class SlurmNotServedError(SlurmVersionError, SlurmNotFoundError):
+    """slurmrestd has no such URL ("Unable to find requested URL"): this REST version
+    (a pin the cluster does not serve) or this endpoint is not served. Still a
+    ``SlurmNotFoundError`` for the callers that probe versions with it."""

@@ -35,7 +35,8 @@ class Job(msgspec.Struct, frozen=True, gc=False):
     signal that ended it. Both are ``None`` while the job has not ended or when Slurm
     does not say. Times are timezone-aware UTC or ``None`` when unset. ``restarts``
     counts Slurm's requeues of the job (``restart_cnt``): a requeue keeps the job id
-    and sets a new submit time.
+    and sets a new submit time. ``suspend_time`` is when the job was last suspended or
+    resumed (Slurm sets it at both), which tells a resumed RUNNING from the first one.
 
     A frozen ``msgspec.Struct`` rather than a dataclass: a poll makes one per job that
     changed (100,000 on a first poll), and a Struct is built ~10x faster
@@ -61,6 +62,7 @@ class Job(msgspec.Struct, frozen=True, gc=False):
     array_task_id: int | None = None  # None also for an array's not yet started remainder
     dependency: str | None = None  # as Slurm shows it, e.g. "afterok:12(unfulfilled)"
     restarts: int = 0
+    suspend_time: datetime | None = None  # the last ``scontrol suspend`` or ``resume``; None: never
 
     @property
     def is_final(self) -> bool:

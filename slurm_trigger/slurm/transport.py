@@ -192,11 +192,15 @@ def tls_verify(
 
 
 def check_plain_http(url: str, *, allowed: bool, why: str = "SLURM_ALLOW_HTTP=true", cluster: str | None = None) -> None:
-    """Plain HTTP carries the token in the clear. Loopback (a local cluster, an SSH
+    """The URL is http(s)://host. Plain HTTP carries the token in the clear. Loopback (a local cluster, an SSH
     tunnel) is fine; any other address needs an explicit ``allowed`` (``why`` says
     which setting gave it) and gets a warning (once per client built: per cold start)."""
     parts = urlsplit(url)
-    if parts.scheme != "http" or _loopback(parts.hostname or ""):
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        # else requests' "No connection adapters", reported as a head node to retry
+        raise ValueError(f"slurmrestd URL {url!r} is not http(s)://host:port (SLURM_URL, --url), "
+                         "e.g. https://10.0.0.5:8082")
+    if parts.scheme != "http" or _loopback(parts.hostname):
         return
     if not allowed:
         raise ValueError(

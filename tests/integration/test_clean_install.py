@@ -83,3 +83,20 @@ def test_ping_the_host_cluster(venv: Path, tmp_path: Path, slurm_clusters: dict[
     assert done.returncode == 0, done.stderr
     assert [p["status"] for p in json.loads(done.stdout)["pings"]] == ["UP"]
     assert token not in done.stdout + done.stderr
+
+
+def test_a_newcomers_mistakes_are_one_line(venv: Path, tmp_path: Path) -> None:
+    """From the clean install, on a machine without AWS settings: `ping --url` without a
+    token (it would read the token secret), a URL without its scheme, an unknown command."""
+    no_aws = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SLURM_"))},
+              "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+              "AWS_EC2_METADATA_DISABLED": "true"}
+    done = subprocess.run([str(venv / "bin" / "slurm-trigger"), "ping", "--url", "http://127.0.0.1:9", "-u", "alice"],
+                          cwd=tmp_path, env=no_aws, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr.startswith("slurm-trigger: no AWS region: set AWS_DEFAULT_REGION") and done.stderr.count("\n") == 1
+    done = run(venv, "slurm-trigger", "-u", "alice", "--url", "127.0.0.1:6820", "--token", "eyJhbGciOiJIUzI1NiJ9.e30.x",
+               "list-jobs", cwd=tmp_path, env=no_aws)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "is not http(s)://host:port" in done.stderr
+    done = run(venv, "slurm-trigger", "get-job", "--help", cwd=tmp_path)
+    assert done.returncode == 0 and "slurm-trigger describe-job" in done.stdout

@@ -69,6 +69,10 @@ def test_submit_list_describe_cancel(slurm_target: Any, capsys: pytest.CaptureFi
     assert code == 0 and {failing, long} <= {j["job_id"] for j in data["jobs"]}
     code, data, _ = cli(slurm_target, capsys, "list-jobs", "--format", "table")
     assert data.splitlines()[0].split()[:3] == ["JOB_ID", "NAME", "STATE"]
+    mine = sorted(int(row.split()[0]) for row in data.splitlines()[1:] if row.split()[1].startswith(f"cli-{tag}"))
+    assert mine == sorted([failing, long])  # the table counts what Slurm holds: our two jobs
+    code, data, _ = cli(slurm_target, capsys, "get-job", "-j", str(long))  # slurmapi.py's name
+    assert code == 0 and data["job_id"] == long and data["name"] == f"cli-{tag}l"
 
     code, data, _ = cli(slurm_target, capsys, "cancel-job", "-j", str(long))
     assert code == 0 and data == {"job_id": long, "cancelled": True}
@@ -85,16 +89,76 @@ def test_submit_list_describe_cancel(slurm_target: Any, capsys: pytest.CaptureFi
 
 def test_errors_exit_non_zero_with_slurms_message(slurm_target: Any, capsys: pytest.CaptureFixture) -> None:
     code, _, err = cli(slurm_target, capsys, "describe-job", "-j", "987654321")
-    assert code == 1 and "SlurmNotFoundError" in err and "Invalid job id specified" in err
+    [line] = err.splitlines()  # one line: no JSON dump before it
+    assert code == 1 and line.startswith("slurm-trigger: SlurmNotFoundError: ") and "Invalid job id specified" in line
     code = main(["ping", "--url", slurm_target.url, "--token", "garbage-token-abc", "-u", slurm_target.user,
                  "--api-version", slurm_target.version])
     out, err = capsys.readouterr()
-    assert code == 1 and "SlurmAuthError" in err and "garbage-token-abc" not in out + err
+    [line] = err.splitlines()
+    assert code == 1 and "SlurmAuthError" in line and "garbage-token-abc" not in out + err
+
+
+def test_a_rest_version_the_cluster_does_not_serve(slurm_clusters: dict[str, Any], capsys: pytest.CaptureFixture) -> None:
+    """``--api-version`` that the cluster does not serve says so; it is not "Slurm does
+    not know the job" (its 404 is slurmrestd's unknown URL)."""
+    from conftest import _token
+    from slurm_trigger.slurm.dialects import DIALECTS
+
+    for name, cluster in slurm_clusters.items():
+        unserved = next(v for v in reversed(DIALECTS) if v not in cluster["versions"])
+        token = _token(name)
+        for command in (["ping"], ["list-jobs"], ["describe-job", "-j", "1"]):
+            code = main([*command, "--url", cluster["url"], "--token", token, "-u", cluster["user"],
+                         "--api-version", unserved])
+            out, err = capsys.readouterr()
+            [line] = err.splitlines()
+            assert code == 1 and out == "" and token not in err, (name, command, err)
+            assert f"does not serve GET /slurm/{unserved}/" in line and "slurm-trigger versions" in line, line
+            assert "MinJobAge" not in line, line
+
+
+def installed() -> str:
+    exe = shutil.which("slurm-trigger", path=str(Path(sys.executable).parent)) or shutil.which("slurm-trigger")
+    assert exe, "the slurm-trigger entry point is not installed (pip install -e .)"
+    return exe
+
+
+def test_output_into_a_closed_pipe(slurm_target: Any) -> None:
+    """``slurm-trigger list-jobs | head -1``: the reader leaves early. Quiet, SIGPIPE's status."""
+    env = {**os.environ, "SLURM_URL": slurm_target.url, "SLURM_TOKEN": slurm_target.token(),
+           "SLURM_USER": slurm_target.user, "SLURM_API_VERSION": slurm_target.version}
+    for fmt in ("json", "table"):
+        proc = subprocess.Popen([installed(), "list-jobs", "--format", fmt], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout and proc.stderr
+        proc.stdout.close()  # gone before the first byte is written
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+def test_ctrl_c_while_waiting_for_slurmrestd(tmp_path: Path) -> None:
+    """Ctrl-C during a call that hangs (a head node that accepts and never answers)."""
+    import signal
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        server.settimeout(120)
+        proc = subprocess.Popen(
+            [installed(), "list-jobs", "--url", f"http://127.0.0.1:{server.getsockname()[1]}",
+             "--token", "eyJhbGciOiJIUzI1NiJ9.e30.abcdefghij", "-u", "alice"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's shell leaves it
+        conn, _ = server.accept()  # the CLI is inside its request now
+        with conn:
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=120)
+    assert (proc.returncode, out, err) == (130, "", "slurm-trigger: interrupted\n")
 
 
 def test_installed_entry_point(slurm_target: Any) -> None:
-    exe = shutil.which("slurm-trigger", path=str(Path(sys.executable).parent)) or shutil.which("slurm-trigger")
-    assert exe, "the slurm-trigger entry point is not installed (pip install -e .)"
+    exe = installed()
     token = slurm_target.token()
     env = {**os.environ, "SLURM_URL": slurm_target.url, "SLURM_TOKEN": token,
            "SLURM_USER": slurm_target.user, "SLURM_API_VERSION": slurm_target.version}

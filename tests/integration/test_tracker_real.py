@@ -94,6 +94,10 @@ class OnlyTheseJobs:
         ours = self.ids - self.purged
         return replace(page, jobs=tuple(j for j in page.jobs if j.job_id in ours or j.array_job_id in ours))
 
+    def list_accounting_jobs(self, since: int, **kw: Any) -> list[Any]:
+        ours = self.ids  # purged or not: slurmdbd keeps them
+        return [j for j in self.client.list_accounting_jobs(since, **kw) if j.job_id in ours or j.array_job_id in ours]
+
     def get_job(self, job_id: int) -> Any:
         if job_id in self.purged:
             raise SlurmNotFoundError(f"Slurm does not know job {job_id}", status=404)
@@ -113,9 +117,9 @@ class World:
     queue: str
     scoped: OnlyTheseJobs
 
-    def tracker(self, events_client: Any = None) -> Tracker:
+    def tracker(self, events_client: Any = None, track_all: bool = False) -> Tracker:
         bus = EventBus(events_client or self.events, "default", SOURCE, sleep=lambda _: None)
-        return Tracker(self.scoped, self.store, bus, CLUSTER)
+        return Tracker(self.scoped, self.store, bus, CLUSTER, track_all=track_all)
 
     def submit(self, script: str, tag: str, key: str | None = None, template_comment: str | None = None,
                array: str | None = None, step: str | None = None) -> int:
@@ -440,3 +444,106 @@ def test_each_task_of_a_job_array_names_its_array_task_and_step(world: World) ->
         assert all(d["arrayTaskId"] in (None, job.array_task_id) for d in chain)
         assert all(d["arrayTaskId"] is not None for d in chain if d["state"] != "PENDING")
         assert all(d["source"]["step"] == "align" for d in chain)
+
+
+def wait_in_slurm(world: World, job_id: int, until: Any) -> None:
+    deadline = time.monotonic() + POLL_LIMIT
+    while not until(world.client.get_job(job_id)):
+        assert time.monotonic() < deadline, world.client.get_job(job_id)
+        time.sleep(POLL_EVERY)
+
+
+def test_a_suspended_and_resumed_job_gives_each_change_its_own_id(world: World) -> None:
+    """``scontrol suspend`` and ``resume``: RUNNING -> SUSPENDED -> RUNNING -> its end.
+    A consumer that drops repeats by eventId gets every one of these changes: the
+    resume is not a repeat of the start."""
+    tracker = world.tracker()
+    job_id = world.submit("sleep 60", "suspend")
+    try:  # a suspended job keeps its CPUs: never leave one behind on the shared cluster
+        wait_stored(world, tracker, job_id, lambda j: j.state == "RUNNING")
+        slurm_command(world.target, "scontrol", "suspend", str(job_id))
+        wait_stored(world, tracker, job_id, lambda j: j.state == "SUSPENDED")
+        slurm_command(world.target, "scontrol", "resume", str(job_id))
+        wait_stored(world, tracker, job_id, lambda j: j.state == "RUNNING")
+    finally:
+        if world.client.get_job(job_id).state == "SUSPENDED":
+            slurm_command(world.target, "scontrol", "resume", str(job_id))
+        world.client.cancel_job(job_id)
+    world.wait_tracked_final([job_id], tracker.poll)
+    details = by_job(world.received(), [job_id])[job_id]
+    chain = [(d["previousState"], d["state"]) for d in details]
+    assert chain[-3:] == [("RUNNING", "SUSPENDED"), ("SUSPENDED", "RUNNING"), ("RUNNING", "CANCELLED")], chain
+    assert len({d["eventId"] for d in details}) == len(details), details
+
+
+def test_jobs_followed_under_track_all_are_let_go_when_it_is_switched_off(world: World) -> None:
+    """TRACK_ALL_JOBS on follows a job slurm-trigger did not submit (``sbatch`` as root);
+    switched off (the same table), that job gives no more events: not its end, and not
+    LOST once slurmctld forgot it."""
+    out = subprocess.run(
+        ([] if world.target.root == "/" else ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "chroot", world.target.root])
+        + ["sbatch", "--parsable", "-J", "tracker-foreign", "-o", "/dev/null", "-D", "/tmp", "-t", "2", "--wrap", "sleep 3"],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    foreign = int(out.stdout.strip().split(";")[0])
+    world.scoped.ids.add(foreign)
+    mine = world.submit("sleep 3; exit 0", "mine")
+    wait_stored(world, world.tracker(track_all=True), foreign, lambda j: j.source is None)
+    off = world.tracker()
+    seen = len(by_job(world.received(), [foreign])[foreign])
+    assert seen >= 1
+    wait_in_slurm(world, foreign, lambda j: j.is_final)
+    world.wait_tracked_final([mine], off.poll)
+    world.scoped.purged.add(foreign)  # as slurmctld after MinJobAge
+    off.poll(sweep=True)
+    off.poll()
+    events = by_job(world.received(), [foreign, mine])
+    assert events[foreign] == [], events[foreign]
+    assert events[mine][-1]["state"] == "COMPLETED"
+
+
+def test_a_job_no_poll_saw_gets_its_end_from_accounting(world: World) -> None:
+    """Submitted, ended and dropped by slurmctld (hidden here, as MinJobAge would) while
+    no poll ran. Where the cluster has slurmdbd the next sweep publishes its real end
+    (previousState null); without accounting nothing can tell of it (docs/tracker.md)."""
+    tracker = world.tracker()
+    tracker.poll()  # the first sweep: history before it is not published
+    job_id = world.submit("exit 3", "unseen")
+    wait_in_slurm(world, job_id, lambda j: j.is_final)
+    world.scoped.purged.add(job_id)
+    deadline = time.monotonic() + POLL_LIMIT
+    while True:  # slurmdbd learns of the end about a second after slurmctld
+        tracker.poll(sweep=True)
+        details = by_job(world.received(), [job_id])[job_id]
+        if details or not world.client.accounting or time.monotonic() > deadline:
+            break
+        time.sleep(POLL_EVERY)
+    if world.client.accounting:
+        assert [(d["previousState"], d["state"], d["exitCode"]) for d in details] == [(None, "FAILED", 3)], details
+        assert details[0]["source"]["key"].startswith("tracker/unseen-") and details[0]["endedAt"]
+        tracker.poll(sweep=True)
+        assert not by_job(world.received(), [job_id])[job_id]  # once
+    else:
+        assert details == []
+
+
+def test_a_job_gone_before_its_end_was_seen_is_looked_up_by_the_next_steady_poll(world: World) -> None:
+    """Seen RUNNING, then ended and dropped by slurmctld (hidden, as MinJobAge would)
+    before a poll saw the end. Where slurmctld serves /jobs/state (v0.0.41+) the next
+    steady poll, not the sweep ten minutes later, publishes the end (accounting's) or LOST."""
+    tracker = world.tracker()
+    job_id = world.submit("sleep 2; exit 3", "gone-steady")
+    wait_stored(world, tracker, job_id, lambda j: j.state == "RUNNING")
+    wait_in_slurm(world, job_id, lambda j: j.is_final)
+    world.scoped.purged.add(job_id)
+    deadline = time.monotonic() + (POLL_LIMIT if world.client.serves_job_states else 3 * POLL_EVERY)
+    while True:
+        result = tracker.poll(sweep=False)
+        job = world.store.get_jobs(CLUSTER, [job_id])[job_id]
+        if job.final or time.monotonic() > deadline:
+            break
+        time.sleep(POLL_EVERY)
+    if world.client.serves_job_states:
+        assert result.listing == "states" and job.state == ("FAILED" if world.client.accounting else "LOST"), job
+    else:  # a steady poll lists only what changed: the sweep finds it
+        assert job.state == "RUNNING"

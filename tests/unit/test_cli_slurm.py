@@ -16,7 +16,7 @@ from slurm_trigger_cli.slurm_commands import job_to_dict
 from test_client_http import GOOD, FakeSlurm, recorded, replay, reply_from  # sibling test module
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "job.json"
-COMMANDS = ("ping", "diag", "versions", "submit-job", "list-jobs", "describe-job", "cancel-job")
+COMMANDS = ("ping", "diag", "versions", "submit-job", "list-jobs", "describe-job", "get-job", "cancel-job")
 
 
 @pytest.fixture(params=["v0.0.38", "v0.0.42", "v0.0.45"])
@@ -46,7 +46,8 @@ def test_help(command: str, capsys: pytest.CaptureFixture) -> None:
         main([command, "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert f"slurm-trigger {command}" in out and "--cluster-name" in out and "--format" in out
+    name = {"get-job": "describe-job"}.get(command, command)  # the blog's slurmapi.py name, an alias
+    assert f"slurm-trigger {name}" in out and "--cluster-name" in out and "--format" in out
 
 
 def test_versions_and_ping(server: tuple[FakeSlurm, str], capsys: pytest.CaptureFixture) -> None:
@@ -118,7 +119,8 @@ def test_describe_unknown_job_fails_with_slurms_error(server: tuple[FakeSlurm, s
     fake, _ = server
     code, _, err = run(fake, capsys, "describe-job", "-j", "999999")
     assert code == 1
-    assert "Invalid job id specified" in err and "SlurmNotFoundError" in err
+    [line] = err.splitlines()  # one line, not a JSON dump and a line
+    assert line.startswith("slurm-trigger: SlurmNotFoundError: ") and "Invalid job id specified" in line
 
 
 def test_describe_falls_back_to_accounting(server: tuple[FakeSlurm, str], capsys: pytest.CaptureFixture) -> None:
@@ -192,3 +194,101 @@ def test_log_lines_are_plain_text_on_stderr(server: tuple[FakeSlurm, str], capsy
     assert logged.lines == []  # nothing of the commands' went to the JSON stream
     logger.warning("after the command", extra={"cluster": "c"})
     assert [(line["message"], line["cluster"]) for line in logged.lines] == [("after the command", "c")]
+
+
+def one_line(err: str) -> str:
+    """The CLI's error: a single ``slurm-trigger: …`` line, no traceback."""
+    [line] = err.splitlines()
+    assert line.startswith("slurm-trigger: ") and "Traceback" not in line
+    return line
+
+
+def test_no_token_and_no_aws_region(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture) -> None:
+    """``--url`` without ``--token`` reads the token secret, and a laptop has no AWS region."""
+    for name in ("SLURM_TOKEN", "SLURM_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    code = main(["ping", "--url", "http://127.0.0.1:9", "-u", "alice"])
+    line = one_line(capsys.readouterr().err)
+    assert code == 2 and "AWS_DEFAULT_REGION" in line and "--token" in line
+    code = main(["status"])  # the tracker's table: AWS itself, no flag avoids it
+    line = one_line(capsys.readouterr().err)
+    assert code == 2 and "AWS_DEFAULT_REGION" in line and "--token" not in line
+
+
+def test_url_without_scheme(capsys: pytest.CaptureFixture) -> None:
+    """``--url 127.0.0.1:6830`` (no http://) is a setting to fix, not a head node to retry."""
+    code = main(["ping", "--url", "127.0.0.1:6830", "--token", GOOD, "-u", "alice"])
+    line = one_line(capsys.readouterr().err)
+    assert code == 2 and "'127.0.0.1:6830'" in line and "https://" in line
+
+
+def test_ctrl_c_and_the_unforeseen_are_one_line(server: tuple[FakeSlurm, str], capsys: pytest.CaptureFixture,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from slurm_trigger.slurm.client import SlurmClient
+
+    fake, _ = server
+    monkeypatch.setattr(SlurmClient, "ping", lambda self: (_ for _ in ()).throw(KeyboardInterrupt()))
+    code, _, err = run(fake, capsys, "ping")
+    assert code == 130 and one_line(err) == "slurm-trigger: interrupted"
+    monkeypatch.setattr(SlurmClient, "ping", lambda self: (_ for _ in ()).throw(RuntimeError(f"bad {GOOD}\nhere")))
+    code, _, err = run(fake, capsys, "ping")  # run() checks the token is nowhere
+    assert code == 1 and one_line(err) == "slurm-trigger: unexpected RuntimeError: bad [REDACTED] here"
+
+
+def test_a_dead_port_and_https_to_plain_http(server: tuple[FakeSlurm, str], capsys: pytest.CaptureFixture,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cause in a few words, not urllib3's nested "HTTPConnectionPool(…): Max retries
+    exceeded … (Caused by NewConnectionError(…))"; https:// to a plain HTTP slurmrestd
+    is not a certificate to configure."""
+    import socket
+
+    fake, _ = server
+    monkeypatch.setenv("SLURM_RETRIES", "0")  # the same line after the retries, sooner
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: refused
+        code = main(["ping", "--url", f"http://127.0.0.1:{port}", "--token", GOOD, "-u", "alice"])
+    line = one_line(capsys.readouterr().err)
+    assert code == 1 and line == (f"slurm-trigger: SlurmUnavailableError: could not reach slurmrestd (GET "
+                                  f"http://127.0.0.1:{port}/openapi/v3: Failed to establish a new connection: "
+                                  "[Errno 111] Connection refused)")
+    code = main(["ping", "--url", fake.url.replace("http://", "https://"), "--token", GOOD, "-u", "alice"])
+    line = one_line(capsys.readouterr().err)
+    assert code == 1 and "does not speak TLS" in line and "http://" in line and "Max retries" not in line, line
+
+
+def test_ctrl_c_during_a_submit_says_the_job_may_exist(server: tuple[FakeSlurm, str], capsys: pytest.CaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupted while POST /job/submit waits: Slurm may have made the job. Unknown, said so."""
+    from slurm_trigger.slurm.client import SlurmClient
+
+    fake, _ = server
+    monkeypatch.setattr(SlurmClient, "submit", lambda self, sub: (_ for _ in ()).throw(KeyboardInterrupt()))
+    code, out, err = run(fake, capsys, "submit-job", "-j", str(EXAMPLE))
+    assert code == 130 and out == ""
+    assert one_line(err) == ("slurm-trigger: interrupted: the job may have been submitted; "
+                             "`slurm-trigger list-jobs` shows it if it was")
+
+
+def test_versions_reports_each_target_even_when_one_needs_aws(server: tuple[FakeSlurm, str], capsys: pytest.CaptureFixture,
+                                                            monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Two clusters: the default one found through EC2 (no AWS region here), one with its
+    URL and token. Each gets its row; the unreachable one only its error, never "served: False"."""
+    fake, version = server
+    for name in ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("SLURM_TARGETS", json.dumps({"lab": {"SLURM_URL": fake.url, "SLURM_TOKEN": GOOD, "SLURM_USER": "alice"}}))
+    code = main(["versions"])
+    out, err = capsys.readouterr()
+    default, lab = json.loads(out)
+    assert code == 1 and err == "" and GOOD not in out
+    assert default["target"] == "local" and "AWS_DEFAULT_REGION" in default["error"] and default["served"] == []
+    assert lab["target"] == "lab" and lab["negotiated"] == version and "error" not in lab
+    code = main(["versions", "--format", "table"])
+    rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert code == 1 and [r for r in rows if r[0] == "local"] == [["local", "-"]]
+    assert ["lab", version] in rows

@@ -333,3 +333,15 @@ def test_v0038_304_means_unchanged() -> None:
 )
 def test_classify(version: str, status: int, errors: list, expected) -> None:
     assert DIALECTS[version].classify(status, errors) is expected
+
+
+@pytest.mark.parametrize("version, value", [("v0.0.38", 1796168439), ("v0.0.42", {"set": True, "infinite": False, "number": 1796168439})])
+def test_suspend_time_is_read_and_zero_means_never(version: str, value: object) -> None:
+    """Slurm sets ``suspend_time`` at each suspend and resume (0 before any): the
+    tracker's eventId of a resumed RUNNING needs it (as 22.05 and 24.11 send it)."""
+    state = "RUNNING" if version == "v0.0.38" else ["RUNNING"]
+    dialect = DIALECTS[version]
+    assert dialect.parse_job({"job_id": 1, "job_state": state, "suspend_time": value}).suspend_time == datetime(
+        2026, 12, 1, 23, 40, 39, tzinfo=timezone.utc)
+    never = 0 if version == "v0.0.38" else {"set": True, "infinite": False, "number": 0}
+    assert dialect.parse_job({"job_id": 1, "job_state": state, "suspend_time": never}).suspend_time is None

@@ -266,3 +266,21 @@ def test_wrapped_job_ids_fall_back_to_the_full_listing(two) -> None:
     cluster.set(3, "PENDING", submitted=T0 + 5000, comment="st-key " + provenance.encode(SRC))
     assert [j.job_id for j in client.find_jobs_by_comment("st-key", since=T0 + 4990)] == [3]
     assert cluster.asked()[-1] == "jobs"
+
+
+def test_a_job_gone_from_jobs_state_is_looked_up_without_waiting_for_the_sweep(two) -> None:
+    """A tracked RUNNING job that leaves slurmctld (MinJobAge) before a poll saw its end:
+    ``/jobs/state`` lists every job, so the steady poll that no longer finds it looks it
+    up at once (here: no accounting, LOST) instead of ten minutes later at the sweep."""
+    cluster, trackers = two
+    tracker, events = trackers["states"]
+    cluster.set(1, "RUNNING")
+    cluster.set(2, "RUNNING")
+    tracker.poll()
+    tracker.poll()
+    events.published()
+    del cluster.jobs[1]  # ended and purged between two polls
+    result = tracker.poll()
+    assert result.listing == "states" and not result.sweep
+    assert [(d["jobId"], d["previousState"], d["state"]) for _, d in events.published()] == [(1, "RUNNING", "LOST")]
+    assert set(tracker.store.load_cursor("c1").known) == {2}

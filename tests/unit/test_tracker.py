@@ -823,3 +823,90 @@ def test_build_tracker_takes_its_clients_as_build_trigger_does(aws) -> None:
                             secrets_client=secrets)
     assert (tracker.cluster, tracker.client.base_url) == ("c9", "http://127.0.0.1:9")
     assert tracker.client._auth.token().reveal() == token
+
+
+# --------------------------------------------------------------------------- found in the user-style audit
+
+
+def test_a_resumed_job_gets_an_event_id_of_its_own(env) -> None:
+    """``scontrol suspend`` then ``resume``: RUNNING -> SUSPENDED -> RUNNING. The resume
+    is a change of its own: a consumer that drops repeats by eventId must not drop it as
+    a repeat of the first RUNNING. The first RUNNING keeps the id the head node's hook
+    gives it (no suspend yet)."""
+    slurm, events, _, tracker, _ = env
+    submitted = "2026-11-25T04:00:00Z"
+    slurm.set(1, "RUNNING", start_time=T0)
+    tracker().poll()
+    for state, at in (("SUSPENDED", 10), ("RUNNING", 20), ("SUSPENDED", 30), ("RUNNING", 40)):
+        slurm.set(1, state, start_time=T0, suspend_time=datetime.fromtimestamp(T0.timestamp() + at, timezone.utc))
+        tracker().poll()
+        tracker().poll()  # a poll more changes nothing
+    slurm.set(1, "COMPLETED", start_time=T0, exit_code=0, end_time=T0, suspend_time=datetime.fromtimestamp(T0.timestamp() + 40, timezone.utc))
+    tracker().poll()
+    details = events.details()
+    assert [(d["previousState"], d["state"]) for d in details] == [
+        (None, "RUNNING"), ("RUNNING", "SUSPENDED"), ("SUSPENDED", "RUNNING"),
+        ("RUNNING", "SUSPENDED"), ("SUSPENDED", "RUNNING"), ("RUNNING", "COMPLETED")]
+    assert len({d["eventId"] for d in details}) == len(details), details
+    assert details[0]["eventId"] == event_id(CLUSTER, 1, "RUNNING", submitted)
+    assert details[-1]["eventId"] == event_id(CLUSTER, 1, "COMPLETED", submitted)
+
+
+def test_foreign_jobs_tracked_under_track_all_are_let_go_when_it_is_switched_off(env) -> None:
+    """TRACK_ALL_JOBS on, then off (the same table): the other users' jobs it was
+    following give no more events, neither their end nor, once slurmctld forgot them, LOST."""
+    slurm, events, store, tracker, _ = env
+    slurm.set(1, "RUNNING")
+    slurm.set(3, "RUNNING", ours=False)
+    slurm.set(4, "PENDING", ours=False)
+    tracker(track_all=True).poll()
+    assert sorted(events.transitions()) == [(1, None, "RUNNING"), (3, None, "RUNNING"), (4, None, "PENDING")]
+    slurm.set(3, "COMPLETED", ours=False, exit_code=0, end_time=T0)
+    slurm.set(1, "COMPLETED", exit_code=0, end_time=T0)
+    tracker().poll()
+    slurm.forget(4)
+    slurm.forget(3)
+    tracker().poll(sweep=True)
+    tracker().poll()
+    assert events.transitions()[3:] == [(1, "RUNNING", "COMPLETED")]
+    cursor = store.load_cursor(CLUSTER)
+    assert 3 not in cursor.known and 4 not in cursor.known and not cursor.vanished
+
+
+class WithAccountingListing(WithAccounting):
+    """…and ``list_accounting_jobs``: this user's jobs that ran or ended since an epoch."""
+
+    def __init__(self, clock: list[float]) -> None:
+        super().__init__(clock)
+        self.listed_since: list[int] = []
+
+    def list_accounting_jobs(self, since: int, *, name: str | None = None) -> list[Job]:
+        self.listed_since.append(since)
+        return [j for j in self.db.values() if j.end_time is None or j.end_time.timestamp() >= since]
+
+
+def test_a_job_that_came_and_went_between_two_polls_gets_its_end_from_accounting(env) -> None:
+    """The tracker never saw the job: submitted, ended and dropped by slurmctld
+    (MinJobAge) while the polls were failing. Where the cluster has slurmdbd the next
+    sweep finds it in accounting and publishes its end once; another user's job, a job
+    it already published and a job slurmctld still lists are not published again."""
+    _, events, store, _, clock = env
+    slurm = WithAccountingListing(clock)
+    bus = EventBus(events, "default", "slurm-trigger", attempts=1)
+    tracker = lambda: Tracker(slurm, store, bus, CLUSTER, clock=lambda: clock[0])  # noqa: E731
+    slurm.set(1, "RUNNING")
+    tracker().poll()  # the first poll: a sweep (history before it is not published)
+    ended = datetime.fromtimestamp(clock[0] + 30, timezone.utc)
+    slurm.set(1, "COMPLETED", exit_code=0, end_time=ended)
+    tracker().poll()
+    slurm.db[1] = msgspec.structs.replace(_ended(1, "COMPLETED", 0), end_time=ended)  # seen ending: already published
+    slurm.db[5] = msgspec.structs.replace(_ended(5, "FAILED", 3, reason="NonZeroExitCode"), end_time=ended)  # never seen
+    slurm.db[6] = msgspec.structs.replace(_ended(6, "COMPLETED", 0), end_time=ended, comment="someone else's")
+    clock[0] += 700
+    tracker().poll()  # a sweep
+    tracker().poll(sweep=True)
+    assert events.transitions() == [(1, None, "RUNNING"), (1, "RUNNING", "COMPLETED"), (5, None, "FAILED")]
+    failed = events.details()[-1]
+    assert (failed["exitCode"], failed["reason"], failed["source"]["key"]) == (3, "NonZeroExitCode", SRC.key)
+    assert failed["eventId"] == event_id(CLUSTER, 5, "FAILED", "2026-11-25T04:00:00Z")
+    assert slurm.listed_since and 5 not in store.load_cursor(CLUSTER).known
