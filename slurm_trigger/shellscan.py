@@ -738,6 +738,12 @@ class _Scanner:
         self.wrote(cmd.writes, cmd.first, cmd.last)
         if words and _file(words[0]) in self.written:  # ./job.sh, after writing a value into it
             self.refuse_words([words[0]], f"as the command {_file(words[0])}")
+        # the command word (or the one a wrapper runs next: exec, sudo, srun ...): a value
+        # there chooses the program, its path included (``${stem} --version``, ``/opt/${key}``)
+        for j, word in enumerate(words):
+            if j and (words[j - 1].lit not in _WRAPPERS or word.dash):
+                break
+            self.refuse_words([word], "as the command, which the value would choose (name the program in the script, pass the value as its argument)")
         if len(words) > 3 and words[0].lit in ("for", "select") and words[1].lit in self.integers and words[2].lit == "in":
             self.refuse_words(words[3:], f"as a value of {words[1].lit}, an integer variable that bash evaluates as arithmetic")
         for j, word in enumerate(words):

@@ -195,6 +195,14 @@ REFUSED = {
     # sbatch/srun split --export at commas: a key "x,BASH_ENV=/fsx/in/evil.sh" sets BASH_ENV
     "sbatch --export": "sbatch --export=ALL,INPUT=${key} -p debug job.sh",
     "srun --export": "srun --export ALL,INPUT=${key} ./tool",
+    # the value as the command: the key would choose the program (a key "rm" or "/fsx/in/evil")
+    "the command": "${key} --version",
+    "the command, quoted": '"${key}" -v',
+    "the command's path": "/opt/tools/${key}/bin/run input",
+    "the command after exec": "exec ${key}",
+    "the command of a pipeline stage": "cat list | ${key}",
+    "the command of an if": "if ${key}; then echo ok; fi",
+    "env's command (or its -S option)": "env ${key} true",
 }
 
 
@@ -304,13 +312,26 @@ def test_new_refusals_would_really_have_run(tmp_path, canary):
         canary.unlink()
 
 
+def test_a_value_as_the_command_would_really_have_run(tmp_path, canary):
+    """As the command, a quoted reference still lets the key choose the program: a key
+    naming an object the uploader made executable (a mounted bucket, a shared
+    file system) runs it."""
+    evil = tmp_path / "in" / "evil"
+    evil.parent.mkdir()
+    evil.write_text(f"#!/bin/sh\ntouch {canary}\n")
+    evil.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "SLURM_TRIGGER_KEY": str(evil)}
+    subprocess.run(["bash", "-c", '"${SLURM_TRIGGER_KEY}" --version'], env=env, capture_output=True, cwd=tmp_path,
+                   timeout=30)
+    assert canary.exists()
+
+
 # A value that starts with "-" where a program that can run a command reads options.
 OPTION_PLACEMENTS = {
     "sed input file (GNU sed permutes)": ("sed -n 's/a/b/p' f.txt ${basename}", "-e1e touch CANARY"),
     "perl -pe input file": ("perl -pe 's/a/b/' ${basename} f.txt", "-e;system q(touch CANARY)"),
     "tar member": ("tar cf o.tar ${basename} f.txt", "--use-compress-program=touch CANARY"),
     "tar member, quoted": ('tar cf o.tar "${basename}" f.txt', "--use-compress-program=touch CANARY"),
-    "env (-S splits a command line)": ("env ${basename} true", "-Stouch CANARY"),
     "printf format": ("printf ${basename} 1", "-va[$(touch CANARY)]"),
 }
 
