@@ -32,7 +32,7 @@ def common_options() -> argparse.ArgumentParser:
     g.add_argument("-n", "--cluster-name", help="ParallelCluster name (env SLURM_CLUSTER_NAME)")
     g.add_argument("-u", "--cluster-user", help="Slurm user, X-SLURM-USER-NAME (env SLURM_USER)")
     g.add_argument("--url", help="slurmrestd base URL, e.g. https://10.0.0.5:8082 (env SLURM_URL); default: find the head node through EC2")
-    g.add_argument("--token", help="JWT to use instead of the Secrets Manager secret (env SLURM_TOKEN)")
+    g.add_argument("--token", help="JWT to use instead of the Secrets Manager secret (env SLURM_TOKEN, which other users cannot see in ps; this option they can)")
     g.add_argument("--token-secret", help="Secrets Manager id of the token (env SLURM_TOKEN_SECRET; default slurm_token_<cluster>)")
     g.add_argument("--pcs-cluster", help="an AWS PCS cluster (id or name): endpoint and signing key from GetCluster, Bearer tokens minted here (env SLURM_PCS_CLUSTER; needs SLURM_UID/SLURM_GID)")
     g.add_argument("--jwt-key-file", help="mint tokens from this HS256 key file, e.g. a copy of jwt_hs256.key (env SLURM_JWT_KEY_FILE)")

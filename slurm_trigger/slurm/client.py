@@ -560,8 +560,8 @@ def _message(
         )
     if kind is SlurmAuthError:
         return (
-            f"slurmrestd refused the token for user {user!r} on {call} (a token from "
-            "Secrets Manager is fetched again once first): check the token, its user and its expiry"
+            f"slurmrestd refused the token for user {user!r} on {call} (a secret's token is read "
+            "again, a minted one minted again, once first): check the token, its user and its expiry"
         )
     if kind is SlurmNotFoundError:
         return f"Slurm does not know the job of {call} (ended jobs leave after MinJobAge)"
