@@ -26,7 +26,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterator, Protocol
+from typing import AbstractSet, Any, Iterator, Protocol
 
 import msgspec
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
@@ -234,7 +234,9 @@ class Tracker:
     def _wants_sweep(self, cursor: Cursor, now: float) -> bool:
         return cursor.update_time is None or cursor.last_sweep is None or now - cursor.last_sweep >= self.sweep_seconds
 
-    def _list(self, cursor: Cursor, result: PollResult) -> tuple[JobsPage, int | None, int | None, set[int] | None]:
+    def _list(
+        self, cursor: Cursor, result: PollResult
+    ) -> tuple[JobsPage, int | None, int | None, AbstractSet[int] | None]:
         """Slurm's listing (all jobs on a sweep, else those since the cursor), Slurm's
         clock for the next cursor (None: the cursor stays), the highest job id Slurm
         holds when the listing does not show every job (None: read it from the listing),
@@ -254,13 +256,13 @@ class Tracker:
                 fetched = set(wanted)
                 result.tracked_seen = sum(1 for job_id in states if job_id in cursor.known and job_id not in fetched)
                 page = self.client.get_jobs(wanted) if wanted else JobsPage(jobs=(), changed=False)
-                return page, None, max(max(states), cursor.top_job_id) if wanted else None, set(states)
+                return page, None, max(max(states), cursor.top_job_id) if wanted else None, states.keys()
         asked = time.monotonic()
         page = self.client.list_jobs(None if result.sweep else cursor.update_time)
         result.listing, result.changed, result.jobs_seen = "jobs", page.changed, len(page.jobs)
         return page, (page.last_update or self._server_time(asked)) if page.changed else None, None, None
 
-    def _update_vanished(self, cursor: Cursor, listed: set[int], complete: bool) -> None:
+    def _update_vanished(self, cursor: Cursor, listed: AbstractSet[int], complete: bool) -> None:
         """When ``listed`` is every job slurmctld holds (a sweep, or ``/jobs/state``),
         queue each tracked unfinished job it lacks (a finished one left after MinJobAge,
         as expected); drop from the queue what is listed again (diffed as usual) or no
